@@ -1,0 +1,225 @@
+"""Command line: `python -m dfg {train,resume,eval,pretrain,presets,runs,data,worker,sweep}`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import FIELD_TYPES, PRESET_NOTES, PRESETS, Config, ConfigError, from_dict, make_config
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One --flag per Config field (text, parsed by the field's type), plus --set key=value."""
+    p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    g = p.add_argument_group("config fields (see `python -m dfg presets --fields`)")
+    for f in dataclasses.fields(Config):
+        if f.name != "preset":
+            g.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None, metavar="V",
+                           help=argparse.SUPPRESS)
+
+
+def config_from_args(args) -> Config:
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rho=0.5")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    for name in FIELD_TYPES:
+        v = getattr(args, "cfg_" + name, None)
+        if v is not None:
+            overrides[name] = v
+    return make_config(args.preset, overrides)
+
+
+class ProgressBar:
+    """One updating line on stderr: bar, step, steps/s, ETA and the current losses."""
+
+    KEYS = ("L_D", "L_G", "L_E", "L_rC", "L_C", "GP")
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+
+    def __call__(self, step: int, total: int, rate: float, row: dict) -> None:
+        width = 24
+        done = int(width * step / total)
+        eta = (total - step) / rate if rate > 0 else float("inf")
+        losses = " ".join(f"{k}={row[k]:.3f}" for k in self.KEYS if k in row)
+        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} {rate:.1f} it/s "
+                          f"ETA {eta:4.0f}s {losses}   ")
+        if step == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def new_run_id(cfg: Config) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{cfg.method}-s{cfg.seed}"
+
+
+def cmd_train(args) -> int:
+    from .jobs import launch
+    from .loop import train
+    from .runstore import Run
+
+    cfg = config_from_args(args)
+    run = Run.create(args.runs_dir, args.run_id or new_run_id(cfg), cfg.to_dict())
+    print(f"run {run.id} in {run.path}", file=sys.stderr)
+    if args.background:
+        pid = launch(run)
+        print(f"training in the background (pid {pid}); follow with `python -m dfg runs --runs-dir {args.runs_dir}`")
+        return 0
+    status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
+    return _report(run, status)
+
+
+def _report(run, status: dict) -> int:
+    final = run.read_json("final.json") or {}
+    last = final.get("last") or {}
+    print(json.dumps({"run": run.id, "state": status["state"], "step": status.get("step"),
+                      "error": status.get("error"),
+                      **{k: last.get(k) for k in ("top1", "balanced_acc", "macro_f1", "minority_recall")}}))
+    return 0 if status["state"] in ("finished", "stopped") else 1
+
+
+def cmd_resume(args) -> int:
+    from .loop import train
+    from .runstore import Run
+
+    run = Run(args.runs_dir, args.run).require()
+    cfg = from_dict(run.config())
+    status = train(cfg, run, resume=True, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
+    return _report(run, status)
+
+
+def cmd_worker(args) -> int:
+    """Internal: the background process the app and `train --background` start."""
+    from .loop import train
+    from .runstore import Run
+
+    run = Run(args.runs_dir, args.run).require()
+    try:
+        cfg = from_dict(run.config())
+        status = train(cfg, run, resume=True, log=lambda m: print(m, flush=True))
+    except Exception as e:  # recorded for the app; the traceback goes to log.txt
+        import traceback
+        traceback.print_exc()
+        run.set_status(state="failed", error=f"{type(e).__name__}: {e}")
+        return 1
+    return 0 if status["state"] in ("finished", "stopped") else 1
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .loop import resolve_device, run_eval, setup
+    from .runstore import Run
+
+    run = Run(args.runs_dir, args.run).require()
+    cfg = from_dict(run.config())
+    device = resolve_device(args.device or cfg.device)
+    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+    data, method = setup(cfg, device, log=lambda m: print(m, file=sys.stderr))
+    method.load_state_dict(ckpt["state"]["method"])
+    m = run_eval(method, data, device)
+    print(json.dumps({"run": run.id, "step": ckpt["step"], **{k: v for k, v in m.items() if k != "confusion"}}))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .loop import load_data, resolve_device
+    from .source import pretrain_source, source_key
+
+    cfg = config_from_args(args)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg)
+    t0 = time.perf_counter()
+    pretrain_source(cfg, data.in_channels, device,
+                    progress=lambda s, n, l: print(f"\rpretrain {s}/{n} loss {l:.3f}", end="", file=sys.stderr))
+    print(f"\nsource model {source_key(cfg, data.in_channels)} ready in {time.perf_counter() - t0:.1f}s "
+          f"(cache: {Path(cfg.data_root) / 'sources'})")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    if args.fields:
+        for f in dataclasses.fields(Config):
+            print(f"{f.name:28s} {getattr(f.type, '__name__', f.type)!s:16s} default={f.default!r}")
+        return 0
+    for name, cfg in PRESETS.items():
+        print(f"{name:11s} {PRESET_NOTES[name]}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runstore import list_runs
+
+    for run in list_runs(args.runs_dir):
+        s = run.status()
+        print(f"{run.id:50s} {s.get('state', '?'):12s} step {s.get('step', 0)}/{s.get('total_steps', '?')}"
+              + (f"  top1={s['top1']:.4f}" if s.get("top1") is not None else "")
+              + (f"  error: {s['error']}" if s.get("error") and s.get("state") != "finished" else ""))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import DATASETS, download_dataset
+
+    if args.download:
+        download_dataset(args.download, args.data_root)
+        print(f"{args.download} ready under {args.data_root}")
+        return 0
+    for name, spec in DATASETS.items():
+        print(f"{name:16s} {spec.num_classes:4d} classes  {'offline' if spec.offline else 'needs files'}  "
+              f"{spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dfg", description="Discriminative Feature Generation (DFG)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a run (DFG or a baseline) from a preset")
+    _add_config_flags(t)
+    t.add_argument("--runs-dir", default="runs")
+    t.add_argument("--run-id", default=None)
+    t.add_argument("--background", action="store_true", help="train in a detached worker process")
+    t.set_defaults(fn=cmd_train)
+    for name, fn, hlp in (("resume", cmd_resume, "continue a run from its last checkpoint"),
+                          ("eval", cmd_eval, "re-evaluate a run's checkpoint on the test set"),
+                          ("worker", cmd_worker, argparse.SUPPRESS)):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("run")
+        s.add_argument("--runs-dir", default="runs")
+        if name == "eval":
+            s.add_argument("--device", default=None)
+        s.set_defaults(fn=fn)
+    pt = sub.add_parser("pretrain", help="train (or reuse) the preset's source model")
+    _add_config_flags(pt)
+    pt.set_defaults(fn=cmd_pretrain)
+    pr = sub.add_parser("presets", help="list presets (or --fields: every config field)")
+    pr.add_argument("--fields", action="store_true")
+    pr.set_defaults(fn=cmd_presets)
+    r = sub.add_parser("runs", help="list runs and their state")
+    r.add_argument("--runs-dir", default="runs")
+    r.set_defaults(fn=cmd_runs)
+    d = sub.add_parser("data", help="list datasets, or --download NAME")
+    d.add_argument("--download", default=None, metavar="NAME")
+    d.add_argument("--data-root", default="data")
+    d.set_defaults(fn=cmd_data)
+    try:
+        from .sweep import add_sweep_parser
+        add_sweep_parser(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

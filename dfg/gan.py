@@ -1,0 +1,97 @@
+"""Feature generator G and feature critic D (paper Tables A.4, A.6, A.8; DCGAN-style, WGAN-GP).
+
+G's last layer multiplies output channel j by the class-wise filter weight W*_j(ŷ) (Eq. 9)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .networks import BACKBONES, init_weights
+
+
+@dataclass(frozen=True)
+class GanArch:
+    """Layer lists per backbone. deconvs: (out_ch, kernel, stride, padding); convs: out_ch (5x5, s2, p2)."""
+    noise_dim: int
+    fc_shape: tuple[int, int, int]                 # FC output reshaped to (C, 4, 4)
+    deconvs: tuple[tuple[int, int, int, int], ...]  # last entry produces E's feature shape
+    convs: tuple[int, ...]
+    fc_hidden: tuple[int, ...]                     # critic FC layers between flatten and the score
+
+
+GAN_ARCHS: dict[str, GanArch] = {
+    # Table A.4: 110 = 100 noise + 10 classes -> 4x4x128 -> 9x9x48 -> 11x11x12 -> 14x14x6
+    "lenet": GanArch(100, (128, 4, 4), ((48, 3, 2, 0), (12, 3, 1, 0), (6, 4, 1, 0)), (32, 64, 128), ()),
+    # Table A.6: 4x4x128 -> 8x8x128 -> 16x16x128 -> 17x17x64 -> 16x16x64
+    "vgg16": GanArch(100, (128, 4, 4), ((128, 4, 2, 1), (128, 4, 2, 1), (64, 4, 1, 1), (64, 4, 1, 2)),
+                     (32, 64, 128), ()),
+    # Table A.8: 4900 noise; 4x4x512 -> 8x8x512 -> 16x16x256 -> 30x30x256 -> 56x56x256; critic FC 6272 -> 512 -> 1
+    "resnet50": GanArch(4900, (512, 4, 4), ((512, 4, 2, 1), (256, 4, 2, 1), (256, 2, 2, 1), (256, 2, 2, 2)),
+                        (32, 64, 128), (512,)),
+}
+
+
+class Generator(nn.Module):
+    """G(z, ŷ, W*) -> feature map shaped like E's output.
+
+    Paper order (Eq. 9): BN(W* ⊙ tanh(deconv(·))). `weight_after_bn=True` gives the official code's
+    W* ⊙ BN(tanh(·)), where dropped channels stay exactly zero (DESIGN §2 item 4)."""
+
+    def __init__(self, backbone: str, *, num_classes: int, negative_slope: float = 0.2,
+                 weight_after_bn: bool = False):
+        super().__init__()
+        arch, spec = GAN_ARCHS[backbone], BACKBONES[backbone]
+        self.noise_dim, self.num_classes, self.weight_after_bn = arch.noise_dim, num_classes, weight_after_bn
+        self.fc_shape = arch.fc_shape
+        c0 = arch.fc_shape[0]
+        self.fc = nn.Linear(arch.noise_dim + num_classes, c0 * 4 * 4)
+        self.bn0 = nn.BatchNorm2d(c0)
+        body: list[nn.Module] = []
+        cin = c0
+        for out, k, s, p in arch.deconvs[:-1]:
+            body += [nn.ConvTranspose2d(cin, out, k, stride=s, padding=p),
+                     nn.LeakyReLU(negative_slope=negative_slope), nn.BatchNorm2d(out)]
+            cin = out
+        self.body = nn.Sequential(*body)
+        out, k, s, p = arch.deconvs[-1]
+        assert out == spec.feature_shape[0]
+        self.last = nn.ConvTranspose2d(cin, out, k, stride=s, padding=p)
+        self.bn_out = nn.BatchNorm2d(out)
+        init_weights(self, spec.init)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, channel_weights: torch.Tensor | None = None):
+        """z: (B, noise_dim); labels: (B,) int; channel_weights: (num_classes, C) W* or None (all ones)."""
+        onehot = F.one_hot(labels, self.num_classes).to(z.dtype)
+        h = self.bn0(self.fc(torch.cat([z, onehot], 1)).view(-1, *self.fc_shape))
+        h = torch.tanh(self.last(self.body(h)))  # (B, C, H, W)
+        if channel_weights is None:
+            return self.bn_out(h)
+        w = channel_weights[labels][:, :, None, None]  # (B, C, 1, 1): W*_j(ŷ)
+        return w * self.bn_out(h) if self.weight_after_bn else self.bn_out(w * h)
+
+
+class Critic(nn.Module):
+    """D: feature map -> real-valued score; three 5x5 stride-2 convs + FC, no normalisation (WGAN-GP)."""
+
+    def __init__(self, backbone: str, *, negative_slope: float = 0.2):
+        super().__init__()
+        arch, spec = GAN_ARCHS[backbone], BACKBONES[backbone]
+        layers: list[nn.Module] = []
+        cin, side = spec.feature_shape[0], spec.feature_shape[1]
+        for out in arch.convs:
+            layers += [nn.Conv2d(cin, out, 5, stride=2, padding=2), nn.LeakyReLU(negative_slope=negative_slope)]
+            cin, side = out, (side + 1) // 2
+        layers.append(nn.Flatten())
+        width = cin * side * side  # 512 (LeNet, VGG) or 6272 (ResNet)
+        for hidden in arch.fc_hidden:
+            layers += [nn.Linear(width, hidden), nn.LeakyReLU(negative_slope=negative_slope)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        init_weights(self, spec.init)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(1)

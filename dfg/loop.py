@@ -1,0 +1,197 @@
+"""The one training loop: device, data, source model, steps, logging, evaluation, checkpoints and
+status. It calls `method.train_step(step, batches)` and knows nothing about GANs."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, validate
+from .filter_weights import balanced_sample, compute_class_weights
+from .methods import METHODS, SourceModel, TrainContext
+from .metrics import evaluate
+from .runstore import Run
+
+
+class Diverged(RuntimeError):
+    """A loss or weight became NaN/Inf."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available here; use device=cpu or auto")
+    return torch.device(name)
+
+
+def load_data(cfg: Config):
+    from .data import build_data
+    return build_data(cfg.dataset, backbone=cfg.backbone, root=cfg.data_root, seed=cfg.seed,
+                      imbalance=cfg.imbalance, ratio=cfg.ratio, n_max=cfg.n_max or None,
+                      num_majority=cfg.num_majority, majority=cfg.majority or None, val_fraction=cfg.val_fraction,
+                      download=cfg.download, folder=cfg.folder or None, image_size=cfg.image_size or None,
+                      grayscale=cfg.grayscale if cfg.dataset == "folder" else None,
+                      limit_test=cfg.limit_test or None)
+
+
+def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced, seeded sample of the target's training data for the filter-weight pass."""
+    labels = np.asarray(data.train.labels)
+    idx = balanced_sample(labels, cfg.fw_per_class, cfg.seed)
+    xs = torch.stack([data.train[int(i)][0] for i in idx]).to(device)
+    return xs, torch.as_tensor(labels[idx], dtype=torch.long, device=device)
+
+
+def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
+    from .source import pretrain_source, refit_head
+
+    e, c = pretrain_source(cfg, data.in_channels, device,
+                           progress=lambda s, n, l: log(f"pretrain source {s}/{n} loss {l:.3f}") if s == n else None)
+    loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
+    log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
+    for p in list(e.parameters()) + list(c.parameters()):
+        p.requires_grad_(False)
+    x, y = sample
+    w = compute_class_weights(e, c, x, y, data.num_classes, flip_sign=cfg.official_flip_sign,
+                              keep_bias=cfg.official_keep_bias)
+    return SourceModel(e.eval(), c.eval(), w)
+
+
+def setup(cfg: Config, device: torch.device, log=print, on_weights=None):
+    """Data, source model and method for a config (shared by train, eval and the app's inspectors)."""
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg)
+    sample = fw_sample(data, cfg, device)
+    needs_source = METHODS[cfg.method].from_source or cfg.method == "dfg"
+    source = build_source(cfg, data, device, sample, log) if needs_source else None
+    torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
+    rng = torch.Generator(device=device)
+    rng.manual_seed(cfg.seed)
+    ctx = TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, in_channels=data.in_channels,
+                       rng=rng, fw_sample=sample, source=source, minority=_minority(data),
+                       log_weights=on_weights or (lambda step, **a: None))
+    return data, METHODS[cfg.method](ctx)
+
+
+def _minority(data) -> tuple[int, ...]:
+    return tuple(c for c in range(data.num_classes) if data.majority and c not in data.majority)
+
+
+def run_eval(method, data, device, split: str = "test") -> dict:
+    from .data import iterate_batches
+    dataset = data.test if split == "test" else data.val
+    method.eval()
+    try:
+        return evaluate(method.predict, iterate_batches(dataset, 256, device=device), data.num_classes,
+                        _minority(data))
+    finally:
+        method.train()
+
+
+def _finite(values: dict[str, float]) -> str | None:
+    return next((k for k, v in values.items() if not math.isfinite(v)), None)
+
+
+def _params_finite(method) -> str | None:
+    for name, net in method.nets.items():
+        for pname, p in net.named_parameters():
+            if not torch.isfinite(p).all():
+                return f"{name}.{pname}"
+    return None
+
+
+def train(cfg: Config, run: Run, *, resume: bool = False,
+          progress: Callable[[int, int, float, dict], None] | None = None, log=print) -> dict:
+    """Train `cfg` into `run` (resuming from its checkpoint when asked). Returns the final status."""
+    from .data import BatchStream
+
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    run.clear_stop()
+    run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
+                   device=str(device), error=None, started=time.time())
+    data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a))
+    run.write_json("data.json", {"class_counts": data.class_counts, "class_names": list(data.class_names),
+                                 "majority": list(data.majority), "minority": list(_minority(data)),
+                                 "warnings": list(data.warnings), "num_classes": data.num_classes})
+    stream = BatchStream(data.train, cfg.batch_size, seed=cfg.seed, device=device)
+    start, best = 0, {"val_top1": -1.0, "step": 0}
+    if resume and run.checkpoint_path.exists():
+        ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+        method.load_state_dict(ckpt["state"]["method"])
+        stream.load_state_dict(ckpt["state"]["stream"])
+        best = ckpt["state"].get("best", best)
+        start = ckpt["step"]
+        run.truncate_metrics_after(start)
+        log(f"resumed from step {start}")
+    else:
+        run.truncate_metrics_after(0)
+        method.on_start()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    t_last, s_last = time.perf_counter(), start
+    step = start
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            out = method.train_step(step, stream)
+            bad = _finite(out)
+            if bad:
+                raise Diverged(f"loss {bad} became {out[bad]} at step {step}")
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            last = step == cfg.steps
+            ckpt_now = step % cfg.ckpt_every == 0 or last
+            if step % cfg.log_every == 0 or ckpt_now:
+                now = time.perf_counter()
+                rate = (step - s_last) / max(now - t_last, 1e-9)
+                row = {"kind": "train", "step": step, "time": time.time(), "steps_per_s": rate,
+                       **{k: sums[k] / counts[k] for k in sums}}
+                run.append_metrics([row])
+                sums, counts, t_last, s_last = {}, {}, now, step
+                run.set_status(state="running", step=step, heartbeat=time.time(), steps_per_s=rate)
+                if progress:
+                    progress(step, cfg.steps, rate, row)
+            if step % cfg.eval_every == 0 or last:
+                row = {"kind": "eval", "step": step, "time": time.time(), "split": "test",
+                       **run_eval(method, data, device)}
+                rows = [row]
+                if data.val is not None:
+                    val = {"kind": "eval", "step": step, "time": time.time(), "split": "val",
+                           **run_eval(method, data, device, "val")}
+                    rows.append(val)
+                    if val["top1"] > best["val_top1"]:
+                        best = {"val_top1": val["top1"], "step": step, "test": row}
+                run.append_metrics(rows)
+            if ckpt_now or run.stop_requested():
+                bad = _params_finite(method)
+                if bad:
+                    raise Diverged(f"weight {bad} became non-finite at step {step}")
+                save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
+                                                      "best": best}, backbone=cfg.backbone, method=cfg.method,
+                                step=step)
+                if run.stop_requested() and not last:
+                    run.clear_stop()
+                    return run.set_status(state="stopped", step=step, heartbeat=time.time())
+    except Diverged as e:
+        return run.set_status(state="diverged", step=step, error=str(e), heartbeat=time.time())
+    except (torch.OutOfMemoryError, MemoryError):
+        return run.set_status(state="failed", step=step, heartbeat=time.time(),
+                              error=f"failed: out of memory at batch size {cfg.batch_size}; "
+                                    "lower batch_size (or use a smaller backbone/device with more memory)")
+    final = {"last": _last_eval(run), "best_on_val": best if data.val is not None else None}
+    run.write_json("final.json", final)
+    return run.set_status(state="finished", step=cfg.steps, heartbeat=time.time(), finished=time.time(),
+                          top1=final["last"].get("top1") if final["last"] else None)
+
+
+def _last_eval(run: Run) -> dict | None:
+    rows, _ = run.read_metrics()
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("split") == "test"]
+    return evals[-1] if evals else None

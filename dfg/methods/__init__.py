@@ -1,0 +1,26 @@
+"""Method registry: every method is a class with `train_step(step, batches) -> dict[str, float]`."""
+from .base import Method, SourceModel, TrainContext
+from .baselines import Delta, DifaCMWGAN, FineTune, Original
+from .dfg import DFG
+
+METHODS: dict[str, type[Method]] = {
+    "original": Original,
+    "finetune": FineTune,
+    "delta": Delta,
+    "difa_cmwgan": DifaCMWGAN,
+    "dfg": DFG,
+}
+
+# Per-method settings applied before the user's overrides, so that `--set method=original` gives a
+# baseline trained the way it should be (fair budgets: same steps and data, suitable learning rates).
+# Keyed by (method, optimizer family): SGD presets (ResNet) keep their own rates.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "original": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
+    "finetune": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
+    "delta": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3, transfer_reg="delta"),
+              "sgd": dict(transfer_reg="delta")},
+    "difa_cmwgan": {"adam": {}, "sgd": {}},
+    "dfg": {"adam": {}, "sgd": {}},
+}
+
+__all__ = ["METHODS", "METHOD_DEFAULTS", "Method", "SourceModel", "TrainContext"]

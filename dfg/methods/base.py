@@ -1,0 +1,221 @@
+"""What every method shares: E/C built from scratch or from the source model, their optimisers,
+prediction, checkpoint state, and the E/C update with optional transfer regularisers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..config import Config
+from ..filter_weights import loss_increase
+from ..networks import BACKBONES, Extractor, build_backbone, last_linear
+
+
+@dataclass
+class SourceModel:
+    """E_S and C_S (head re-fit on the target classes), frozen, and W(E_S) on the target sample."""
+    extractor: Extractor
+    classifier: nn.Module
+    class_weights: torch.Tensor  # (K, nf) Eq. 6 on the source model
+
+
+@dataclass
+class TrainContext:
+    cfg: Config
+    device: torch.device
+    num_classes: int
+    in_channels: int
+    rng: torch.Generator                    # z, ŷ, ε of the penalty: seeded, checkpointed
+    fw_sample: tuple[torch.Tensor, torch.Tensor]  # class-balanced (x, y) of the target for filter weights
+    source: SourceModel | None = None
+    log_weights: Callable[..., None] = lambda step, **arrays: None  # run store hook (filter-weight history)
+    minority: tuple[int, ...] = ()
+
+
+def make_optimizer(params, lr: float, cfg: Config, kind: str = "adam") -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+
+def clone_frozen(module: nn.Module) -> nn.Module:
+    import copy
+    m = copy.deepcopy(module).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+class Method:
+    """Base: owns E and C. Subclasses add networks and implement `train_step`."""
+
+    name = "base"
+    from_source = True   # initialise E/C from the source model (False: from scratch)
+
+    def __init__(self, ctx: TrainContext):
+        self.ctx, cfg = ctx, ctx.cfg
+        if self.from_source and ctx.source is not None:
+            self.extractor = _copy_trainable(ctx.source.extractor)
+            self.classifier = _copy_trainable(ctx.source.classifier)
+        else:
+            self.extractor, self.classifier = build_backbone(cfg.backbone, num_classes=ctx.num_classes,
+                                                             in_channels=ctx.in_channels)
+        self.extractor.to(ctx.device).train()
+        self.classifier.to(ctx.device).train()
+        self.nets: dict[str, nn.Module] = {"extractor": self.extractor, "classifier": self.classifier}
+        self.configure_trainable()
+        self.opts: dict[str, torch.optim.Optimizer] = {
+            "extractor": make_optimizer(self.extractor.parameters(), cfg.lr_extractor, cfg, cfg.optimizer_ec),
+            "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec),
+        } if any(p.requires_grad for p in self.extractor.parameters()) else {
+            "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec)}
+        self.reg_weights = self._delta_channel_weights() if cfg.transfer_reg == "delta" else None
+
+    # -- hooks ------------------------------------------------------------------------------
+    def configure_trainable(self) -> None:
+        """Freeze parameters here (fine-tuning); everything trains by default."""
+
+    def train_step(self, step: int, batches) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        """Called once before the first step of a fresh (not resumed) run."""
+
+    # -- shared pieces ----------------------------------------------------------------------
+    def lr_schedule(self, step: int) -> None:
+        """SGD (ResNet): lr ÷ 10 after lr_drop_at of the steps (App. A)."""
+        cfg = self.ctx.cfg
+        if cfg.optimizer_ec != "sgd":
+            return
+        factor = 0.1 if step > cfg.lr_drop_at * cfg.steps else 1.0
+        for name, base in (("extractor", cfg.lr_extractor), ("classifier", cfg.lr_classifier)):
+            if name in self.opts:
+                for g in self.opts[name].param_groups:
+                    g["lr"] = base * factor
+
+    def transfer_penalty(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor | None:
+        """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head."""
+        cfg, src = self.ctx.cfg, self.ctx.source
+        if cfg.transfer_reg == "none" or src is None:
+            return None
+        head = last_linear(self.classifier)
+        head_params = [head.weight, head.bias]
+        if cfg.transfer_reg == "delta":
+            with torch.no_grad():
+                fm_source = src.extractor(x)
+            dist = losses.delta_feature_distance(feats, fm_source, self.reg_weights)
+        else:  # l2sp: every parameter with a source counterpart, except the re-initialised head
+            ids = {id(p) for p in head_params}
+            pairs = [(p, q) for p, q in zip(self._trainable_all(), self._source_all()) if id(p) not in ids]
+            dist = losses.l2_sp([p for p, _ in pairs], [q for _, q in pairs])
+        return cfg.reg_alpha * dist + cfg.reg_beta * losses.l2(head_params)
+
+    def update_extractor_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Alg. 1 lines 16-17: E on Eq. 3 (+ regulariser), then C on Eq. 4a with the updated E.
+        official_joint_ec: one backward of L_E + L_rC (the official code's CE counted twice)."""
+        cfg = self.ctx.cfg
+        feats = self.extractor(x)
+        loss_e = losses.extractor_loss(self.classifier(feats), y)
+        reg = self.transfer_penalty(x, feats)
+        total_e = loss_e if reg is None else loss_e + reg
+        out = {"L_E": loss_e.item()}
+        if reg is not None:
+            out["L_reg"] = reg.item()
+        if cfg.official_joint_ec:
+            self._zero(("extractor", "classifier"))
+            (total_e + loss_e).backward()
+            self._step(("extractor", "classifier"))
+            out["L_rC"] = out["L_E"]
+            return out
+        c_params = [p for p in self.classifier.parameters() if p.requires_grad]
+        if "extractor" in self.opts:
+            self._zero(("extractor", "classifier"))
+            total_e.backward(inputs=[p for p in self.extractor.parameters() if p.requires_grad],
+                             retain_graph=reg is not None)
+            self._step(("extractor",))
+            with torch.no_grad():
+                feats = self.extractor(x)
+        loss_rc = losses.extractor_loss(self.classifier(feats.detach()), y)
+        self._zero(("classifier",))
+        (loss_rc if reg is None else loss_rc + reg).backward(inputs=c_params)  # reg: C's share (head L2, L2-SP)
+        self._step(("classifier",))
+        out["L_rC"] = loss_rc.item()
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.extractor(x))
+
+    def eval(self) -> None:
+        for m in self.nets.values():
+            m.eval()
+
+    def train(self) -> None:
+        for m in self.nets.values():
+            m.train()
+
+    def state_dict(self) -> dict:
+        return {"nets": {k: m.state_dict() for k, m in self.nets.items()},
+                "opts": {k: o.state_dict() for k, o in self.opts.items()},
+                "rng": self.ctx.rng.get_state(), "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.nets.items():
+            m.load_state_dict(state["nets"][k])
+        for k, o in self.opts.items():
+            o.load_state_dict(state["opts"][k])
+        self.ctx.rng.set_state(state["rng"].cpu() if self.ctx.rng.device.type == "cpu" else state["rng"])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _zero(self, names) -> None:
+        for n in names:
+            if n in self.opts:
+                self.opts[n].zero_grad(set_to_none=True)
+
+    def _step(self, names) -> None:
+        for n in names:
+            if n in self.opts:
+                self.opts[n].step()
+
+    def _trainable_all(self) -> list[torch.Tensor]:
+        return list(self.extractor.parameters()) + list(self.classifier.parameters())
+
+    def _source_all(self) -> list[torch.Tensor]:
+        src = self.ctx.source
+        return list(src.extractor.parameters()) + list(src.classifier.parameters())
+
+    def _delta_channel_weights(self) -> torch.Tensor:
+        """DELTA's attention for E's output channels on the source model: softmax(z-score(Δloss)/5),
+        Δloss from the same batched ablation as the filter weights (no second implementation)."""
+        src = self.ctx.source
+        if src is None:
+            return None
+        x, y = self.ctx.fw_sample
+        inc = loss_increase(src.extractor, src.classifier, x, y)  # (N, nf)
+        return losses.delta_attention(inc.mean(0))
+
+
+def _copy_trainable(module: nn.Module) -> nn.Module:
+    import copy
+    m = copy.deepcopy(module)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m
+
+
+def sample_noise(ctx: TrainContext, n: int, noise_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z ~ U(−1, 1)^noise_dim and ŷ uniform over all classes (as the paper and official code)."""
+    z = torch.rand(n, noise_dim, device=ctx.device, generator=ctx.rng) * 2 - 1
+    y = torch.randint(0, ctx.num_classes, (n,), device=ctx.device, generator=ctx.rng)
+    return z, y

@@ -1,0 +1,97 @@
+"""The paper's baselines through the same loop: Original, Fine-tuning, DELTA, DIFA+cMWGAN."""
+from __future__ import annotations
+
+import torch
+
+from .. import losses
+from .base import Method, sample_noise
+from .dfg import DFG
+
+# Index in C's children where C's last conv block starts (fine-tuning trains from there on).
+LAST_CONV_BLOCK = {"lenet": 0, "vgg16": 19, "resnet50": 2}
+
+
+class Original(Method):
+    """E and C from scratch on the imbalanced target (plain cross-entropy)."""
+    name = "original"
+    from_source = False
+
+    def train_step(self, step, batches):
+        self.lr_schedule(step)
+        return self.update_extractor_classifier(*batches.next())
+
+
+class FineTune(Original):
+    """Start from the source model; freeze everything before C's last conv block, train the rest."""
+    name = "finetune"
+    from_source = True
+
+    def configure_trainable(self):
+        for p in self.extractor.parameters():
+            p.requires_grad_(False)
+        for child in list(self.classifier.children())[: LAST_CONV_BLOCK[self.ctx.cfg.backbone]]:
+            for p in child.parameters():
+                p.requires_grad_(False)
+
+
+class Delta(Original):
+    """DELTA (Li et al. 2019): fine-tune all of E/C from the source with the attention-weighted
+    feature-map distance to the frozen source E (α) and L2 on the new head (β); see Method.transfer_penalty."""
+    name = "delta"
+    from_source = True
+
+    def __init__(self, ctx):
+        if ctx.cfg.transfer_reg != "delta":
+            raise ValueError("method=delta needs transfer_reg=delta (set automatically by make_config)")
+        super().__init__(ctx)
+
+
+class DifaCMWGAN(DFG):
+    """Our reading of DIFA (Volpi et al. 2018) + cMWGAN (Zhang et al. 2018), refs [14, 15]: three
+    phases over the same step budget — (1) fine-tune E/C on the target; (2) E frozen, train a
+    class-conditional WGAN-GP feature generator on E's features (no class-wise attention);
+    (3) E frozen, train C on real ⊕ generated features (Eq. 4c), G frozen."""
+    name = "difa_cmwgan"
+    attention = False
+
+    def phase(self, step: int) -> int:
+        f = self.ctx.cfg.difa_phase_fraction * self.ctx.cfg.steps
+        return 1 if step <= f else 2 if step <= 2 * f else 3
+
+    def on_start(self):
+        pass  # no filter weights
+
+    def train_step(self, step, batches):
+        cfg, ctx = self.ctx.cfg, self.ctx
+        phase = self.phase(step)
+        self.lr_schedule(step)
+        if phase == 1:
+            return {**self.update_extractor_classifier(*batches.next()), "phase": 1.0}
+        m, nz = cfg.batch_size, self.generator.noise_dim
+        if phase == 2:
+            for _ in range(cfg.n_critic):
+                x, _ = batches.next()
+                with torch.no_grad():
+                    real, fake = self.extractor(x), self.generate(*sample_noise(ctx, m, nz))
+                mixed = losses.interpolate(real, fake, ctx.rng)
+                scores = self.critic(torch.cat([real, fake, mixed]))
+                gp = losses.gradient_penalty(mixed, scores[2 * m:])
+                loss_d = losses.critic_loss(scores[:m], scores[m:2 * m], gp, cfg.gp_lambda)
+                self._zero(("critic",))
+                loss_d.backward()
+                self._step(("critic",))
+            loss_g = losses.generator_loss(self.critic(self.generate(*sample_noise(ctx, m, nz))))
+            self._zero(("generator",))
+            loss_g.backward(inputs=list(self.generator.parameters()))
+            self._step(("generator",))
+            return {"L_D": loss_d.item(), "GP": gp.item(), "L_G": loss_g.item(), "phase": 2.0}
+        x, y = batches.next()
+        z, y_hat = sample_noise(ctx, m, nz)
+        with torch.no_grad():
+            real, fake = self.extractor(x), self.generate(z, y_hat)
+        lr_, lg_ = self.classify_pair(real, fake)
+        loss = losses.concat_loss(lr_, y, lg_, y_hat)
+        self._zero(("classifier",))
+        loss.backward()
+        self._step(("classifier",))
+        return {"L_cC": loss.item(), "L_rC": losses.extractor_loss(lr_, y).item(), "phase": 3.0}

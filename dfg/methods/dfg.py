@@ -1,0 +1,139 @@
+"""DFG — Algorithm 1: critic, generator, extractor and classifier updates with class-wise
+filter-weight attention (Eq. 1-9). The step below is the whole algorithm; pieces live in losses.py
+and filter_weights.py."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..filter_weights import attention, compute_class_weights
+from ..gan import Critic, Generator
+from .base import Method, TrainContext, make_optimizer, sample_noise
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class DFG(Method):
+    name = "dfg"
+    attention = True  # DIFA+cMWGAN reuses this step without the class-wise attention
+
+    def __init__(self, ctx: TrainContext):
+        super().__init__(ctx)
+        cfg = ctx.cfg
+        slope = 1.0 if cfg.official_lrelu_identity else 0.2
+        self.generator = Generator(cfg.backbone, num_classes=ctx.num_classes, negative_slope=slope,
+                                   weight_after_bn=cfg.official_weight_after_bn).to(ctx.device)
+        self.critic = Critic(cfg.backbone, negative_slope=slope).to(ctx.device)
+        self.nets.update(generator=self.generator, critic=self.critic)
+        self.opts["generator"] = make_optimizer(self.generator.parameters(), cfg.lr_generator, cfg)
+        self.opts["critic"] = make_optimizer(self.critic.parameters(), cfg.lr_critic, cfg)
+        nf = self.extractor.num_filters
+        ones = torch.ones(ctx.num_classes, nf, device=ctx.device)
+        self.w_source = ctx.source.class_weights.to(ctx.device) if ctx.source is not None else ones
+        self.w_target, self.w_star = ones.clone(), ones.clone()
+        self.last_loss_e = float("inf")
+        self.split_c = has_batchnorm(self.classifier)  # BN in C: real and generated batches kept apart
+
+    # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
+    def recompute_weights(self, step: int) -> None:
+        cfg = self.ctx.cfg
+        if not self.attention:
+            return
+        if cfg.official_loss_gate and step > 0 and self.last_loss_e >= 0.05:
+            return  # official code: W only refreshed once L_E < 0.05 (DESIGN §2 item 7)
+        x, y = self.ctx.fw_sample
+        self.w_target = compute_class_weights(
+            self.extractor, self.classifier, x, y, self.ctx.num_classes, flip_sign=cfg.official_flip_sign,
+            keep_bias=cfg.official_keep_bias, eval_mode=not cfg.official_loss_gate)
+        self.w_star = attention(self.w_source, self.w_target, rho=cfg.rho, delta=cfg.delta,
+                                discard_rho=cfg.official_discard_rho, unscaled=cfg.official_unscaled_weights)
+        self.ctx.log_weights(step, w_source=self.w_source.cpu().numpy(), w_target=self.w_target.cpu().numpy(),
+                             w_star=self.w_star.cpu().numpy())
+
+    def on_start(self) -> None:
+        self.recompute_weights(0)
+
+    def channel_weights(self) -> torch.Tensor | None:
+        return self.w_star if self.attention else None
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, y, self.channel_weights())
+
+    def classify_pair(self, real: torch.Tensor, fake: torch.Tensor):
+        """C on real and generated features: one forward of the concatenation unless C has BN."""
+        if self.split_c:
+            return self.classifier(real), self.classifier(fake)
+        logits = self.classifier(torch.cat([real, fake]))
+        return logits[: len(real)], logits[len(real):]
+
+    # -- Algorithm 1, one iteration -------------------------------------------------------------
+    def train_step(self, step: int, batches) -> dict[str, float]:
+        cfg, ctx = self.ctx.cfg, self.ctx
+        E, C, G, D = self.extractor, self.classifier, self.generator, self.critic
+        m, nz = cfg.batch_size, G.noise_dim
+        self.lr_schedule(step)
+        # lines 6-9: nD critic updates (Eq. 1); real = E(x), D scores real, fake and x̂ in one forward
+        for _ in range(cfg.n_critic):
+            x, _ = batches.next()
+            with torch.no_grad():
+                real = E(x)
+                fake = self.generate(*sample_noise(ctx, m, nz))
+            mixed = losses.interpolate(real, fake, ctx.rng)
+            scores = D(torch.cat([real, fake, mixed]))  # D has no BN: one forward == three
+            d_real, d_fake, d_mixed = scores[:m], scores[m:2 * m], scores[2 * m:]
+            gp = losses.gradient_penalty(mixed, d_mixed)
+            loss_d = losses.critic_loss(d_real, d_fake, gp, cfg.gp_lambda)
+            self._zero(("critic",))
+            loss_d.backward()
+            self._step(("critic",))
+        out = {"L_D": loss_d.item(), "GP": gp.item(), "W_dist": (d_real.mean() - d_fake.mean()).item()}
+        # lines 10-12: G update (Eq. 2)
+        z, y_hat = sample_noise(ctx, m, nz)
+        loss_g = losses.generator_loss(D(self.generate(z, y_hat)))
+        self._zero(("generator",))
+        loss_g.backward(inputs=list(G.parameters()))
+        self._step(("generator",))
+        out["L_G"] = loss_g.item()
+        x, y = batches.next()
+        # lines 13-15: every nC1 steps, G through C on real ⊕ generated (Eq. 4c)
+        if step % cfg.n_c1 == 0:
+            with torch.no_grad():
+                real = E(x)
+            lr_, lg_ = self.classify_pair(real, self.generate(z, y_hat))
+            loss_cg = losses.concat_loss(lr_, y, lg_, y_hat)
+            self._zero(("generator",))
+            loss_cg.backward(inputs=list(G.parameters()))
+            self._step(("generator",))
+            out["L_cC_G"] = loss_cg.item()
+        # lines 16-17: E (Eq. 3) then C (Eq. 4a)
+        out.update(self.update_extractor_classifier(x, y))
+        self.last_loss_e = out["L_E"]
+        # lines 18-20: every nC2 steps, C on the full Eq. 4
+        if step % cfg.n_c2 == 0:
+            z2, y2 = sample_noise(ctx, m, nz)
+            with torch.no_grad():
+                real, fake = E(x), self.generate(z2, y2)
+            lr_, lg_ = self.classify_pair(real, fake)
+            l_rc, l_gc = losses.extractor_loss(lr_, y), losses.extractor_loss(lg_, y2)
+            l_cc = losses.concat_loss(lr_, y, lg_, y2)
+            loss_c = losses.classifier_loss(l_rc, l_gc, l_cc, cfg.alpha, cfg.beta, cfg.gamma)
+            self._zero(("classifier",))
+            loss_c.backward()
+            self._step(("classifier",))
+            out.update(L_gC=l_gc.item(), L_cC=l_cc.item(), L_C=loss_c.item())
+        # lines 21-25: every nW steps, W(E) and W*
+        if step % cfg.n_w == 0:
+            self.recompute_weights(step)
+        return out
+
+    def extra_state(self) -> dict:
+        return {"w_target": self.w_target, "w_star": self.w_star, "last_loss_e": torch.tensor(self.last_loss_e)}
+
+    def load_extra_state(self, state: dict) -> None:
+        if state:
+            self.w_target = state["w_target"].to(self.ctx.device)
+            self.w_star = state["w_star"].to(self.ctx.device)
+            self.last_loss_e = float(state["last_loss_e"])

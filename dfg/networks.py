@@ -1,0 +1,162 @@
+"""Backbones split into extractor E and classifier C (paper Tables A.3, A.5, A.7).
+
+E ends with its last conv block; it exposes `stem`/`finish` around that conv so filter weights can
+ablate its channels in one batched pass (see filter_weights.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """Xavier (LeNet) or He (VGG, ResNet) for conv/linear weights, zero biases (paper App. A)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if scheme == "xavier":
+                nn.init.xavier_normal_(m.weight)
+            elif scheme == "he":
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                raise ValueError(f"unknown init scheme {scheme!r}; use 'xavier' or 'he'")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class Extractor(nn.Module):
+    """E = finish(last_conv(head(x))). `stem` returns the last conv's pre-activation output and any
+    context the rest of E needs (ResNet's identity branch); `finish` maps an ablated output on."""
+
+    def __init__(self, head: nn.Module, last_conv: nn.Conv2d, tail: nn.Module):
+        super().__init__()
+        self.head, self.last_conv, self.tail = head, last_conv, tail
+
+    @property
+    def num_filters(self) -> int:
+        return self.last_conv.out_channels
+
+    def stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.last_conv(self.head(x)), None
+
+    def finish(self, h: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.tail(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(*self.stem(x))
+
+
+class ResNetExtractor(Extractor):
+    """ResNet-50 stem + layer1; the ablated conv is layer1[-1].conv3, whose block adds an identity."""
+
+    def __init__(self, stem_and_blocks: nn.Sequential, last_block: nn.Module):
+        last = last_block
+        super().__init__(head=stem_and_blocks, last_conv=last.conv3, tail=last.bn3)
+        self.last_block = last  # holds conv1..bn3 of the final bottleneck (same modules, shared)
+
+    def stem(self, x):
+        identity = self.head(x)  # (B, 256, 56, 56): input to the last bottleneck
+        b = self.last_block
+        out = b.relu(b.bn1(b.conv1(identity)))
+        out = b.relu(b.bn2(b.conv2(out)))
+        return b.conv3(out), identity
+
+    def finish(self, h, ctx=None):
+        b = self.last_block
+        return b.relu(b.bn3(h) + ctx)
+
+
+def _lenet(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
+    extractor = Extractor(nn.Identity(), nn.Conv2d(in_channels, 6, 5), nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)))
+    classifier = nn.Sequential(  # 14x14x6 -> logits; head 120/84 as Table A.3
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
+    init_weights(extractor, "xavier")
+    init_weights(classifier, "xavier")
+    return extractor, classifier
+
+
+def _vgg_block(cin: int, cout: int, n: int) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i in range(n):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU()]
+    return layers + [nn.MaxPool2d(2, 2)]
+
+
+def _vgg16(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
+    extractor = Extractor(nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU()),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, 2)))
+    classifier = nn.Sequential(  # 16x16x64 -> 1x1x512 -> adaptive pool 7x7 (Table A.5) -> 4096 -> 512 -> classes
+        *_vgg_block(64, 128, 2), *_vgg_block(128, 256, 3), *_vgg_block(256, 512, 3), *_vgg_block(512, 512, 3),
+        nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+        nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, num_classes))
+    init_weights(extractor, "he")
+    init_weights(classifier, "he")
+    return extractor, classifier
+
+
+def _resnet50(num_classes: int, in_channels: int, state_dict: dict | None = None) -> tuple[Extractor, nn.Module]:
+    from torchvision.models import resnet50
+
+    if in_channels != 3:
+        raise ValueError(f"resnet50 takes 3-channel images, got in_channels={in_channels}")
+    net = resnet50(weights=None)
+    if state_dict is not None:  # ImageNet weights; the 1000-way fc is replaced below (paper App. A)
+        net.load_state_dict(state_dict)
+    blocks = list(net.layer1.children())
+    extractor = ResNetExtractor(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *blocks[:-1]), blocks[-1])
+    fc = nn.Linear(net.fc.in_features, num_classes)
+    init_weights(fc, "he")
+    classifier = nn.Sequential(net.layer2, net.layer3, net.layer4, net.avgpool, nn.Flatten(), fc)
+    return extractor, classifier
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the rest of the code needs to know about a backbone."""
+    name: str
+    build: Callable[..., tuple[Extractor, nn.Module]]
+    image_size: int             # input side the generator's feature shape assumes
+    in_channels: int            # channels the paper uses
+    feature_shape: tuple[int, int, int]  # E's output (C, H, W) = G's output
+    init: str                   # G/D init scheme
+    description: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "lenet": BackboneSpec("lenet", _lenet, 32, 1, (6, 14, 14), "xavier", "LeNet-5, E = conv5x5+pool (14x14x6)"),
+    "vgg16": BackboneSpec("vgg16", _vgg16, 32, 3, (64, 16, 16), "he", "VGG-16, E = 2 conv3x3+pool (16x16x64)"),
+    "resnet50": BackboneSpec("resnet50", _resnet50, 224, 3, (256, 56, 56), "he",
+                             "ResNet-50 (torchvision), E = stem+layer1 (56x56x256)"),
+}
+
+
+def build_backbone(name: str, *, num_classes: int, in_channels: int | None = None,
+                   state_dict: dict | None = None) -> tuple[Extractor, nn.Module]:
+    """Fresh (E, C) for a backbone; `state_dict` (ResNet-50 only) is a torchvision ImageNet checkpoint."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    cin = spec.in_channels if in_channels is None else in_channels
+    if name == "resnet50":
+        return _resnet50(num_classes, cin, state_dict)
+    return spec.build(num_classes, cin)
+
+
+def last_linear(classifier: nn.Module) -> nn.Linear:
+    """The classifier's output layer (re-fit when source and target classes differ)."""
+    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+    return linears[-1]
+
+
+def replace_head(classifier: nn.Module, num_classes: int, init: str) -> None:
+    """Swap C's final Linear for a fresh one with `num_classes` outputs (in place)."""
+    old = last_linear(classifier)
+    for parent in classifier.modules():
+        for key, child in parent.named_children():
+            if child is old:
+                new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+                init_weights(new, init)
+                setattr(parent, key, new)
+                return

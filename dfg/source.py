@@ -1,0 +1,112 @@
+"""Source models E_S/C_S: trained once on the preset's source dataset (or ImageNet weights for
+ResNet-50), cached by a key of backbone + source + settings, then the head re-fit on the target."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config
+from .networks import BACKBONES, build_backbone, last_linear, replace_head
+
+# torchvision's ResNet-50 ImageNet checkpoints, as they sit in $TORCH_HOME/hub/checkpoints
+IMAGENET_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
+SOURCE_SEED = 0  # a source model is shared by every run of a setting, so it has its own fixed seed
+PRETRAIN_LR = 1e-3
+
+
+class SourceError(RuntimeError):
+    """A source model cannot be obtained (missing weights or data); the message says how to fix it."""
+
+
+def source_key(cfg: Config, in_channels: int) -> str:
+    settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
+                    per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
+                    batch=64)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.backbone}-{cfg.source}-{digest}"
+
+
+def imagenet_state_dict(allow_random_init: bool) -> dict | None:
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in IMAGENET_FILES:
+        if (hub / name).exists():
+            return torch.load(hub / name, map_location="cpu", weights_only=True)
+    if allow_random_init:
+        return None
+    raise SourceError(
+        f"ResNet-50 ImageNet weights not found: expected {hub / IMAGENET_FILES[0]} (or {IMAGENET_FILES[1]}). "
+        "Get them on an online machine with `python -c \"import torchvision; "
+        "torchvision.models.resnet50(weights='IMAGENET1K_V2')\"` (set TORCH_HOME to choose the folder) "
+        "and copy the file there, or pass --set allow_random_init=true to train from random weights.")
+
+
+def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
+                    progress: Callable[[int, int, float], None] | None = None):
+    """(E_S, C_S) trained on cfg.source with its own classes; cached under <data_root>/sources/."""
+    if cfg.source == "imagenet":
+        e, c = build_backbone("resnet50", num_classes=1000, state_dict=imagenet_state_dict(cfg.allow_random_init))
+        return e.to(device), c.to(device)
+    from .data import BatchStream, build_source_data
+
+    path = Path(cfg.data_root) / "sources" / f"{source_key(cfg, in_channels)}.pt"
+    data = None
+    if path.exists():
+        try:
+            ckpt = load_checkpoint(path, backbone=cfg.backbone, method="source")
+            e, c = build_backbone(cfg.backbone, num_classes=ckpt["state"]["num_classes"], in_channels=in_channels)
+            e.load_state_dict(ckpt["state"]["extractor"])
+            c.load_state_dict(ckpt["state"]["classifier"])
+            return e.to(device), c.to(device)
+        except CheckpointError:
+            pass  # unreadable cache entry: retrain and overwrite it
+    data = build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, seed=SOURCE_SEED,
+                             download=cfg.download, n_per_class=cfg.source_per_class)
+    torch.manual_seed(SOURCE_SEED)
+    e, c = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=in_channels)
+    e.to(device).train()
+    c.to(device).train()
+    opt = torch.optim.Adam(list(e.parameters()) + list(c.parameters()), lr=PRETRAIN_LR)
+    stream = BatchStream(data.train, 64, seed=SOURCE_SEED, device=device)
+    for step in range(1, cfg.pretrain_steps + 1):
+        x, y = stream.next()
+        loss = F.cross_entropy(c(e(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and (step % 50 == 0 or step == cfg.pretrain_steps):
+            progress(step, cfg.pretrain_steps, loss.item())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"extractor": e.state_dict(), "classifier": c.state_dict(),
+                           "num_classes": data.num_classes}, backbone=cfg.backbone, method="source",
+                    step=cfg.pretrain_steps)
+    return e, c
+
+
+def refit_head(extractor, classifier, train_set, num_classes: int, cfg: Config, device: torch.device) -> float:
+    """Replace C_S's last layer for the target's classes and train only it, E_S and the rest of C frozen
+    (Adam 1e-3, batch 64, head_refit_steps). Returns the last refit loss. Nets end in eval mode."""
+    from .data import BatchStream
+
+    replace_head(classifier, num_classes, BACKBONES[cfg.backbone].init)
+    head = last_linear(classifier)
+    extractor.eval()
+    classifier.eval()  # frozen BN statistics; the linear head has none
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    stream = BatchStream(train_set, 64, seed=cfg.seed + 1, device=device)
+    loss = torch.tensor(float("nan"))
+    for _ in range(cfg.head_refit_steps):
+        x, y = stream.next()
+        with torch.no_grad():
+            feats = classifier[:-1](extractor(x))  # every C is a Sequential ending in its head
+        loss = F.cross_entropy(head(feats), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())

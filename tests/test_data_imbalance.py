@@ -1,0 +1,94 @@
+"""Imbalance sampling (dfg.data.imbalance): exact step counts, the long-tailed profile, seeded draws,
+the validation split, the balanced test cap, and the enumeration of majority-class sets."""
+import itertools
+
+import numpy as np
+import pytest
+
+from dfg.data import DataError, build_data, majority_combinations
+from dfg.data.imbalance import balanced_cap, per_class, select_indices, split_validation, target_counts
+from dfg.data.offline import mnist5k_arrays
+
+FMNIST_LIKE = np.repeat(np.arange(10), 6000)      # 6,000 per class, like Fashion-MNIST's training split
+
+
+def test_step_counts_fmnist_like_are_exact():
+    counts = target_counts(per_class(FMNIST_LIKE, 10), "step", ratio=40, n_max=6000, majority=(2, 7))
+    assert counts == [150, 150, 6000, 150, 150, 150, 150, 6000, 150, 150]
+    kept = select_indices(FMNIST_LIKE, counts, seed=0)
+    assert per_class(FMNIST_LIKE[kept], 10).tolist() == counts
+
+
+def test_step_counts_on_mnist5k_are_exact():
+    _, labels = mnist5k_arrays()
+    counts = target_counts(per_class(labels, 10), "step", ratio=10, n_max=500, majority=(0, 9))
+    kept = select_indices(labels, counts, seed=1)
+    assert per_class(labels[kept], 10).tolist() == [500] + [50] * 8 + [500]
+
+
+def test_paper_ratios_round_correctly():
+    assert target_counts([5000] * 10, "step", ratio=10, n_max=5000, majority=(0,))[1] == 500
+    assert target_counts([750] * 101, "step", ratio=5, n_max=750, majority=(0,))[1] == 150
+    assert target_counts([9000] * 10, "step", ratio=10, n_max=9000, majority=(0,))[1] == 900
+
+
+def test_longtail_is_monotone_from_n_max_to_n_max_over_ratio():
+    counts = target_counts([6000] * 10, "longtail", ratio=100, n_max=5000)
+    assert counts[0] == 5000 and counts[-1] == 50
+    assert all(a > b for a, b in zip(counts, counts[1:]))
+
+
+def test_none_keeps_everything_and_default_n_max_is_smallest_class():
+    assert target_counts([7, 9, 8], "none", ratio=10, n_max=None) == [7, 9, 8]
+    assert target_counts([700, 900, 800], "step", ratio=10, n_max=None, majority=(1,)) == [70, 700, 70]
+
+
+def test_same_seed_same_samples_and_not_first_n():
+    counts = [100] * 10
+    a = select_indices(FMNIST_LIKE, counts, seed=5)
+    b = select_indices(FMNIST_LIKE, counts, seed=5)
+    c = select_indices(FMNIST_LIKE, counts, seed=6)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a[:100], np.arange(100))           # drawn, not the first N in file order
+
+
+def test_too_many_requested_is_a_clear_error():
+    with pytest.raises(DataError, match="only 400 are available"):
+        target_counts([400] * 10, "step", ratio=10, n_max=500, majority=(0,), dataset="mnist5k")
+    with pytest.raises(DataError, match="majority"):
+        target_counts([400] * 10, "step", ratio=10, n_max=100, majority=(3, 3))
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    kept = select_indices(FMNIST_LIKE, [600] * 2 + [60] * 8, seed=0)
+    tr, va = split_validation(kept, FMNIST_LIKE, 0.1, seed=0)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(kept)
+    assert per_class(FMNIST_LIKE[va], 10).tolist() == [60, 60] + [6] * 8
+    assert np.array_equal(va, split_validation(kept, FMNIST_LIKE, 0.1, seed=0)[1])
+
+
+def test_balanced_test_cap():
+    idx = balanced_cap(FMNIST_LIKE, 55, 10, seed=0)
+    assert len(idx) == 55 and per_class(FMNIST_LIKE[idx], 10).tolist() == [6] * 5 + [5] * 5
+
+
+def test_majority_combinations_all_and_sampled():
+    allc = majority_combinations(10, 2)
+    assert len(allc) == 45 == len(set(allc))
+    assert allc == list(itertools.combinations(range(10), 2)) and all(list(t) == sorted(t) for t in allc)
+    assert len(majority_combinations(10, 8)) == 45
+    s1, s2 = majority_combinations(10, 2, sample=7, seed=0), majority_combinations(10, 2, sample=7, seed=0)
+    assert s1 == s2 and len(set(s1)) == 7 and set(s1) <= set(allc)
+    assert s1 != majority_combinations(10, 2, sample=7, seed=1)
+    big = majority_combinations(257, 8, sample=5, seed=0)      # C(257, 8) ≈ 1.6e14: sampled, not enumerated
+    assert len(set(big)) == 5 and all(len(t) == 8 and list(t) == sorted(t) for t in big)
+
+
+def test_build_data_counts_and_val(tmp_path):
+    b = build_data("mnist5k", backbone="lenet", root=str(tmp_path), imbalance="step", ratio=10, n_max=400,
+                   majority=(1, 2), val_fraction=0.1, seed=3)
+    kept = [c["kept"] + c["val"] for c in b.class_counts]
+    assert kept == [40, 400, 400] + [40] * 7 and b.majority == (1, 2)
+    assert sum(c["kept"] for c in b.class_counts) == len(b.train)
+    assert sum(c["val"] for c in b.class_counts) == len(b.val) == 4 + 40 + 40 + 4 * 7
+    assert sum(c["test"] for c in b.class_counts) == len(b.test) == 1000

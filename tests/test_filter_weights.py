@@ -1,0 +1,111 @@
+"""Filter weights (Eq. 5-7, threshold): batched ablation equals the per-filter reference; a dead
+filter gets the lowest weight; rows average 1; ρ and δ behave as the paper says."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dfg import filter_weights as fw
+from dfg.networks import build_backbone
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from reference import per_filter_class_weights  # noqa: E402
+
+
+def _digits_32(n=400, seed=0):
+    """scikit-learn's 8x8 digits blown up to 32x32 in [-1, 1]: tiny real data that is always there."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(d.target))[:n]
+    x = torch.tensor(d.images[idx], dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False) * 2 - 1
+    return x, torch.tensor(d.target[idx])
+
+
+@pytest.fixture(scope="module")
+def trained_lenet():
+    torch.manual_seed(0)
+    x, y = _digits_32(600)
+    e, c = build_backbone("lenet", num_classes=10)
+    opt = torch.optim.Adam(list(e.parameters()) + list(c.parameters()), lr=3e-3)
+    for i in range(150):
+        b = torch.randint(0, len(x), (64,))
+        loss = F.cross_entropy(c(e(x[b])), y[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return e, c, x, y
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "vgg16"])
+@pytest.mark.parametrize("keep_bias", [False, True])
+def test_batched_equals_per_filter_reference(backbone, keep_bias):
+    torch.manual_seed(1)
+    e, c = build_backbone(backbone, num_classes=4)
+    for m in e.modules():  # non-zero biases so keep_bias matters
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    cin = 1 if backbone == "lenet" else 3
+    x, y = torch.randn(12, cin, 32, 32), torch.arange(12) % 4
+    batched = fw.compute_class_weights(e, c, x, y, 4, keep_bias=keep_bias)
+    reference = per_filter_class_weights(e, c, x, y, 4, keep_bias=keep_bias)
+    assert batched.shape == (4, e.num_filters)
+    assert (batched - reference).abs().max().item() <= 1e-5
+
+
+def test_dead_filter_gets_the_lowest_weight(trained_lenet):
+    e, c, x, y = trained_lenet
+    with torch.no_grad():  # plant a dead filter: removing it changes nothing
+        e.last_conv.weight[3] = 0
+        e.last_conv.bias[3] = 0
+    idx = fw.balanced_sample(y.numpy(), 10, seed=0)
+    w = fw.compute_class_weights(e, c, x[idx], y[idx], 10)
+    assert w.mean(0).argmin().item() == 3
+    assert (w.argmin(1) == 3).float().mean().item() >= 0.8  # lowest for (nearly) every class
+    assert torch.allclose(w.mean(1), torch.ones(10), atol=1e-5)  # Eq. 6: each class row averages 1
+
+
+def test_pass_restores_train_mode_and_does_not_touch_gradients(trained_lenet):
+    e, c, x, y = trained_lenet
+    e.train()
+    c.eval()
+    before = [p.detach().clone() for p in e.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in e.parameters()]
+    fw.compute_class_weights(e, c, x[:20], y[:20], 10)
+    assert e.training and not c.training
+    assert all(torch.equal(a, p) for a, p in zip(before, e.parameters()))
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, e.parameters()))
+
+
+def test_rho_blend_and_delta_threshold():
+    ws = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.5, 2.0]])
+    wt = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    assert torch.equal(fw.blend(ws, wt, 1.0), ws) and torch.equal(fw.blend(ws, wt, 0.0), wt)
+    w = fw.blend(ws, wt, 0.75)
+    assert torch.allclose(w[0], torch.tensor([1.5, 1.0, 0.5]))
+    star = fw.attention(ws, wt, rho=0.75, delta=0.95)
+    assert torch.allclose(star[0], torch.tensor([1.5, 1.0, 0.0]))  # 0.5 < 0.95 deactivated
+    assert torch.allclose(star[1], torch.tensor([0.0, 0.0, 1.75]))
+    # official switches: ρ discarded (W(E) only) and weights with mean 1/nf
+    assert torch.allclose(fw.attention(ws, wt, rho=0.75, delta=0.95, discard_rho=True)[0],
+                          torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.allclose(fw.attention(ws, wt, rho=0.75, delta=0.95, unscaled=True), star / 3)
+
+
+def test_sign_flip_reverses_order():
+    inc = torch.tensor([[0.0, 1.0, 2.0]])
+    assert fw.sample_weights(inc).argmax().item() == 2
+    assert fw.sample_weights(inc, flip_sign=True).argmax().item() == 0
+
+
+def test_balanced_sample_is_seeded_and_balanced():
+    labels = np.repeat(np.arange(3), [50, 5, 20])
+    a, b = fw.balanced_sample(labels, 10, 7), fw.balanced_sample(labels, 10, 7)
+    assert np.array_equal(a, b)
+    assert np.bincount(labels[a]).tolist() == [10, 5, 10]
+    assert not np.array_equal(a, fw.balanced_sample(labels, 10, 8))

@@ -1,0 +1,65 @@
+"""Backbones, generator and critic: shapes, initialisation, keyword-only traps."""
+import pytest
+import torch
+from torch import nn
+
+from dfg.gan import GAN_ARCHS, Critic, Generator
+from dfg.networks import BACKBONES, build_backbone
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_generator_output_matches_extractor_output(name):
+    spec = BACKBONES[name]
+    torch.manual_seed(0)
+    extractor, classifier = build_backbone(name, num_classes=7)
+    x = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size)
+    feats = extractor(x)
+    assert tuple(feats.shape[1:]) == spec.feature_shape
+    assert classifier(feats).shape == (2, 7)
+    g = Generator(name, num_classes=7)
+    z = torch.rand(2, g.noise_dim) * 2 - 1
+    fake = g(z, torch.tensor([0, 6]), torch.ones(7, spec.feature_shape[0]))
+    assert fake.shape == feats.shape
+    assert Critic(name)(fake).shape == (2,)
+    assert extractor.num_filters == spec.feature_shape[0]
+
+
+def test_noise_sizes_follow_the_paper():
+    assert GAN_ARCHS["lenet"].noise_dim + 10 == 110  # Table A.4 input 110
+    assert GAN_ARCHS["resnet50"].noise_dim == 4900  # Table A.8 input 4900 + classes
+
+
+@pytest.mark.parametrize("name,scheme_std", [("lenet", "xavier"), ("vgg16", "he")])
+def test_gan_init_scheme_and_zero_bias(name, scheme_std):
+    torch.manual_seed(0)
+    d = Critic(name)
+    conv = next(m for m in d.modules() if isinstance(m, nn.Conv2d))
+    fan_in = conv.weight[0].numel()
+    fan_out = conv.out_channels * conv.weight[0, 0].numel()
+    expected = (2 / (fan_in + fan_out)) ** 0.5 if scheme_std == "xavier" else (2 / fan_in) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.15)
+    assert all(m.bias.abs().sum() == 0 for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_leaky_relu_slope_is_passed_by_keyword():
+    g = Generator("lenet", num_classes=10)
+    slopes = {m.negative_slope for m in g.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.2}
+    official = Critic("lenet", negative_slope=1.0)  # official code's LeakyReLU(True): an affine critic
+    x = torch.randn(3, 6, 14, 14)
+    # with slope 1.0 the critic is affine: D(a+b) - D(b) = D(a) - D(0)
+    a, b, zero = x[:1], x[1:2], torch.zeros(1, 6, 14, 14)
+    assert torch.allclose(official(a + b) - official(b), official(a) - official(zero), atol=1e-5)
+
+
+def test_channel_weights_zero_out_channels_in_official_order_only():
+    torch.manual_seed(0)
+    w = torch.ones(10, 6)
+    w[3, 2] = 0.0
+    z, y = torch.rand(8, 100) * 2 - 1, torch.full((8,), 3)
+    official = Generator("lenet", num_classes=10, weight_after_bn=True)
+    assert official(z, y, w)[:, 2].abs().max() == 0  # W ⊙ BN(tanh): dropped channel exactly 0
+    paper = Generator("lenet", num_classes=10)
+    out = paper(z, y, w)  # BN(W ⊙ tanh): channel is 0 before BN, so BN maps it to its bias (0 at init)
+    assert torch.allclose(out[:, 2], torch.zeros_like(out[:, 2]), atol=1e-4)
+    assert out[:, 0].std() > 0.5
