@@ -113,18 +113,13 @@ def cmd_worker(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .loop import resolve_device, run_eval, setup
+    from .loop import restore, run_eval
     from .runstore import Run
 
-    run = Run(args.runs_dir, args.run).require()
-    cfg = from_dict(run.config())
-    device = resolve_device(args.device or cfg.device)
-    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
-    data, method = setup(cfg, device, log=lambda m: print(m, file=sys.stderr))
-    method.load_state_dict(ckpt["state"]["method"])
-    m = run_eval(method, data, device)
-    print(json.dumps({"run": run.id, "step": ckpt["step"], **{k: v for k, v in m.items() if k != "confusion"}}))
+    cfg, data, method, step = restore(Run(args.runs_dir, args.run), args.device,
+                                      log=lambda m: print(m, file=sys.stderr))
+    m = run_eval(method, data, method.ctx.device)
+    print(json.dumps({"run": args.run, "step": step, **{k: v for k, v in m.items() if k != "confusion"}}))
     return 0
 
 

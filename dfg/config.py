@@ -39,6 +39,7 @@ class Config:
     batch_size: int = 64            # m in Algorithm 1
     seed: int = 0
     device: str = "auto"            # auto (cuda when present) | cpu | cuda | cuda:N
+    threads: int = 0                # CPU threads for torch (0 = torch's default); sweeps set cores/parallel
     log_every: int = 10             # steps between loss rows in metrics
     eval_every: int = 250           # steps between test evaluations (and the final step)
     ckpt_every: int = 250           # steps between checkpoints (and the final step)
@@ -209,7 +210,8 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "n_critic", "n_c1", "n_c2", "n_w", "log_every", "eval_every",
                  "ckpt_every", "fw_per_class", "source_per_class"):
         _need(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be a positive integer")
-    for name in ("pretrain_steps", "head_refit_steps", "n_max", "limit_test", "image_size", "num_majority"):
+    for name in ("pretrain_steps", "head_refit_steps", "n_max", "limit_test", "image_size", "num_majority",
+                 "threads"):
         _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
     for name in ("lr_extractor", "lr_classifier", "lr_generator", "lr_critic"):
         v = getattr(cfg, name)

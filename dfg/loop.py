@@ -65,6 +65,8 @@ def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
 
 def setup(cfg: Config, device: torch.device, log=print, on_weights=None):
     """Data, source model and method for a config (shared by train, eval and the app's inspectors)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
     sample = fw_sample(data, cfg, device)
@@ -81,6 +83,19 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None):
 
 def _minority(data) -> tuple[int, ...]:
     return tuple(c for c in range(data.num_classes) if data.majority and c not in data.majority)
+
+
+def restore(run: Run, device: torch.device | str | None = None, log=lambda m: None):
+    """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode."""
+    from .config import from_dict
+
+    cfg = from_dict(run.require().config())
+    device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
+    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+    data, method = setup(cfg, device, log)
+    method.load_state_dict(ckpt["state"]["method"])
+    method.eval()
+    return cfg, data, method, ckpt["step"]
 
 
 def run_eval(method, data, device, split: str = "test") -> dict:
