@@ -17,8 +17,7 @@ METHODS: dict[str, type[Method]] = {
 METHOD_DEFAULTS: dict[str, dict] = {
     "original": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
     "finetune": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
-    "delta": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3, transfer_reg="delta"),
-              "sgd": dict(transfer_reg="delta")},
+    "delta": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
     "difa_cmwgan": {"adam": {}, "sgd": {}},
     "dfg": {"adam": {}, "sgd": {}},
 }

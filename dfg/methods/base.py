@@ -55,6 +55,7 @@ class Method:
 
     name = "base"
     from_source = True   # initialise E/C from the source model (False: from scratch)
+    transfer_reg: str | None = None  # None: cfg.transfer_reg decides (none | delta | l2sp)
 
     def __init__(self, ctx: TrainContext):
         self.ctx, cfg = ctx, ctx.cfg
@@ -73,7 +74,8 @@ class Method:
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec),
         } if any(p.requires_grad for p in self.extractor.parameters()) else {
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec)}
-        self.reg_weights = self._delta_channel_weights() if cfg.transfer_reg == "delta" else None
+        self.reg_kind = self.transfer_reg or cfg.transfer_reg
+        self.reg_weights = self._delta_channel_weights() if self.reg_kind == "delta" else None
 
     # -- hooks ------------------------------------------------------------------------------
     def configure_trainable(self) -> None:
@@ -100,11 +102,11 @@ class Method:
     def transfer_penalty(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor | None:
         """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head."""
         cfg, src = self.ctx.cfg, self.ctx.source
-        if cfg.transfer_reg == "none" or src is None:
+        if self.reg_kind == "none" or src is None:
             return None
         head = last_linear(self.classifier)
         head_params = [head.weight, head.bias]
-        if cfg.transfer_reg == "delta":
+        if self.reg_kind == "delta":
             with torch.no_grad():
                 fm_source = src.extractor(x)
             dist = losses.delta_feature_distance(feats, fm_source, self.reg_weights)

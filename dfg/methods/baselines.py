@@ -39,11 +39,7 @@ class Delta(Original):
     feature-map distance to the frozen source E (α) and L2 on the new head (β); see Method.transfer_penalty."""
     name = "delta"
     from_source = True
-
-    def __init__(self, ctx):
-        if ctx.cfg.transfer_reg != "delta":
-            raise ValueError("method=delta needs transfer_reg=delta (set automatically by make_config)")
-        super().__init__(ctx)
+    transfer_reg = "delta"  # whatever cfg.transfer_reg says: the regulariser is what DELTA is
 
 
 class DifaCMWGAN(DFG):
