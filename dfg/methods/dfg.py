@@ -36,6 +36,7 @@ class DFG(Method):
         self.w_target, self.w_star = ones.clone(), ones.clone()
         self.last_loss_e = float("inf")
         self.split_c = has_batchnorm(self.classifier)  # BN in C: real and generated batches kept apart
+        self.batch_real = not has_batchnorm(self.extractor)
 
     # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
     def recompute_weights(self, step: int) -> None:
@@ -75,16 +76,18 @@ class DFG(Method):
         E, C, G, D = self.extractor, self.classifier, self.generator, self.critic
         m, nz = cfg.batch_size, G.noise_dim
         self.lr_schedule(step)
-        # lines 6-9: nD critic updates (Eq. 1); real = E(x), D scores real, fake and x̂ in one forward
-        for _ in range(cfg.n_critic):
-            x, _ = batches.next()
+        # lines 6-9: nD critic updates (Eq. 1). E is fixed during them, so without BN in E one
+        # forward of all nD batches gives exactly the per-batch features.
+        xs = [batches.next()[0] for _ in range(cfg.n_critic)]
+        with torch.no_grad():
+            reals = E(torch.cat(xs)).split(m) if self.batch_real else [E(x) for x in xs]
+        for real in reals:
             with torch.no_grad():
-                real = E(x)
                 fake = self.generate(*sample_noise(ctx, m, nz))
             mixed = losses.interpolate(real, fake, ctx.rng)
-            scores = D(torch.cat([real, fake, mixed]))  # D has no BN: one forward == three
-            d_real, d_fake, d_mixed = scores[:m], scores[m:2 * m], scores[2 * m:]
-            gp = losses.gradient_penalty(mixed, d_mixed)
+            scores = D(torch.cat([real, fake]))  # D has no BN; x̂ gets its own forward so the
+            d_real, d_fake = scores[:m], scores[m:]  # penalty's double backward sees only x̂
+            gp = losses.gradient_penalty(mixed, D(mixed))
             loss_d = losses.critic_loss(d_real, d_fake, gp, cfg.gp_lambda)
             self._zero(("critic",))
             loss_d.backward()

@@ -1,0 +1,88 @@
+"""Algorithm 1 iterations/s: the library's DFG step vs the plain eager reference (bench/reference.py)
+on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
+
+    python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all]
+Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=…"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import EagerAlgorithm1  # noqa: E402
+
+from dfg.config import make_config  # noqa: E402
+from dfg.data import BatchStream, DataError, build_data  # noqa: E402
+from dfg.loop import fw_sample  # noqa: E402
+from dfg.methods import METHODS, TrainContext  # noqa: E402
+
+
+def load(cfg):
+    try:  # the paper's target (Debian's Fashion-MNIST) when installed, else the offline MNIST 5k
+        return build_data("fmnist", backbone="lenet", n_max=6000, ratio=40, seed=0), "fmnist"
+    except DataError:
+        return build_data("mnist5k", backbone="lenet", ratio=10, seed=0), "mnist5k"
+
+
+def measure(device: torch.device, steps: int, repeats: int) -> tuple[float, float, str]:
+    cfg = make_config("fmnist", {"data_root": tempfile.mkdtemp(), "device": str(device)})
+    data, name = load(cfg)
+    torch.manual_seed(0)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(0)
+    ctx = TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, in_channels=1, rng=rng,
+                       fw_sample=fw_sample(data, cfg, device))
+    ours = METHODS["dfg"](ctx)
+    ours.on_start()
+    stream = BatchStream(data.train, cfg.batch_size, seed=0, device=device)
+    nets = [copy.deepcopy(n) for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
+    ref = EagerAlgorithm1(*nets, data.train, cfg, data.num_classes, ours.w_star.clone(), device=str(device))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            fn(s)
+        sync()
+        return steps / (time.perf_counter() - t0)
+
+    timed_ours = lambda s: ours.train_step(s, stream)  # noqa: E731
+    for s in range(1, 11):  # warm-up (allocator, kernels, DataLoader)
+        timed_ours(s)
+        ref.step(s)
+    a, b = [], []
+    for _ in range(repeats):  # interleaved so machine noise hits both alike
+        a.append(timed(timed_ours))
+        b.append(timed(ref.step))
+    return statistics.median(a), statistics.median(b), name
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
+    args = p.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    last = ""
+    for d in devices:
+        ours, ref, name = measure(torch.device(d), args.steps, args.repeats)
+        print(f"[{d}, {name}, {torch.get_num_threads()} threads] ours {ours:.2f} it/s  reference {ref:.2f} it/s  "
+              f"ratio {ours / ref:.2f}")
+        prefix = "" if d == "cpu" else "cuda_"
+        last += f"{prefix}alg1_steps_per_s={ours:.2f} {prefix}reference_steps_per_s={ref:.2f} {prefix}ratio={ours / ref:.2f} "
+    print(last.strip())
+
+
+if __name__ == "__main__":
+    main()

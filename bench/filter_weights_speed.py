@@ -1,0 +1,72 @@
+"""Filter-weight pass (Eq. 5-6): batched ablation (dfg.filter_weights) vs the per-filter reference
+(one full E+C forward per removed filter, bench/reference.py) on LeNet-5 and VGG-16, 10 samples/class.
+
+    python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda]
+Last line: filter_weights_vgg16_batched_s=… per_filter_s=… speedup=… max_abs_diff=…"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import per_filter_class_weights  # noqa: E402
+
+from dfg.filter_weights import compute_class_weights  # noqa: E402
+from dfg.networks import BACKBONES, build_backbone  # noqa: E402
+
+
+def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10, classes: int = 10):
+    torch.manual_seed(0)
+    spec = BACKBONES[backbone]
+    e, c = build_backbone(backbone, num_classes=classes)
+    e.to(device), c.to(device)
+    n = per_class * classes
+    x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=device)
+    y = torch.arange(n, device=device) % classes
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t0, out
+
+    fast = lambda: compute_class_weights(e, c, x, y, classes)  # noqa: E731
+    slow = lambda: per_filter_class_weights(e, c, x, y, classes).to(device)  # noqa: E731
+    fast()  # warm-up
+    tb, ts = [], []
+    for _ in range(repeats):
+        t, wb = timed(fast)
+        tb.append(t)
+        t, wr = timed(slow)
+        ts.append(t)
+    return statistics.median(tb), statistics.median(ts), (wb - wr).abs().max().item()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    line = ""
+    for backbone in ("lenet", "vgg16"):
+        b, s, d = bench(backbone, device, args.repeats)
+        print(f"[{device}, {torch.get_num_threads()} threads] {backbone}: batched {b:.3f}s  per-filter {s:.3f}s  "
+              f"speedup {s / b:.1f}x  max|ΔW| {d:.2e}")
+        line += (f"filter_weights_{backbone}_batched_s={b:.4f} {backbone}_per_filter_s={s:.4f} "
+                 f"{backbone}_speedup={s / b:.2f} {backbone}_max_abs_diff={d:.2e} ")
+    print(line.strip().replace("filter_weights_vgg16_batched_s", "filter_weights_vgg16_batched_s")
+          .replace("vgg16_per_filter_s", "per_filter_s").replace("vgg16_speedup", "speedup")
+          .replace("vgg16_max_abs_diff", "max_abs_diff"))
+
+
+if __name__ == "__main__":
+    main()

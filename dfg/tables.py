@@ -1,0 +1,216 @@
+"""Results tables from run folders: per-run metrics, mean ± std per (dataset, method, varied settings)
+next to the paper's Table 2, and the ρ curve; rendered as Markdown, CSV and LaTeX. Values are in %."""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from .paper import FIGURE6, dataset_label, figure6_top1, method_label, paper_top1
+from .runstore import Run, atomic_write_bytes
+
+METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
+METRIC_LABELS = {"top1": "Top-1", "balanced_acc": "Balanced acc.", "macro_f1": "Macro-F1",
+                 "minority_recall": "Minority recall"}
+# Config fields that make replicates of one condition (averaged over), never a group of their own.
+REPLICATE_KEYS = {"seed", "majority", "threads", "device", "data_root", "download", "log_every", "eval_every",
+                  "ckpt_every", "preset", "dataset", "method"}
+_ORDER = ("demo", "svhn", "fmnist", "stl10", "cinic10", "caltech256", "food101")
+_METHOD_ORDER = ("original", "finetune", "delta", "difa_cmwgan", "dfg")
+
+
+def run_row(run: Run, keys=()) -> dict:
+    """One run's identity, state and final test metrics (in %); `keys` adds those config fields."""
+    cfg, status = run.config(), run.status()
+    last = (run.read_json("final.json") or {}).get("last") or {}
+    data = run.read_json("data.json") or {}
+    majority = data.get("majority", cfg.get("majority") or [])
+    row = {"run_id": run.id, "preset": cfg.get("preset"), "dataset": cfg.get("dataset"), "method": cfg.get("method"),
+           "seed": cfg.get("seed"), "majority": " ".join(str(c) for c in majority),
+           **{k: cfg.get(k) for k in keys}, "state": status.get("state"), "step": status.get("step"),
+           "total_steps": cfg.get("steps")}
+    done = row["state"] == "finished"
+    for m in METRICS:
+        v = last.get(m) if done else None
+        row[m] = 100.0 * v if v is not None else None
+    row["error"] = status.get("error") if row["state"] != "finished" else None
+    return row
+
+
+def varied_keys(configs: list[dict]) -> list[str]:
+    """Config fields whose value differs between runs of one (preset, dataset, method), replicates excluded."""
+    seen: dict[tuple, dict[str, set]] = {}
+    for c in configs:
+        per = seen.setdefault((c.get("preset"), c.get("dataset"), c.get("method")), {})
+        for k, v in c.items():
+            if k not in REPLICATE_KEYS:
+                per.setdefault(k, set()).add(repr(v))
+    return sorted({k for per in seen.values() for k, vals in per.items() if len(vals) > 1})
+
+
+def _sort_key(row: dict, by) -> tuple:
+    p, m = row.get("preset"), row.get("method")
+    return (_ORDER.index(p) if p in _ORDER else len(_ORDER), p or "", row.get("dataset") or "",
+            _METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m or "",
+            *(_comparable(row.get(k)) for k in by))
+
+
+def _comparable(v):
+    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1); std is None for a single value (shown as "—")."""
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | None = None) -> list[dict]:
+    """Group runs by (preset, dataset, method, *by) — `by` defaults to the varied config fields — and give the
+    mean/std of each metric over finished runs (in %), the paper's Table 2 value and notes on the rest."""
+    if by is None:
+        by = varied_keys([r.config() for r in runs])
+    rows = rows if rows is not None else [run_row(r, by) for r in runs]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["preset"], row["dataset"], row["method"], *(repr(row.get(k)) for k in by)),
+                          []).append(row)
+    out = []
+    for members in groups.values():
+        first, done = members[0], [r for r in members if r["state"] == "finished" and r["top1"] is not None]
+        s = {"preset": first["preset"], "dataset": first["dataset"], "method": first["method"],
+             **{k: first.get(k) for k in by}, "n": len(done), "n_runs": len(members)}
+        for m in METRICS:
+            s[f"{m}_mean"], s[f"{m}_std"] = _mean_std([r[m] for r in done if r[m] is not None])
+        paper = paper_top1(first["dataset"], first["method"])
+        s["paper_top1_mean"], s["paper_top1_std"] = paper if paper else (None, None)
+        pending = [r for r in members if r not in done]
+        states: dict[str, int] = {}
+        for r in pending:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        notes = [", ".join(f"{n} {st}" for st, n in sorted(states.items()))] if states else []
+        s["notes"] = "; ".join(notes + [f"{r['run_id']}: {r['error']}" for r in pending if r.get("error")])
+        out.append(s)
+    return sorted(out, key=lambda s: _sort_key(s, by))
+
+
+def rho_curve(rows: list[dict], by: list[str]) -> list[dict]:
+    """Curve-ready ρ table from per-run rows: one row per ρ, columns '<series> mean|std|n' where a series
+    is preset/method (+ the other varied settings); '<series> paper' where Figure 6 gives a value."""
+    others = [k for k in by if k != "rho"]
+    series: dict[str, dict] = {}
+    for r in rows:
+        label = "/".join([r["preset"], r["method"]] + [f"{k}={r.get(k)}" for k in others])
+        series.setdefault(label, {"dataset": r["dataset"], "method": r["method"], "runs": {}})
+        series[label]["runs"].setdefault(float(r["rho"]), []).append(r)
+    out = []
+    for rho in sorted({float(r["rho"]) for r in rows}):
+        line: dict = {"rho": rho}
+        for label, s in series.items():
+            vals = [r["top1"] for r in s["runs"].get(rho, []) if r["state"] == "finished" and r["top1"] is not None]
+            line[f"{label} mean"], line[f"{label} std"] = _mean_std(vals)
+            line[f"{label} n"] = len(vals)
+            if s["dataset"] == FIGURE6["dataset"] and s["method"] == FIGURE6["method"]:
+                line[f"{label} paper"] = figure6_top1(s["dataset"], s["method"], rho)
+        out.append(line)
+    return out
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _pm(mean, std) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.2f} ± {'—' if std is None else f'{std:.2f}'}"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A GitHub Markdown table of `rows` with (key, header) columns; values already strings or numbers."""
+    head = "| " + " | ".join(h for _, h in columns) + " |\n|" + "|".join("---" for _ in columns) + "|\n"
+    return head + "".join("| " + " | ".join(_cell(r.get(k)).replace("|", "\\|") for k, _ in columns) + " |\n"
+                          for r in rows)
+
+
+def _display_rows(summary: list[dict]) -> list[dict]:
+    out = []
+    for s in summary:
+        d = {**s, "dataset_label": dataset_label(s["dataset"]), "method_label": method_label(s["method"]),
+             "paper": _pm(s["paper_top1_mean"], s["paper_top1_std"]) if s["paper_top1_mean"] is not None else "—"}
+        for m in METRICS:
+            d[m] = _pm(s[f"{m}_mean"], s[f"{m}_std"])
+        out.append(d)
+    return out
+
+
+def summary_markdown(summary: list[dict], by: list[str]) -> str:
+    cols = [("dataset_label", "Dataset"), ("method_label", "Method"), *[(k, k) for k in by], ("n", "n"),
+            ("top1", "Top-1 (%)"), ("paper", "Paper Table 2 (%)"),
+            *[(m, f"{METRIC_LABELS[m]} (%)") for m in METRICS[1:]]]
+    text = markdown_table(_display_rows(summary), cols)
+    notes = [f"- {s['dataset']}/{s['method']}" + "".join(f" {k}={s.get(k)}" for k in by) + f": {s['notes']}"
+             for s in summary if s["notes"]]
+    text += "\nmean ± sample std (ddof=1) over finished runs; — = a single run or none.\n"
+    return text + ("\nNotes:\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def _tex_pm(mean, std) -> str:
+    if mean is None:
+        return "--"
+    return f"${mean:.2f} \\pm {std:.2f}$" if std is not None else f"${mean:.2f} \\pm$ --"
+
+
+def summary_latex(summary: list[dict], by: list[str]) -> str:
+    heads = ["Dataset", "Method", *by, "$n$", "Top-1 (\\%)", "Paper (\\%)", "Min. recall (\\%)"]
+    lines = ["\\begin{tabular}{" + "l" * (2 + len(by)) + "r" * 4 + "}", "\\toprule",
+             " & ".join(_tex(h) if not h.startswith("$") and "\\%" not in h else h for h in heads) + " \\\\",
+             "\\midrule"]
+    for s in summary:
+        cells = [_tex(dataset_label(s["dataset"])), _tex(method_label(s["method"])),
+                 *[_tex(_cell(s.get(k))) for k in by], str(s["n"]), _tex_pm(s["top1_mean"], s["top1_std"]),
+                 _tex_pm(s["paper_top1_mean"], s["paper_top1_std"]),
+                 _tex_pm(s["minority_recall_mean"], s["minority_recall_std"])]
+        lines.append(" & ".join(cells) + " \\\\")
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
+
+
+def to_csv(rows: list[dict]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def write_tables(out_dir: str | Path, rows: list[dict], by: list[str]) -> dict[str, Path]:
+    """results.md/.csv/.tex from per-run rows (`run_row`), per_run.csv, and rho_curve.csv/.md when ρ varies."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise([], by, rows=rows)
+    files = {"results.md": summary_markdown(summary, by), "results.csv": to_csv(summary),
+             "results.tex": summary_latex(summary, by), "per_run.csv": to_csv(rows)}
+    if "rho" in by:
+        curve = rho_curve(rows, by)
+        cols = [(k, k) for k in curve[0]] if curve else []
+        files["rho_curve.csv"] = to_csv(curve)
+        files["rho_curve.md"] = (markdown_table(curve, cols) + f"\nPaper (Figure 6): {FIGURE6['claim']}.\n")
+    paths = {}
+    for name, text in files.items():
+        atomic_write_bytes(out_dir / name, text.encode())
+        paths[name] = out_dir / name
+    return paths

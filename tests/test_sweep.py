@@ -1,0 +1,177 @@
+"""Sweeps: grid expansion and run ids, local and Ray execution with resume, results tables against the
+runs' own metrics, the paper's numbers, and method defaults in make_config."""
+import csv
+import itertools
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from dfg.cli import main
+from dfg.config import ConfigError, make_config
+from dfg.data import majority_combinations
+from dfg.executors import cpu_cores
+from dfg.paper import TABLE2, figure6_top1, paper_top1
+from dfg.runstore import Run, check_run_id
+from dfg.sweep import expand_grid, list_sweeps, load_sweep, parse_seeds, parse_sets, run_sweep, varied
+from dfg.tables import rho_curve, summarise, summary_latex, summary_markdown
+
+TINY = ["steps=6", "pretrain_steps=20", "head_refit_steps=5", "log_every=3", "eval_every=6", "ckpt_every=6",
+        "limit_test=200"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return {"runs": root / "runs", "sets": TINY + [f"data_root={root / 'data'}"]}
+
+
+def _final_top1(runs_dir, run_ids):
+    return [100 * Run(runs_dir, i).read_json("final.json")["last"]["top1"] for i in run_ids]
+
+
+def _check_table(runs_dir, name, cells):
+    """results.csv's mean/std per method equal statistics.mean/stdev of the runs' final top-1."""
+    with open(runs_dir / "sweeps" / name / "results.csv") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"original", "dfg"}
+    for method, row in table.items():
+        vals = _final_top1(runs_dir, [c["run_id"] for c in cells if c["method"] == method])
+        assert int(row["n"]) == len(vals) == 2
+        assert float(row["top1_mean"]) == pytest.approx(statistics.mean(vals))
+        assert float(row["top1_std"]) == pytest.approx(statistics.stdev(vals))
+
+
+def test_local_sweep_runs_tabulates_and_resumes(dirs, capsys):
+    runs = dirs["runs"]
+    argv = ["sweep", "--presets", "demo", "--methods", "original,dfg", "--seeds", "2", "--parallel", "2",
+            "--runs-dir", str(runs), "--name", "t"] + [a for s in dirs["sets"] for a in ("--set", s)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count(" finished  top1 ") == 4 and "| Dataset | Method |" in out
+    sweep = load_sweep(runs, "t")
+    cells = sweep["grid"]["cells"]
+    assert len(cells) == 4 and all(r["state"] == "finished" for r in sweep["runs"])
+    _check_table(runs, "t", cells)
+    assert {Run(runs, c["run_id"]).config()["threads"] for c in cells} == {max(1, cpu_cores() // 2)}
+    md = (runs / "sweeps" / "t" / "results.md").read_text()
+    assert "Paper Table 2" in md and "Minority recall" in md
+    with open(runs / "sweeps" / "t" / "per_run.csv") as f:
+        per_run = list(csv.DictReader(f))
+    assert sorted(r["run_id"] for r in per_run) == sorted(c["run_id"] for c in cells)
+    assert list_sweeps(runs)[0]["name"] == "t" and list_sweeps(runs)[0]["finished"] == 4
+
+    # re-launch: nothing runs, no run folder is touched
+    files = [runs / c["run_id"] / n for c in cells for n in ("metrics.jsonl", "status.json", "checkpoint.pt")]
+    before = [p.stat().st_mtime_ns for p in files]
+    again = run_sweep(runs, ["demo"], ["original", "dfg"], [0, 1], name="t", sets=dirs["sets"], parallel=2,
+                      log=lambda m: None)
+    assert (again["ran"], again["skipped"]) == (0, 4)
+    assert [p.stat().st_mtime_ns for p in files] == before
+
+    # a failed run is re-run (resumed from its checkpoint); the finished ones stay skipped
+    failed = Run(runs, cells[0]["run_id"])
+    failed.set_status(state="failed", error="simulated crash")
+    third = run_sweep(runs, ["demo"], ["original", "dfg"], [0, 1], name="t", sets=dirs["sets"], parallel=2,
+                      log=lambda m: None)
+    assert (third["ran"], third["skipped"], third["finished"]) == (1, 3, 1)
+    assert failed.status()["state"] == "finished"
+    assert [p.stat().st_mtime_ns for p in files[3:]] == before[3:]
+
+
+def test_ray_sweep(dirs):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'ray>=2.9')")
+    runs = dirs["runs"]
+    res = run_sweep(runs, ["demo"], ["original", "dfg"], [0, 1], name="r", sets=dirs["sets"], executor="ray",
+                    log=lambda m: None)
+    assert (res["ran"], res["finished"], res["failed"]) == (4, 4, 0)
+    _check_table(runs, "r", load_sweep(runs, "r")["grid"]["cells"])
+
+
+def test_importing_dfg_does_not_import_ray():
+    code = "import sys, dfg, dfg.sweep, dfg.executors, dfg.tables, dfg.cli; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_grid_majority_combos_all_and_sampled():
+    cells = expand_grid("g", ["demo"], ["dfg"], [0, 1], majority_combos="all")
+    assert len(cells) == 2 * 45 == len({c.run_id for c in cells})
+    assert {c.majority for c in cells} == set(itertools.combinations(range(10), 2))
+    assert cells[0].config().majority == (0, 1) and cells[0].run_id.startswith("sw-g-demo-dfg-s0-m0.1-")
+    sampled = expand_grid("g", ["demo"], ["dfg"], [0, 1], majority_combos="5")
+    again = expand_grid("g", ["demo"], ["dfg"], [0, 1], majority_combos="5")
+    assert [c.run_id for c in sampled] == [c.run_id for c in again] and len(sampled) == 10
+    assert sorted({c.majority for c in sampled}) == majority_combinations(10, 2, sample=5, seed=0)
+    k8 = expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="all", sets=parse_sets(["num_majority=8"]))
+    assert len(k8) == 45 and all(len(c.majority) == 8 for c in k8)
+    default = expand_grid("g", ["demo"], ["dfg"], [0, 1])
+    assert [c.config().majority for c in default] == [(), ()] and "-mauto-" in default[0].run_id
+
+
+def test_grid_multi_valued_sets_and_ids():
+    sets = parse_sets(["rho=0,0.5,1", "steps=10,20", "limit_test=100"])
+    assert varied(sets) == ["rho", "steps"]
+    cells = expand_grid("x", ["demo", "fmnist"], ["original", "dfg"], [0, 1, 2], sets=sets)
+    assert len(cells) == 2 * 3 * 2 * 2 * 3 == len({c.run_id for c in cells})
+    assert all(check_run_id(c.run_id) for c in cells)
+    assert [c.run_id for c in cells] == [c.run_id for c in expand_grid("x", ["demo", "fmnist"], ["original", "dfg"],
+                                                                       [0, 1, 2], sets=sets)]
+    cfgs = [c.config() for c in cells]
+    assert {(c.rho, c.steps) for c in cfgs} == {(r, s) for r in (0.0, 0.5, 1.0) for s in (10, 20)}
+    assert all(c.limit_test == 100 for c in cfgs)
+    # same cell, other --set values -> another id
+    assert expand_grid("x", ["demo"], ["dfg"], [0])[0].run_id != expand_grid(
+        "x", ["demo"], ["dfg"], [0], sets=parse_sets(["rho=0.5"]))[0].run_id
+
+
+def test_grid_rejects_bad_input():
+    with pytest.raises(ConfigError, match="seed"):
+        parse_sets(["seed=3"])
+    with pytest.raises(ConfigError, match="majority-combos"):
+        expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="most")
+    with pytest.raises(ConfigError, match="rho"):
+        expand_grid("g", ["demo"], ["dfg"], [0], sets=parse_sets(["rho=0,2"]))
+    with pytest.raises(ConfigError, match="name"):
+        expand_grid("a/b", ["demo"], ["dfg"], [0])
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5") == [0, 5]
+
+
+def test_method_defaults_in_make_config():
+    assert make_config("fmnist", {"method": "original"}).lr_extractor == 1e-3
+    assert make_config("fmnist", {"method": "original", "lr_extractor": "2e-4"}).lr_extractor == 2e-4
+    assert make_config("fmnist", {"method": "dfg"}).lr_extractor == 1e-5          # the preset's own rate
+    assert make_config("caltech256", {"method": "original"}).lr_extractor == 0.01  # SGD presets keep theirs
+
+
+def _row(dataset, method, top1, rho=0.75, state="finished", **kw):
+    return {"run_id": f"r{top1}", "preset": dataset, "dataset": dataset, "method": method, "rho": rho,
+            "state": state, "top1": top1, "balanced_acc": top1, "macro_f1": top1,
+            "minority_recall": top1 / 2 if top1 else None, **kw}
+
+
+def test_paper_values_and_rendering():
+    assert paper_top1("fmnist", "dfg") == (82.65, 0.28) and paper_top1("mnist5k", "dfg") is None
+    assert len(TABLE2) == 6 and all(len(v) == 5 for v in TABLE2.values())
+    assert TABLE2["food101"]["original"] == (30.17, 1.72)
+    assert figure6_top1("svhn", "dfg", 0.75) == 80.81 and figure6_top1("svhn", "dfg", 0) == 79.98
+    rows = [_row("fmnist", "dfg", v) for v in (80.0, 82.0, 84.0)] + [_row("fmnist", "original", 70.0)]
+    rows.append(_row("fmnist", "original", None, state="failed", error="boom"))
+    summary = summarise([], [], rows=rows)
+    dfg, orig = summary[1], summary[0]
+    assert (dfg["n"], dfg["top1_mean"], dfg["top1_std"], dfg["minority_recall_mean"]) == (3, 82.0, 2.0, 41.0)
+    assert (orig["n"], orig["n_runs"], orig["top1_std"]) == (1, 2, None) and "boom" in orig["notes"]
+    md = summary_markdown(summary, [])
+    assert "| F-MNIST | DFG | 3 | 82.00 ± 2.00 | 82.65 ± 0.28 |" in md
+    assert "| F-MNIST | Original | 1 | 70.00 ± — | 77.13 ± 3.24 |" in md and "boom" in md
+    tex = summary_latex(summary, [])
+    assert r"$82.00 \pm 2.00$ & $82.65 \pm 0.28$" in tex
+
+
+def test_rho_curve_has_paper_points():
+    rows = [_row("svhn", "dfg", v, rho=r) for r, v in ((0.0, 79.0), (0.0, 81.0), (0.75, 80.0))]
+    curve = rho_curve(rows, ["rho"])
+    assert [c["rho"] for c in curve] == [0.0, 0.75]
+    assert (curve[0]["svhn/dfg mean"], curve[0]["svhn/dfg n"], curve[0]["svhn/dfg paper"]) == (80.0, 2, 79.98)
+    assert curve[1]["svhn/dfg std"] is None and curve[1]["svhn/dfg paper"] == 80.81
