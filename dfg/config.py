@@ -125,6 +125,16 @@ def from_dict(d: dict) -> Config:
     unknown = sorted(set(d) - set(FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown config fields {unknown}")
+    for k, v in d.items():  # config.json is data: every value must have its field's JSON type
+        kind = FIELD_TYPES[k]
+        ok = (isinstance(v, bool) if kind is bool else
+              isinstance(v, int) and not isinstance(v, bool) if kind is int else
+              isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else
+              isinstance(v, str) if kind is str else
+              isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v))
+        if not ok:
+            raise ConfigError(f"config field {k}={v!r} has the wrong type: expected "
+                              f"{getattr(kind, '__name__', 'a list of ints')}")
     d = {k: tuple(v) if FIELD_TYPES[k] == tuple[int, ...] else v for k, v in d.items()}
     return Config(**d)
 
@@ -144,7 +154,7 @@ _RESNET = dict(backbone="resnet50", source="imagenet", steps=40000, n_c1=1, n_c2
                pretrain_steps=0)
 
 PRESETS: dict[str, Config] = {
-    "demo": Config(),  # offline: glyphs -> MNIST 5k, 10:1 step imbalance, ~2 min on 2 CPU cores
+    "demo": Config(steps=700, n_w=100, eval_every=100, ckpt_every=100, pretrain_steps=1000),  # offline: glyphs -> MNIST 5k, 10:1 step imbalance, ~2 min on 2 CPU cores
     "svhn": _paper(preset="svhn", dataset="svhn", imbalance="step", n_max=5000, ratio=10, **_LENET,
                    lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=2e-4, lr_critic=1e-4),
     "fmnist": _paper(preset="fmnist", dataset="fmnist", imbalance="step", n_max=6000, ratio=40, **_LENET,
@@ -177,7 +187,12 @@ def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
     for k in vals:
         if k not in FIELD_TYPES:
             raise ConfigError(f"unknown config field {k!r}")
-    cfg = replace(PRESETS[preset], preset=preset, **vals)
+    from .methods import METHOD_DEFAULTS  # lazy: methods import torch
+    base = PRESETS[preset]
+    # the method's own defaults (e.g. baselines' learning rates) first, then the user's overrides win
+    method_defaults = METHOD_DEFAULTS.get(vals.get("method", base.method), {})
+    vals = {**method_defaults.get(vals.get("optimizer_ec", base.optimizer_ec), {}), **vals}
+    cfg = replace(base, preset=preset, **vals)
     validate(cfg)
     return cfg
 
@@ -201,6 +216,9 @@ def validate(cfg: Config) -> Config:
     _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
           "ImageNet weights exist for backbone=resnet50 only")
     _need(cfg.dataset != "folder" or bool(cfg.folder), "folder", cfg.folder, "set folder=<path> for dataset=folder")
+    for f in fields(cfg):  # NaN/inf slip through range checks (nan compares False, inf >= 0)
+        v = getattr(cfg, f.name)
+        _need(not isinstance(v, float) or v == v and abs(v) != float("inf"), f.name, v, "must be a finite number")
     _need(0.0 <= cfg.rho <= 1.0, "rho", cfg.rho, "must lie in [0, 1]")
     _need(cfg.delta >= 0.0, "delta", cfg.delta, "must be >= 0 (rows of W average 1; the paper uses 0.95)")
     for name in ("alpha", "beta", "gamma"):

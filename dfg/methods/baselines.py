@@ -64,23 +64,10 @@ class DifaCMWGAN(DFG):
         if phase == 1:
             return {**self.update_extractor_classifier(*batches.next()), "phase": 1.0}
         m, nz = cfg.batch_size, self.generator.noise_dim
-        if phase == 2:
-            for _ in range(cfg.n_critic):
-                x, _ = batches.next()
-                with torch.no_grad():
-                    real, fake = self.extractor(x), self.generate(*sample_noise(ctx, m, nz))
-                mixed = losses.interpolate(real, fake, ctx.rng)
-                scores = self.critic(torch.cat([real, fake, mixed]))
-                gp = losses.gradient_penalty(mixed, scores[2 * m:])
-                loss_d = losses.critic_loss(scores[:m], scores[m:2 * m], gp, cfg.gp_lambda)
-                self._zero(("critic",))
-                loss_d.backward()
-                self._step(("critic",))
-            loss_g = losses.generator_loss(self.critic(self.generate(*sample_noise(ctx, m, nz))))
-            self._zero(("generator",))
-            loss_g.backward(inputs=list(self.generator.parameters()))
-            self._step(("generator",))
-            return {"L_D": loss_d.item(), "GP": gp.item(), "L_G": loss_g.item(), "phase": 2.0}
+        if phase == 2:  # E frozen: the conditional WGAN-GP alone, without the class-wise attention
+            out = self.update_critic(batches)
+            out.update(self.update_generator(*sample_noise(ctx, m, nz)))
+            return {**out, "phase": 2.0}
         x, y = batches.next()
         z, y_hat = sample_noise(ctx, m, nz)
         with torch.no_grad():

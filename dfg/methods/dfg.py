@@ -70,20 +70,18 @@ class DFG(Method):
         logits = self.classifier(torch.cat([real, fake]))
         return logits[: len(real)], logits[len(real):]
 
-    # -- Algorithm 1, one iteration -------------------------------------------------------------
-    def train_step(self, step: int, batches) -> dict[str, float]:
-        cfg, ctx = self.ctx.cfg, self.ctx
-        E, C, G, D = self.extractor, self.classifier, self.generator, self.critic
-        m, nz = cfg.batch_size, G.noise_dim
-        self.lr_schedule(step)
-        # lines 6-9: nD critic updates (Eq. 1). E is fixed during them, so without BN in E one
-        # forward of all nD batches gives exactly the per-batch features.
+    # -- the GAN half (lines 6-12), shared with DIFA+cMWGAN ------------------------------------
+    def update_critic(self, batches) -> dict[str, float]:
+        """Lines 6-9: nD critic updates on Eq. 1. E is fixed during them, so without BN in E one
+        forward of all nD batches gives exactly the per-batch features."""
+        cfg, ctx, E, D = self.ctx.cfg, self.ctx, self.extractor, self.critic
+        m = cfg.batch_size
         xs = [batches.next()[0] for _ in range(cfg.n_critic)]
         with torch.no_grad():
             reals = E(torch.cat(xs)).split(m) if self.batch_real else [E(x) for x in xs]
         for real in reals:
             with torch.no_grad():
-                fake = self.generate(*sample_noise(ctx, m, nz))
+                fake = self.generate(*sample_noise(ctx, m, self.generator.noise_dim))
             mixed = losses.interpolate(real, fake, ctx.rng)
             scores = D(torch.cat([real, fake]))  # D has no BN; x̂ gets its own forward so the
             d_real, d_fake = scores[:m], scores[m:]  # penalty's double backward sees only x̂
@@ -92,14 +90,25 @@ class DFG(Method):
             self._zero(("critic",))
             loss_d.backward()
             self._step(("critic",))
-        out = {"L_D": loss_d.item(), "GP": gp.item(), "W_dist": (d_real.mean() - d_fake.mean()).item()}
-        # lines 10-12: G update (Eq. 2)
-        z, y_hat = sample_noise(ctx, m, nz)
-        loss_g = losses.generator_loss(D(self.generate(z, y_hat)))
+        return {"L_D": loss_d.item(), "GP": gp.item(), "W_dist": (d_real.mean() - d_fake.mean()).item()}
+
+    def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
+        """Lines 10-12: one G update on Eq. 2."""
+        loss_g = losses.generator_loss(self.critic(self.generate(z, y_hat)))
         self._zero(("generator",))
-        loss_g.backward(inputs=list(G.parameters()))
+        loss_g.backward(inputs=list(self.generator.parameters()))
         self._step(("generator",))
-        out["L_G"] = loss_g.item()
+        return {"L_G": loss_g.item()}
+
+    # -- Algorithm 1, one iteration -------------------------------------------------------------
+    def train_step(self, step: int, batches) -> dict[str, float]:
+        cfg, ctx = self.ctx.cfg, self.ctx
+        E, G = self.extractor, self.generator
+        m, nz = cfg.batch_size, G.noise_dim
+        self.lr_schedule(step)
+        out = self.update_critic(batches)                      # lines 6-9
+        z, y_hat = sample_noise(ctx, m, nz)
+        out.update(self.update_generator(z, y_hat))            # lines 10-12
         x, y = batches.next()
         # lines 13-15: every nC1 steps, G through C on real ⊕ generated (Eq. 4c)
         if step % cfg.n_c1 == 0:
