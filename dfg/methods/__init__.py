@@ -18,7 +18,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "original": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
     "finetune": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
     "delta": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},
-    "difa_cmwgan": {"adam": {}, "sgd": {}},
+    "difa_cmwgan": {"adam": dict(lr_extractor=1e-3, lr_classifier=1e-3), "sgd": {}},  # G/D keep the preset's
     "dfg": {"adam": {}, "sgd": {}},
 }
 

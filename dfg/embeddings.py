@@ -1,0 +1,299 @@
+"""Real vs generated feature embeddings (paper Fig. 2): E(x) and G(z, ŷ) feature maps of a run, 2-D
+projections (PCA, t-SNE, UMAP), a label-agreement and a real/fake separability score, and a per-run
+cache (in memory and in <run>/cache/) so that switching views is instant."""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .restored import checkpoint_key, hover_images, image_uri, restore_cached, thumbnail  # noqa: F401
+from .runstore import Run, atomic_write_bytes
+
+PROJECTIONS = ("pca", "tsne", "umap")
+MAX_DIM = 16384   # wider feature maps (ResNet-50: 256×56×56) are average-pooled to ≤ this many values
+PRE_PCA = 50      # t-SNE/UMAP run on the first 50 principal components (standard practice; also faster)
+TSNE_JOBS = 1     # openTSNE threads: 2 took 15 s CPU vs 4 s for 1 on 2000 points (bench)
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray  # (N, D) float32: E(x) or G(z, ŷ) flattened
+    labels: np.ndarray    # (N,) int64: true label (real) or conditioning label ŷ (generated)
+    is_real: np.ndarray   # (N,) bool
+    index: np.ndarray     # (N,) int64: test-set index of a real point, −1 for a generated one
+
+
+def has_generator(method) -> bool:
+    return getattr(method, "generator", None) is not None and callable(getattr(method, "generate", None))
+
+
+def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Seeded class-balanced pick of n indices: classes take turns (a small class runs out first)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [p[r] for r in range(max((len(p) for p in per_class), default=0)) for p in per_class if r < len(p)]
+    return np.sort(np.asarray(order[:n], dtype=np.int64))
+
+
+def _flat(maps: torch.Tensor, max_dim: int) -> np.ndarray:
+    """(B, C, H, W) -> (B, ≤max_dim) float32; pooled spatially when C·H·W is larger."""
+    if maps[0].numel() > max_dim:
+        maps = F.adaptive_avg_pool2d(maps, max(1, int((max_dim / maps.shape[1]) ** 0.5)))
+    return maps.flatten(1).float().cpu().numpy()
+
+
+@torch.no_grad()
+def collect_features(method, data, *, n_real: int = 1000, n_fake: int = 1000, seed: int = 0,
+                     device: torch.device | str | None = None, batch_size: int = 256,
+                     max_dim: int = MAX_DIM) -> FeatureSet:
+    """E(x) of a seeded class-balanced sample of the test set, then G(z, ŷ) with the run's W* (z ~ U(−1,1),
+    ŷ balanced over classes, from a local generator). Methods without a generator give real points only."""
+    device = torch.device(device) if device is not None else next(method.extractor.parameters()).device
+    modes = {k: m.training for k, m in method.nets.items()}
+    for m in method.nets.values():
+        m.eval()
+    try:
+        labels = np.asarray(data.test.labels)
+        idx = balanced_indices(labels, n_real, seed)
+        feats = [_flat(method.extractor(torch.stack([data.test[int(i)][0] for i in idx[s:s + batch_size]])
+                                        .to(device)), max_dim) for s in range(0, len(idx), batch_size)]
+        ys, real = [labels[idx].astype(np.int64)], [np.ones(len(idx), bool)]
+        if has_generator(method) and n_fake > 0:
+            g = torch.Generator().manual_seed(seed)
+            y = (torch.arange(n_fake) % data.num_classes)[torch.randperm(n_fake, generator=g)]
+            z = torch.rand(n_fake, method.generator.noise_dim, generator=g) * 2 - 1
+            feats += [_flat(method.generate(z[s:s + batch_size].to(device), y[s:s + batch_size].to(device)), max_dim)
+                      for s in range(0, n_fake, batch_size)]
+            ys.append(y.numpy().astype(np.int64))
+            real.append(np.zeros(n_fake, bool))
+    finally:
+        for k, m in method.nets.items():
+            m.train(modes[k])
+    is_real = np.concatenate(real)
+    index = np.full(len(is_real), -1, np.int64)
+    index[: len(idx)] = idx
+    return FeatureSet(np.concatenate(feats).astype(np.float32), np.concatenate(ys), is_real, index)
+
+
+def _one_thread():
+    """BLAS/OpenMP pools at 1 thread while projecting and scoring: next to training workers on 2 cores,
+    2 spinning OpenBLAS threads made PCA-50 of 2000×1176 take 6 s instead of 0.2 s (see the bench)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1)
+
+
+def _pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    k = min(k, x.shape[0], x.shape[1])
+    return PCA(n_components=k, random_state=seed).fit_transform(x)
+
+
+def project(features: np.ndarray, method: str, *, seed: int = 0, n_jobs: int = TSNE_JOBS) -> np.ndarray:
+    """(N, D) -> (N, 2) float32 with PCA, t-SNE (openTSNE; sklearn if absent) or UMAP; same seed, same output."""
+    x = np.asarray(features, dtype=np.float32)
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+    if x.ndim != 2 or len(x) < 5:
+        raise ValueError(f"need a 2-D array of at least 5 points to project, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or Inf (a diverged run?); pick an earlier checkpoint or another run")
+    with _one_thread():
+        if method == "pca":
+            out = _pca(x, 2, seed)
+        else:
+            x50 = _pca(x, PRE_PCA, seed) if x.shape[1] > PRE_PCA else x
+            out = _tsne(x50, seed, n_jobs) if method == "tsne" else _umap(x50, seed)
+    out = np.asarray(out, dtype=np.float32)
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))) if out.shape[1] < 2 else out  # D = 1 edge case
+
+
+def _tsne(x: np.ndarray, seed: int, n_jobs: int) -> np.ndarray:
+    perplexity = min(30.0, (len(x) - 1) / 3)  # t-SNE needs N > 3·perplexity
+    try:
+        from openTSNE import TSNE
+    except ImportError:
+        from sklearn.manifold import TSNE as SkTSNE
+        return SkTSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=n_jobs).fit(x))
+
+
+def _umap(x: np.ndarray, seed: int) -> np.ndarray:
+    import umap
+    with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted, for determinism
+        warnings.simplefilter("ignore")
+        return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
+
+
+def prewarm_umap() -> float:
+    """Run UMAP once on 64 random points so numba compiles now (~11 s CPU, once per process) rather than
+    on the user's first UMAP view; returns the seconds it took. Safe to call from a background thread."""
+    import time
+    t = time.perf_counter()
+    project(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), "umap")
+    return time.perf_counter() - t
+
+
+def knn_label_agreement(real_feats, real_labels, fake_feats, fake_labels, k: int = 5) -> float:
+    """Fraction of generated points whose k nearest real neighbours' majority label (ties: the smallest
+    label) equals their conditioning label: 1.0 = every generated feature lies among its class."""
+    from sklearn.neighbors import NearestNeighbors
+    if len(fake_feats) == 0 or len(real_feats) == 0:
+        raise ValueError("knn_label_agreement needs at least one real and one generated point")
+    k = min(k, len(real_feats))
+    _, nn_idx = NearestNeighbors(n_neighbors=k).fit(real_feats).kneighbors(fake_feats)
+    neigh = np.asarray(real_labels)[nn_idx]  # (n_fake, k)
+    votes = np.array([np.bincount(row).argmax() for row in neigh])
+    return float(np.mean(votes == np.asarray(fake_labels)))
+
+
+def separability(real_feats, fake_feats, *, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated balanced accuracy of a logistic regression telling real from generated
+    (0.5 = indistinguishable, 1.0 = perfectly separable)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    x = np.concatenate([real_feats, fake_feats])
+    y = np.r_[np.ones(len(real_feats)), np.zeros(len(fake_feats))]
+    folds = min(folds, len(real_feats), len(fake_feats))
+    if folds < 2:
+        raise ValueError("separability needs at least 2 real and 2 generated points")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, x, y, cv=cv, scoring="balanced_accuracy").mean())
+
+
+def feature_metrics(fs: FeatureSet, *, k: int = 5, seed: int = 0) -> dict:
+    """Both scores on the first PRE_PCA principal components (as the projections see them); None without
+    generated points."""
+    if fs.is_real.all() or not fs.is_real.any():
+        return {"knn_label_agreement": None, "separability": None, "k": k}
+    r, f = fs.is_real, ~fs.is_real
+    with _one_thread():
+        x = _pca(fs.features, PRE_PCA, seed) if fs.features.shape[1] > PRE_PCA else fs.features
+        return {"knn_label_agreement": knn_label_agreement(x[r], fs.labels[r], x[f], fs.labels[f], k),
+                "separability": separability(x[r], x[f], seed=seed), "k": k}
+
+
+# -- per-run embedding with caches ---------------------------------------------------------------
+MEMORY_ENTRIES, FEATURE_ENTRIES = 32, 2   # features of a VGG run at n=1000: 2000×16384 floats = 131 MB
+_memory: OrderedDict[tuple, dict] = OrderedDict()
+_features: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key, value, limit: int):
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+    return value
+
+
+def clear_cache() -> None:
+    _memory.clear()
+    _features.clear()
+
+
+def _disk_path(run: Run, step: int, method: str, n: int, seed: int):
+    return run.path / "cache" / f"emb_{step}_{method}_{n}_{seed}.npz"
+
+
+def _load_disk(run: Run, ckpt: tuple, method: str, n: int, seed: int) -> dict | None:
+    """An on-disk entry made from this very checkpoint file (same mtime and size), else None."""
+    for path in sorted((run.path / "cache").glob(f"emb_*_{method}_{n}_{seed}.npz")):
+        try:
+            with np.load(path) as z:
+                if (int(z["ckpt_mtime_ns"]), int(z["ckpt_size"])) == ckpt[1:]:
+                    return {**json.loads(str(z["meta"])), "xy": z["xy"], "labels": z["labels"],
+                            "is_real": z["is_real"], "index": z["index"]}
+        except (OSError, ValueError, KeyError):
+            continue  # a foreign or damaged file: recompute
+    return None
+
+
+def _save_disk(run: Run, ckpt: tuple, entry: dict) -> None:
+    buf = io.BytesIO()
+    meta = {k: v for k, v in entry.items() if k not in ("xy", "labels", "is_real", "index")}
+    np.savez(buf, xy=entry["xy"], labels=entry["labels"], is_real=entry["is_real"], index=entry["index"],
+             ckpt_mtime_ns=np.int64(ckpt[1]), ckpt_size=np.int64(ckpt[2]), meta=np.array(json.dumps(meta)))
+    try:
+        (run.path / "cache").mkdir(exist_ok=True)
+        atomic_write_bytes(_disk_path(run, entry["step"], entry["method"], entry["n"], entry["seed"]), buf.getvalue())
+    except OSError:
+        pass  # read-only run folder: the in-memory cache still works
+
+
+def embed_run(run: Run, method: str = "pca", n: int = 1000, seed: int = 0, progress: Progress | None = None,
+              *, device: torch.device | str | None = None, disk_cache: bool = True, images: bool = False) -> dict:
+    """2-D embedding of n real + n generated features of the run's last checkpoint, ready for plotly.
+
+    Returns {"points": {"x", "y", "label", "class_name", "kind" ("real"/"generated"), "index" (test index,
+    −1 generated)[, "image" (PNG data-URI, "" generated)]}, "run_id", "step", "method", "n", "seed",
+    "class_names", "has_generator", "metrics" (feature_metrics), "cache" ("memory", "disk" or None)}."""
+    progress = progress or (lambda f, m: None)
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+    ckpt = checkpoint_key(run)
+    key = (*ckpt, n, seed, method, str(device))
+    entry, source = _memory.get(key), "memory"
+    if entry is None and disk_cache:
+        entry, source = _load_disk(run, ckpt, method, n, seed), "disk"
+    if entry is None:
+        entry, source = _compute(run, ckpt, method, n, seed, device, progress), None
+        if disk_cache:
+            _save_disk(run, ckpt, entry)
+    _remember(_memory, key, entry, MEMORY_ENTRIES)
+    if images and "images" not in entry:
+        progress(0.95, "encoding hover images")
+        entry["images"] = hover_images(run_data(run, device), entry["index"])
+    progress(1.0, "done")
+    return _as_result(entry, source)
+
+
+def run_data(run: Run, device=None):
+    """The run's DataBundle: from a restored run when one is cached, else rebuilt (no source model)."""
+    from .restored import cached_runs
+    if any(k[:3] == checkpoint_key(run) and k[3] == str(device) for k in cached_runs()):
+        return restore_cached(run, device)[1]
+    from .config import from_dict
+    from .loop import load_data
+    return load_data(from_dict(run.config()))
+
+
+def _compute(run: Run, ckpt: tuple, method: str, n: int, seed: int, device, progress: Progress) -> dict:
+    fkey = (*ckpt, n, seed, str(device))
+    hit = _features.get(fkey)  # features and scores shared by every projection of this checkpoint
+    if hit is None:
+        progress(0.05, "restoring the run (re-fits the source head)")
+        cfg, data, m, step = restore_cached(run, device)
+        progress(0.3, "extracting real and generating features")
+        fs = collect_features(m, data, n_real=n, n_fake=n, seed=seed, device=device)
+        progress(0.4, "scoring label agreement and real/generated separability")
+        meta = {"run_id": run.id, "step": int(step), "n": n, "seed": seed, "class_names": list(data.class_names),
+                "has_generator": has_generator(m), "metrics": feature_metrics(fs, seed=seed)}
+        hit = _remember(_features, fkey, (fs, meta), FEATURE_ENTRIES)
+    fs, meta = hit
+    progress(0.5, f"projecting {len(fs.labels)} points with {method.upper()}")
+    xy = project(fs.features, method, seed=seed)
+    return {"xy": xy, "labels": fs.labels, "is_real": fs.is_real, "index": fs.index, "method": method, **meta}
+
+
+def _as_result(entry: dict, source: str | None) -> dict:
+    names, labels = entry["class_names"], entry["labels"]
+    points = {"x": entry["xy"][:, 0], "y": entry["xy"][:, 1], "label": labels,
+              "class_name": [names[int(c)] for c in labels],
+              "kind": ["real" if r else "generated" for r in entry["is_real"]], "index": entry["index"]}
+    if "images" in entry:
+        points["image"] = entry["images"]
+    meta = {k: v for k, v in entry.items() if k not in ("xy", "labels", "is_real", "index", "images")}
+    return {"points": points, **meta, "cache": source}

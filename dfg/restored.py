@@ -1,0 +1,90 @@
+"""Restored runs cached in-process for the inspection views (restoring re-fits the source head: seconds),
+keyed by the checkpoint file so a run that keeps training is restored afresh; test images as RGB/PNG."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .runstore import Run, RunError
+
+MAX_RUNS = 4  # restored (cfg, data, method, step) kept; ResNet-50 runs hold ~100 MB of weights each
+
+_cache: OrderedDict[tuple, tuple] = OrderedDict()
+_lock = threading.Lock()  # one restore at a time: two page reruns must not both spend seconds on one run
+
+
+def checkpoint_key(run: Run) -> tuple[str, int, int]:
+    """(run folder, checkpoint mtime_ns, size): changes whenever the worker writes a new checkpoint."""
+    run.require()
+    try:
+        st = run.checkpoint_path.stat()
+    except FileNotFoundError:
+        raise RunError(f"run {run.id!r} has no checkpoint yet ({run.checkpoint_path}); wait for its first "
+                       "checkpoint (ckpt_every steps) or resume it") from None
+    return str(run.path.resolve()), st.st_mtime_ns, st.st_size
+
+
+def restore_cached(run: Run, device: torch.device | str | None = None):
+    """`dfg.loop.restore(run, device)` -> (cfg, data, method, step), memoised per checkpoint and device."""
+    from .loop import restore
+
+    key = (*checkpoint_key(run), str(device))
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        for old in [k for k in _cache if k[0] == key[0] and k[3] == key[3]]:  # older checkpoint of this run
+            del _cache[old]
+        restored = restore(run, device)
+        _cache[key] = restored
+        while len(_cache) > MAX_RUNS:
+            _cache.popitem(last=False)
+        return restored
+
+
+def cached_runs() -> list[tuple]:
+    """Keys currently held (for tests and the app's memory display)."""
+    return list(_cache)
+
+
+def clear() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def to_rgb(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A network input C×H×W in [−1, 1] (C = 1 or 3) -> uint8 H×W×3 (grey images repeated)."""
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image shaped (C, H, W) with C = 1 or 3, got {x.shape}")
+    rgb = np.clip(np.rint((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    if rgb.shape[0] == 1:
+        rgb = np.repeat(rgb, 3, axis=0)
+    return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+
+
+def thumbnail(data, index: int, *, size: int | None = None):
+    """Test image `index` as a PIL RGB image (scaled to size×size, nearest neighbour, when given)."""
+    from PIL import Image
+    if not 0 <= index < len(data.test):
+        raise IndexError(f"test index {index} out of range: the test set has {len(data.test)} images")
+    img = Image.fromarray(to_rgb(data.test[int(index)][0]))
+    return img.resize((size, size), Image.NEAREST) if size else img
+
+
+def image_uri(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def hover_images(data, indices: Sequence[int], *, size: int = 64) -> list[str]:
+    """PNG data-URIs for test indices ("" for −1, i.e. generated points); each image encoded once."""
+    uris = {int(i): image_uri(thumbnail(data, int(i), size=size)) for i in set(map(int, indices)) if i >= 0}
+    return [uris.get(int(i), "") for i in indices]

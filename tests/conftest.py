@@ -1,0 +1,30 @@
+"""Shared fixtures. Only add fixtures here; never rewrite another module's."""
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RUN_SETTINGS = ["steps=20", "n_w=10", "pretrain_steps=50", "head_refit_steps=10", "eval_every=10",
+                     "ckpt_every=10", "log_every=5", "limit_test=200"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dfg_run(tmp_path_factory):
+    """One short REAL DFG training run (demo preset, 20 steps, filter weights at steps 0, 10 and 20, test
+    evaluations and checkpoints at 10 and 20) in a session tmp dir. Returns runs_dir, data_root, run_id, run.
+    Treat it as read-only: tests that need to write make their own runs dir."""
+    from dfg.runstore import Run
+
+    base = tmp_path_factory.mktemp("tiny_dfg")
+    runs_dir, data_root = base / "runs", base / "data"
+    cmd = [sys.executable, "-m", "dfg", "train", "--preset", "demo", "--runs-dir", str(runs_dir), "--run-id", "tiny",
+           "--set", f"data_root={data_root}", "--set", "threads=2"]
+    for s in TINY_RUN_SETTINGS:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"tiny run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return SimpleNamespace(runs_dir=runs_dir, data_root=data_root, run_id="tiny", run=Run(runs_dir, "tiny"),
+                           settings=list(TINY_RUN_SETTINGS))

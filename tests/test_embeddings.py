@@ -1,0 +1,194 @@
+"""Feature embeddings: what is collected from a real tiny DFG run, deterministic projections, the two
+feature scores on constructed data, hover thumbnails and the memory/disk cache of embed_run."""
+import base64
+import io
+import os
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dfg import embeddings as emb
+from dfg.restored import restore_cached, to_rgb
+from dfg.runstore import Run
+
+
+@pytest.fixture(scope="module")
+def restored(tiny_dfg_run):
+    return restore_cached(tiny_dfg_run.run)  # (cfg, data, method, step)
+
+
+@pytest.fixture(scope="module")
+def feats(restored):
+    _, data, method, _ = restored
+    return emb.collect_features(method, data, n_real=100, n_fake=60, seed=3)
+
+
+def test_collect_features_shapes_labels_and_balance(feats, restored):
+    _, data, _, _ = restored
+    fs = feats
+    assert fs.features.shape == (160, 6 * 14 * 14) and fs.features.dtype == np.float32
+    assert np.isfinite(fs.features).all()
+    assert fs.is_real.sum() == 100 and (~fs.is_real).sum() == 60
+    assert fs.labels.min() >= 0 and fs.labels.max() < data.num_classes
+    real_idx = fs.index[fs.is_real]
+    assert len(set(real_idx.tolist())) == 100 and real_idx.min() >= 0 and real_idx.max() < len(data.test)
+    assert (fs.index[~fs.is_real] == -1).all()
+    np.testing.assert_array_equal(fs.labels[fs.is_real], np.asarray(data.test.labels)[real_idx])
+    assert np.bincount(fs.labels[fs.is_real], minlength=10).tolist() == [10] * 10   # class-balanced real
+    assert np.bincount(fs.labels[~fs.is_real], minlength=10).tolist() == [6] * 10   # uniform ŷ
+
+
+def test_collect_features_is_seeded_and_uses_w_star(feats, restored):
+    _, data, method, _ = restored
+    again = emb.collect_features(method, data, n_real=100, n_fake=60, seed=3)
+    np.testing.assert_array_equal(again.features, feats.features)
+    other = emb.collect_features(method, data, n_real=100, n_fake=60, seed=4)
+    assert not np.array_equal(other.index, feats.index)
+    saved = method.w_star
+    try:  # G's output is weighted by the run's W*: other weights, other generated features, same real ones
+        method.w_star = saved * 0.5
+        changed = emb.collect_features(method, data, n_real=100, n_fake=60, seed=3)
+    finally:
+        method.w_star = saved
+    np.testing.assert_array_equal(changed.features[:100], feats.features[:100])
+    assert not np.allclose(changed.features[100:], feats.features[100:])
+
+
+def test_method_without_generator_gives_real_points_only(restored):
+    _, data, method, _ = restored
+    plain = SimpleNamespace(extractor=method.extractor, classifier=method.classifier,
+                            nets={"extractor": method.extractor, "classifier": method.classifier})
+    fs = emb.collect_features(plain, data, n_real=30, n_fake=30)
+    assert fs.is_real.all() and len(fs.labels) == 30
+    assert emb.feature_metrics(fs)["separability"] is None
+
+
+def test_wide_feature_maps_are_pooled_to_max_dim():
+    import torch
+    maps = torch.arange(2 * 256 * 56 * 56, dtype=torch.float32).reshape(2, 256, 56, 56)  # ResNet-50's E(x)
+    flat = emb._flat(maps, emb.MAX_DIM)
+    assert flat.shape == (2, 256 * 8 * 8)  # 8×8 per channel: the largest side within 16384 values
+    assert flat[0, 0] == pytest.approx(maps[0, 0, :7, :7].mean().item())  # average of a 7×7 window
+    assert emb._flat(maps[:, :6, :14, :14], emb.MAX_DIM).shape == (2, 6 * 14 * 14)  # LeNet: untouched
+
+
+def test_pca_is_deterministic_and_ordered(feats):
+    a = emb.project(feats.features, "pca", seed=0)
+    b = emb.project(feats.features, "pca", seed=0)
+    assert a.shape == (160, 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert a[:, 0].var() >= a[:, 1].var()  # first component carries the most variance
+
+
+def _clusters(n=300, k=3, dim=100, seed=0, spread=8.0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    centers = rng.normal(size=(k, dim)) * spread
+    return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_tsne_umap_deterministic_finite_and_keep_clusters(method):
+    x, labels = _clusters()
+    a = emb.project(x, method, seed=1)
+    b = emb.project(x, method, seed=1)
+    assert a.shape == (300, 2) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    # the 2-D map keeps the three clusters apart: each point's 5 nearest 2-D neighbours share its label
+    assert emb.knn_label_agreement(a, labels, a, labels, k=5) == 1.0
+
+
+def test_project_rejects_bad_input():
+    x, _ = _clusters(n=20)
+    with pytest.raises(ValueError, match="unknown projection"):
+        emb.project(x, "mds")
+    with pytest.raises(ValueError, match="at least 5 points"):
+        emb.project(x[:3], "pca")
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        emb.project(x, "pca")
+
+
+def test_knn_label_agreement_on_constructed_data():
+    x, labels = _clusters(n=400, k=10, dim=20, seed=2)
+    real, fake = slice(0, 200), slice(200, 400)
+    assert emb.knn_label_agreement(x[real], labels[real], x[fake], labels[fake], k=5) == 1.0
+    shuffled = np.random.default_rng(0).permutation(labels[fake])
+    score = emb.knn_label_agreement(x[real], labels[real], x[fake], shuffled, k=5)
+    assert score < 0.25  # chance is 0.1 for 10 classes
+
+
+def test_separability_indistinguishable_vs_shifted():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(200, 10)), rng.normal(size=(200, 10))
+    assert 0.35 < emb.separability(real, fake) < 0.65
+    assert emb.separability(real, fake + 3.0) > 0.95
+
+
+def test_hover_images_are_the_test_images(restored):
+    from PIL import Image
+    _, data, _, _ = restored
+    uris = emb.hover_images(data, [5, -1, 5, 7], size=64)
+    assert uris[1] == "" and uris[0] == uris[2] and uris[0] != uris[3]
+    png = Image.open(io.BytesIO(base64.b64decode(uris[3].split(",", 1)[1])))
+    assert png.size == (64, 64)
+    small = np.asarray(png)[::2, ::2]  # nearest-neighbour ×2: every other pixel is the original
+    np.testing.assert_array_equal(small, to_rgb(data.test[7][0]))
+    with pytest.raises(IndexError, match="out of range"):
+        emb.thumbnail(data, len(data.test))
+
+
+def test_embed_run_caches_in_memory_and_on_disk(tiny_dfg_run, tmp_path, monkeypatch):
+    src = tiny_dfg_run.run
+    shutil.copytree(src.path, tmp_path / src.id)  # copy2 keeps the checkpoint's mtime
+    run = Run(tmp_path, src.id)
+    calls = {"collect": 0, "project": 0, "restore": 0}
+    real_collect, real_project = emb.collect_features, emb.project
+    cached = restore_cached(src)
+
+    def restore(r, device=None):
+        calls["restore"] += 1
+        return cached
+
+    def collect(*a, **k):
+        calls["collect"] += 1
+        return real_collect(*a, **k)
+
+    def project(*a, **k):
+        calls["project"] += 1
+        return real_project(*a, **k)
+
+    monkeypatch.setattr(emb, "restore_cached", restore)
+    monkeypatch.setattr(emb, "collect_features", collect)
+    monkeypatch.setattr(emb, "project", project)
+    emb.clear_cache()
+    seen = []
+    first = emb.embed_run(run, "pca", n=40, seed=0, progress=lambda f, m: seen.append(f))
+    assert first["cache"] is None and calls == {"collect": 1, "project": 1, "restore": 1}
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    p = first["points"]
+    assert len(p["x"]) == 80 and p["kind"].count("real") == 40 and first["step"] == 20
+    assert p["class_name"][0] == first["class_names"][int(p["label"][0])]
+    assert 0 <= first["metrics"]["knn_label_agreement"] <= 1 and 0 <= first["metrics"]["separability"] <= 1
+    assert (run.path / "cache" / "emb_20_pca_40_0.npz").exists()
+
+    hit = emb.embed_run(run, "pca", n=40, seed=0)
+    assert hit["cache"] == "memory" and calls["project"] == 1
+    np.testing.assert_array_equal(hit["points"]["x"], p["x"])
+
+    emb.embed_run(run, "tsne", n=40, seed=0)  # another view: features reused, only the projection runs
+    assert calls == {"collect": 1, "project": 2, "restore": 1}
+
+    emb.clear_cache()
+    disk = emb.embed_run(run, "pca", n=40, seed=0)
+    assert disk["cache"] == "disk" and calls["project"] == 2
+    np.testing.assert_array_equal(disk["points"]["y"], p["y"])
+    assert disk["points"]["class_name"] == p["class_name"] and disk["metrics"] == first["metrics"]
+
+    st = run.checkpoint_path.stat()  # a new checkpoint (the run trained on) invalidates both caches
+    os.utime(run.checkpoint_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    emb.embed_run(run, "pca", n=40, seed=0)
+    assert calls == {"collect": 2, "project": 3, "restore": 2}
+    emb.clear_cache()
