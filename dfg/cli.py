@@ -62,17 +62,21 @@ def new_run_id(cfg: Config) -> str:
 
 def cmd_train(args) -> int:
     from .jobs import launch
-    from .loop import train
-    from .runstore import Run
+    from .loop import preflight, train
+    from .runstore import Run, RunError
 
     cfg = config_from_args(args)
-    run = Run.create(args.runs_dir, args.run_id or new_run_id(cfg), cfg.to_dict())
+    run = Run(args.runs_dir, args.run_id or new_run_id(cfg))  # checks the id
+    if run.path.exists():
+        raise RunError(f"run {run.id!r} already exists in {run.root}; choose another id or resume it")
+    data = preflight(cfg)  # data files and source checked before any run folder exists
+    run = Run.create(args.runs_dir, run.id, cfg.to_dict())
     print(f"run {run.id} in {run.path}", file=sys.stderr)
     if args.background:
         pid = launch(run)
         print(f"training in the background (pid {pid}); follow with `python -m dfg runs --runs-dir {args.runs_dir}`")
         return 0
-    status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
+    status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr), data=data)
     return _report(run, status)
 
 
@@ -98,12 +102,15 @@ def cmd_resume(args) -> int:
 def cmd_worker(args) -> int:
     """Internal: the background process the app and `train --background` start."""
     from .loop import train
-    from .runstore import Run
+    from .runstore import Run, RunBusyError
 
     run = Run(args.runs_dir, args.run).require()
     try:
         cfg = from_dict(run.config())
         status = train(cfg, run, resume=True, log=lambda m: print(m, flush=True))
+    except RunBusyError as e:  # another worker owns the run: leave its status alone
+        print(f"error: {e}", flush=True)
+        return 1
     except Exception as e:  # recorded for the app; the traceback goes to log.txt
         import traceback
         traceback.print_exc()

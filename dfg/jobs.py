@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .runstore import Run
+from .runstore import Run, RunBusyError, pid_alive
 
 
 def launch(run: Run) -> int:
-    """Start `python -m dfg worker <run>` in its own session; output goes to <run>/log.txt."""
+    """Start `python -m dfg worker <run>` in its own session; output goes to <run>/log.txt.
+    The worker resumes from the run's checkpoint when it has one. A run that is still live is refused."""
     run.require()
+    s = run.status()
+    if s.get("state") == "running":
+        raise RunBusyError(f"run {run.id!r} is still running (pid {s.get('pid')}); stop it before resuming")
+    if s.get("state") == "created" and pid_alive(_worker_pid(run)):
+        raise RunBusyError(f"run {run.id!r} is starting (worker pid {_worker_pid(run)}); wait for it")
     log = open(run.path / "log.txt", "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     root = str(Path(__file__).resolve().parent.parent)
@@ -22,6 +28,28 @@ def launch(run: Run) -> int:
     log.close()
     (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
     return proc.pid
+
+
+def _worker_pid(run: Run) -> int:
+    try:
+        return int((run.path / "worker.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def submit(cfg, runs_dir: str | Path, run_id: str) -> Run:
+    """Check everything that can be checked (config, device, data files, source) before a run folder
+    exists, then create the run and launch its worker. Bad input raises and leaves no folder behind."""
+    from .loop import preflight
+    from .runstore import RunError
+
+    run = Run(runs_dir, run_id)
+    if run.path.exists():
+        raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
+    preflight(cfg)
+    run = Run.create(runs_dir, run_id, cfg.to_dict())
+    launch(run)
+    return run
 
 
 def stop(run: Run) -> None:

@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, validate
 from .filter_weights import balanced_sample, compute_class_weights
 from .methods import METHODS, SourceModel, TrainContext
 from .metrics import evaluate
-from .runstore import Run
+from .runstore import DiskFullError, Run
 
 
 class Diverged(RuntimeError):
@@ -53,6 +53,7 @@ def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
 
     e, c = pretrain_source(cfg, data.in_channels, device,
                            progress=lambda s, n, l: log(f"pretrain source {s}/{n} loss {l:.3f}") if s == n else None)
+    torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
     loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
     log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
     for p in list(e.parameters()) + list(c.parameters()):
@@ -63,12 +64,13 @@ def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
     return SourceModel(e.eval(), c.eval(), w)
 
 
-def setup(cfg: Config, device: torch.device, log=print, on_weights=None):
-    """Data, source model and method for a config (shared by train, eval and the app's inspectors)."""
+def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None):
+    """Data, source model and method for a config (shared by train, eval and the app's inspectors).
+    `data`: the bundle `preflight` already built for this config (saves loading it twice)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
+    data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
     needs_source = METHODS[cfg.method].from_source or cfg.method == "dfg"
     source = build_source(cfg, data, device, sample, log) if needs_source else None
@@ -93,7 +95,7 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
     data, method = setup(cfg, device, log)
-    method.load_state_dict(ckpt["state"]["method"])
+    load_method_state(method, ckpt, run.checkpoint_path)
     method.eval()
     return cfg, data, method, ckpt["step"]
 
@@ -121,85 +123,127 @@ def _params_finite(method) -> str | None:
     return None
 
 
-def train(cfg: Config, run: Run, *, resume: bool = False,
-          progress: Callable[[int, int, float, dict], None] | None = None, log=print) -> dict:
-    """Train `cfg` into `run` (resuming from its checkpoint when asked). Returns the final status."""
-    from .data import BatchStream
+def preflight(cfg: Config):
+    """Every check that can fail before a run folder exists: the config, the device, the target's data
+    files and the source model (cached, or its weights/data present). Returns the data bundle."""
+    from .data import DATASETS, build_source_data
+    from .source import IMAGENET_FILES, imagenet_state_dict, source_key
 
     validate(cfg)
+    resolve_device(cfg.device)
+    data = load_data(cfg)
+    if METHODS[cfg.method].from_source or cfg.method == "dfg":
+        if cfg.source == "imagenet":
+            hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+            if not any(os.path.exists(os.path.join(hub, f)) for f in IMAGENET_FILES):
+                imagenet_state_dict(cfg.allow_random_init)  # raises SourceError saying where the weights go
+        elif not DATASETS[cfg.source].offline and not os.path.exists(
+                os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")):
+            build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, download=cfg.download,
+                              n_per_class=1)  # raises DataError naming the missing files
+    return data
+
+
+def train(cfg: Config, run: Run, *, resume: bool = False,
+          progress: Callable[[int, int, float, dict], None] | None = None, log=print, data=None) -> dict:
+    """Train `cfg` into `run` (resuming from its checkpoint when asked). Returns the final status.
+    Divergence, out of memory and a full disk end the run with a clear status; any other error marks
+    it failed and is raised again. `data`: the bundle from `preflight(cfg)`, if already built."""
+    validate(cfg)
     device = resolve_device(cfg.device)
+    where = {"step": 0}  # the step reached, for the status of a run that ends by an exception
+    with run.writer():
+        try:
+            return _train(cfg, run, device, resume, progress, log, data, where)
+        except Diverged as e:
+            return run.set_status(state="diverged", step=where["step"], error=str(e), heartbeat=time.time())
+        except (torch.OutOfMemoryError, MemoryError):
+            return run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
+                                  error=f"failed: out of memory at batch size {cfg.batch_size}; "
+                                        "lower batch_size (or use a smaller backbone/device with more memory)")
+        except DiskFullError as e:
+            return run.set_status(state="failed", step=where["step"], heartbeat=time.time(), error=f"failed: {e}")
+        except KeyboardInterrupt:
+            run.set_status(state="interrupted", step=where["step"], heartbeat=time.time(),
+                           error="interrupted (Ctrl-C); resume continues from the last checkpoint")
+            raise
+        except Exception as e:
+            run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
+                           error=f"{type(e).__name__}: {e}")
+            raise
+
+
+def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, where: dict) -> dict:
+    from .data import BatchStream
+
     run.clear_stop()
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
                    device=str(device), error=None, started=time.time())
-    data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a))
+    data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),
+                         data=data)
     run.write_json("data.json", {"class_counts": data.class_counts, "class_names": list(data.class_names),
                                  "majority": list(data.majority), "minority": list(_minority(data)),
                                  "warnings": list(data.warnings), "num_classes": data.num_classes})
     stream = BatchStream(data.train, cfg.batch_size, seed=cfg.seed, device=device)
     start, best = 0, {"val_top1": -1.0, "step": 0}
+    sums: dict[str, float] = {}   # loss sums since the last train row (checkpointed: a row spans a resume)
+    counts: dict[str, int] = {}
+    # rows already on file (a resumed run redoes at most ckpt_every steps; their rows are not written twice)
+    on_file = run.prepare_metrics(keep=resume)
     if resume and run.checkpoint_path.exists():
         ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
-        method.load_state_dict(ckpt["state"]["method"])
+        load_method_state(method, ckpt, run.checkpoint_path)
         stream.load_state_dict(ckpt["state"]["stream"])
         best = ckpt["state"].get("best", best)
-        start = ckpt["step"]
-        run.truncate_metrics_after(start)
+        partial = ckpt["state"].get("loop", {})  # losses of steps after the last row (a stop between rows)
+        sums, counts = dict(partial.get("sums", {})), dict(partial.get("counts", {}))
+        start = where["step"] = ckpt["step"]
         log(f"resumed from step {start}")
     else:
-        run.truncate_metrics_after(0)
         method.on_start()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
     t_last, s_last = time.perf_counter(), start
-    step = start
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            out = method.train_step(step, stream)
-            bad = _finite(out)
+    for step in range(start + 1, cfg.steps + 1):
+        where["step"] = step
+        out = method.train_step(step, stream)
+        bad = _finite(out)
+        if bad:
+            raise Diverged(f"loss {bad} became {out[bad]} at step {step}; the last good checkpoint is kept")
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+        last = step == cfg.steps
+        ckpt_now = step % cfg.ckpt_every == 0 or last
+        if step % cfg.log_every == 0 or ckpt_now:
+            now = time.perf_counter()
+            rate = (step - s_last) / max(now - t_last, 1e-9)
+            row = {"kind": "train", "step": step, "time": time.time(), "steps_per_s": rate,
+                   **{k: sums[k] / counts[k] for k in sums}}
+            run.append_metrics([row], skip=on_file)
+            sums, counts, t_last, s_last = {}, {}, now, step
+            run.set_status(state="running", step=step, heartbeat=time.time(), steps_per_s=rate)
+            if progress:
+                progress(step, cfg.steps, rate, row)
+        if step % cfg.eval_every == 0 or last:
+            row = {"kind": "eval", "step": step, "time": time.time(), "split": "test",
+                   **run_eval(method, data, device)}
+            rows = [row]
+            if data.val is not None:
+                val = {"kind": "eval", "step": step, "time": time.time(), "split": "val",
+                       **run_eval(method, data, device, "val")}
+                rows.append(val)
+                if val["top1"] > best["val_top1"]:
+                    best = {"val_top1": val["top1"], "step": step, "test": row}
+            run.append_metrics(rows, skip=on_file)
+        if ckpt_now or run.stop_requested():
+            bad = _params_finite(method)
             if bad:
-                raise Diverged(f"loss {bad} became {out[bad]} at step {step}")
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-            last = step == cfg.steps
-            ckpt_now = step % cfg.ckpt_every == 0 or last
-            if step % cfg.log_every == 0 or ckpt_now:
-                now = time.perf_counter()
-                rate = (step - s_last) / max(now - t_last, 1e-9)
-                row = {"kind": "train", "step": step, "time": time.time(), "steps_per_s": rate,
-                       **{k: sums[k] / counts[k] for k in sums}}
-                run.append_metrics([row])
-                sums, counts, t_last, s_last = {}, {}, now, step
-                run.set_status(state="running", step=step, heartbeat=time.time(), steps_per_s=rate)
-                if progress:
-                    progress(step, cfg.steps, rate, row)
-            if step % cfg.eval_every == 0 or last:
-                row = {"kind": "eval", "step": step, "time": time.time(), "split": "test",
-                       **run_eval(method, data, device)}
-                rows = [row]
-                if data.val is not None:
-                    val = {"kind": "eval", "step": step, "time": time.time(), "split": "val",
-                           **run_eval(method, data, device, "val")}
-                    rows.append(val)
-                    if val["top1"] > best["val_top1"]:
-                        best = {"val_top1": val["top1"], "step": step, "test": row}
-                run.append_metrics(rows)
-            if ckpt_now or run.stop_requested():
-                bad = _params_finite(method)
-                if bad:
-                    raise Diverged(f"weight {bad} became non-finite at step {step}")
-                save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
-                                                      "best": best}, backbone=cfg.backbone, method=cfg.method,
-                                step=step)
-                if run.stop_requested() and not last:
-                    run.clear_stop()
-                    return run.set_status(state="stopped", step=step, heartbeat=time.time())
-    except Diverged as e:
-        return run.set_status(state="diverged", step=step, error=str(e), heartbeat=time.time())
-    except (torch.OutOfMemoryError, MemoryError):
-        return run.set_status(state="failed", step=step, heartbeat=time.time(),
-                              error=f"failed: out of memory at batch size {cfg.batch_size}; "
-                                    "lower batch_size (or use a smaller backbone/device with more memory)")
+                raise Diverged(f"weight {bad} became non-finite at step {step}; the last good checkpoint is kept")
+            save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
+                                                  "best": best, "loop": {"sums": sums, "counts": counts}},
+                            backbone=cfg.backbone, method=cfg.method, step=step)
+            if run.stop_requested() and not last:
+                run.clear_stop()
+                return run.set_status(state="stopped", step=step, heartbeat=time.time())
     final = {"last": _last_eval(run), "best_on_val": best if data.val is not None else None}
     run.write_json("final.json", final)
     return run.set_status(state="finished", step=cfg.steps, heartbeat=time.time(), finished=time.time(),

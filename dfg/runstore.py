@@ -1,21 +1,29 @@
 """Run folders: the single source of truth shared by the CLI, the worker process and the app.
 
-<runs>/<run_id>/ config.json, status.json (atomic), metrics.jsonl (append-only JSON lines: readable
-while written; a torn last line is ignored), data.json, filter_weights/w_<step>.npz, checkpoint.pt."""
+<runs>/<run_id>/ config.json, status.json (atomic), metrics.jsonl (append-only JSON lines, never rewritten
+while a run lives: readers' offsets stay valid), data.json, filter_weights/w_<step>.npz, checkpoint.pt."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import (DiskFullError, atomic_write_bytes, atomic_write_json, disk_full_error, fault,  # noqa: F401
+                     jsonable, pid_alive)
+
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HEARTBEAT_TIMEOUT_S = 60.0  # a "running" run whose heartbeat is older than this is reported interrupted
+HEARTBEAT_EVERY_S = 5.0     # the writer touches <run>/heartbeat this often, even during long setups
 ACTIVE = ("created", "running")
 
 
@@ -23,62 +31,24 @@ class RunError(ValueError):
     """Bad run id, missing run folder or unreadable run record."""
 
 
+class RunBusyError(RunError):
+    """Another live process is already training this run."""
+
+
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.match(run_id or "") or ".." in run_id:
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
         raise RunError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only "
                        "(no path separators, no '..')")
     return run_id
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable).encode())
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (finished child not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def row_key(row: dict) -> tuple:
+    """What makes a metric row unique within a run: (kind, split, step)."""
+    return row.get("kind"), row.get("split"), row.get("step")
 
 
 class Run:
-    """One run folder. Writers: the worker process only. Readers: anyone, at any time."""
+    """One run folder. Writers: the worker process only (held by `writer()`). Readers: anyone, any time."""
 
     def __init__(self, root: str | Path, run_id: str):
         self.id = check_run_id(run_id)
@@ -93,15 +63,20 @@ class Run:
         if run.path.exists():
             raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
         run.root.mkdir(parents=True, exist_ok=True)
+        for old in run.root.glob(".creating-*"):  # left by a process killed mid-create
+            if not pid_alive(int(old.name.rsplit("-", 1)[-1]) if old.name.rsplit("-", 1)[-1].isdigit() else 0):
+                shutil.rmtree(old, ignore_errors=True)
         tmp = run.root / f".creating-{run_id}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "filter_weights").mkdir(parents=True)
         try:
+            (tmp / "filter_weights").mkdir(parents=True)
             atomic_write_json(tmp / "config.json", config)
             atomic_write_json(tmp / "status.json", {"state": "created", "step": 0, "created": time.time(),
                                                     "updated": time.time(), "host": socket.gethostname()})
             (tmp / "metrics.jsonl").touch()
             os.rename(tmp, run.path)
+        except OSError as e:
+            raise disk_full_error(run.path, e) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return run
@@ -114,45 +89,126 @@ class Run:
             raise RunError(f"no run {self.id!r} in {self.root} (expected {self.path / 'config.json'})")
         return self
 
+    # -- the single writer ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self):
+        """Hold the run for training: an exclusive lock (released by the OS if the process dies, so a
+        killed run can be resumed at once), stale temp files from a killed write removed, and a heartbeat
+        file touched every few seconds so readers can tell a live run from a dead one."""
+        self.require()
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusyError(f"run {self.id!r} is already being trained by another process (pid "
+                               f"{self.raw_status().get('pid')}); wait for it or stop it first") from None
+        for f in [*self.path.glob(".*.tmp*"), *self.path.glob("filter_weights/.*.tmp*")]:
+            f.unlink(missing_ok=True)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stop,), daemon=True, name=f"heartbeat-{self.id}")
+        self._beat_once()
+        beat.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            beat.join()
+            os.close(fd)  # releases the lock
+
+    def _beat_once(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / "heartbeat").touch()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            self._beat_once()
+
+    def heartbeat(self) -> float:
+        """Last sign of life of the writer (the newer of status.json's heartbeat and the heartbeat file)."""
+        try:
+            touched = (self.path / "heartbeat").stat().st_mtime
+        except OSError:
+            touched = 0.0
+        return max(self.raw_status().get("heartbeat") or 0.0, touched)
+
     # -- config / status ------------------------------------------------------------------
     def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        """config.json as plain data (it is parsed, never executed; `config.from_dict` checks it)."""
+        try:
+            d = json.loads((self.path / "config.json").read_text())
+        except FileNotFoundError:
+            raise RunError(f"no run {self.id!r} in {self.root} (expected {self.path / 'config.json'})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"{self.path / 'config.json'} is not valid JSON ({e}); the run record is damaged") from None
+        if not isinstance(d, dict):
+            raise RunError(f"{self.path / 'config.json'} must hold a JSON object of config fields")
+        return d
 
     def raw_status(self) -> dict:
         try:
-            return json.loads((self.path / "status.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            s = json.loads((self.path / "status.json").read_text())
+            return s if isinstance(s, dict) else {"state": "unknown", "step": 0}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {"state": "unknown", "step": 0}
 
     def status(self) -> dict:
         """Status with liveness applied: an active run whose process is gone or silent is 'interrupted'."""
         s = self.raw_status()
         if s.get("state") == "created" and (self.path / "worker.pid").exists():
-            pid = int((self.path / "worker.pid").read_text() or 0)
+            try:
+                pid = int((self.path / "worker.pid").read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
             if not pid_alive(pid) and self.raw_status().get("state") == "created":
                 return {**s, "state": "failed", "error": "the worker exited before it started (see log.txt)"}
         if s.get("state") == "running":
-            stale = time.time() - s.get("heartbeat", 0) > HEARTBEAT_TIMEOUT_S
+            beat = self.heartbeat()
+            stale = time.time() - beat > HEARTBEAT_TIMEOUT_S
             same_host = s.get("host") == socket.gethostname()
             if (same_host and not pid_alive(s.get("pid"))) or stale:
-                s = {**s, "state": "interrupted", "error": s.get("error") or "worker stopped without a final status"}
+                s = {**s, "state": "interrupted", "heartbeat": beat,
+                     "error": s.get("error") or "the worker stopped without a final status (killed or crashed); "
+                                                "resume continues from the last checkpoint"}
         return s
 
     def set_status(self, **fields) -> dict:
         s = {**self.raw_status(), **fields, "updated": time.time()}
-        atomic_write_json(self.path / "status.json", s)
+        data = json.dumps(s, indent=2, sort_keys=True, default=jsonable).encode()
+        try:
+            atomic_write_bytes(self.path / "status.json", data)
+        except DiskFullError:
+            # no room for a second copy: overwrite in place (the old file's blocks are reused), so the
+            # final status — often the disk-full failure itself — still reaches the readers
+            with open(self.path / "status.json", "r+b") as f:
+                f.truncate(0)
+                f.write(data)
         return s
 
     # -- metrics --------------------------------------------------------------------------
-    def append_metrics(self, rows: list[dict]) -> None:
-        """Append complete lines in one write, then fsync (a reader never sees an interleaved row)."""
+    def append_metrics(self, rows: list[dict], skip: set | None = None) -> None:
+        """Append complete lines in one write, then fsync (a reader never sees an interleaved row).
+        Rows whose `row_key` is in `skip` (already on file from before a resume) are left out. A failed
+        write is cut back, so the file never keeps half a row."""
+        rows = [r for r in rows if not skip or row_key(r) not in skip]
         if not rows:
             return
-        data = "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode()
-        with open(self.path / "metrics.jsonl", "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.path / "metrics.jsonl"
+        data = "".join(json.dumps(r, default=jsonable) + "\n" for r in rows).encode()
+        with open(path, "ab") as f:
+            size = f.seek(0, os.SEEK_END)
+            try:
+                if fault("enospc_metrics", rows[0].get("step")):
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise disk_full_error(path, e) from None
 
     def read_metrics(self, offset: int = 0) -> tuple[list[dict], int]:
         """Rows appended since byte `offset`, and the new offset (only whole lines are consumed)."""
@@ -171,12 +227,27 @@ class Run:
                 continue  # never produced by the writer; tolerate a hand-edited file
         return rows, offset + end
 
+    def prepare_metrics(self, keep: bool) -> set:
+        """Before the writer starts: cut a torn last line (a kill mid-append) and return the keys of the
+        rows on file, which a resumed run does not write again; keep=False empties the file (fresh start).
+        The file is only ever cut at its end, so every reader's offset (a line end) stays valid."""
+        path = self.path / "metrics.jsonl"
+        with open(path, "r+b") as f:
+            data = f.read() if keep else b""
+            f.truncate(data.rfind(b"\n") + 1)
+        if not keep:
+            for w in (self.path / "filter_weights").glob("w_*.npz"):
+                w.unlink()
+        rows, _ = self.read_metrics()
+        return {row_key(r) for r in rows}
+
     def truncate_metrics_after(self, step: int) -> None:
-        """On resume: drop rows past the checkpoint's step (they will be produced again)."""
+        """Drop rows past `step` (rewrites the file: incremental readers must re-read from offset 0).
+        The loop does not use this; a resumed run keeps its rows and skips the ones it redoes."""
         rows, _ = self.read_metrics()
         keep = [r for r in rows if r.get("step", 0) <= step]
         atomic_write_bytes(self.path / "metrics.jsonl",
-                           "".join(json.dumps(r, default=_jsonable) + "\n" for r in keep).encode())
+                           "".join(json.dumps(r, default=jsonable) + "\n" for r in keep).encode())
         for f in (self.path / "filter_weights").glob("w_*.npz"):
             if int(f.stem[2:]) > step:
                 f.unlink()
@@ -192,8 +263,15 @@ class Run:
         return sorted(int(f.stem[2:]) for f in (self.path / "filter_weights").glob("w_*.npz"))
 
     def load_filter_weights(self, step: int) -> dict[str, np.ndarray]:
-        with np.load(self.path / "filter_weights" / f"w_{step:08d}.npz") as z:
-            return {k: z[k] for k in z.files}
+        path = self.path / "filter_weights" / f"w_{step:08d}.npz"
+        try:  # allow_pickle=False: an object array (pickled code) is refused, never loaded
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise RunError(f"run {self.id!r} has no filter weights for step {step}; "
+                           f"recorded steps: {self.filter_weight_steps()}") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise RunError(f"{path} is damaged or not plain arrays ({e})") from None
 
     # -- misc records ---------------------------------------------------------------------
     def write_json(self, name: str, obj) -> None:
@@ -202,7 +280,7 @@ class Run:
     def read_json(self, name: str, default=None):
         try:
             return json.loads((self.path / name).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return default
 
     @property
@@ -225,5 +303,5 @@ def list_runs(root: str | Path) -> list[Run]:
     if not root.is_dir():
         return []
     runs = [Run(root, p.name) for p in root.iterdir()
-            if p.is_dir() and RUN_ID.match(p.name) and (p / "config.json").exists()]
+            if p.is_dir() and RUN_ID.match(p.name) and ".." not in p.name and (p / "config.json").exists()]
     return sorted(runs, key=lambda r: r.raw_status().get("created", 0), reverse=True)

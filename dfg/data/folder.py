@@ -50,15 +50,23 @@ def folder_input(spec: BackboneInput, backbone: str, image_size: int | None, gra
     return replace(spec, gray=bool(grayscale) or spec.channels == 1)
 
 
+def _root(root: str | os.PathLike | None) -> Path | None:
+    return None if root is None else Path(root).expanduser().resolve()
+
+
 def _class_dirs(path: Path) -> list[Path]:
     return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _candidates(class_dir: Path) -> list[Path]:
+def _candidates(class_dir: Path, inside: Path | None = None) -> list[Path]:
+    """Files under a class folder; with `inside`, a file whose real path (symlinks followed) lies
+    outside that folder is left out, so a link cannot pull in data from beyond the data root."""
     out = []
     for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    if inside is not None:
+        out = [f for f in out if inside in f.resolve().parents]
     return out
 
 
@@ -75,7 +83,7 @@ def load_folder(folder: str | os.PathLike, root: str | os.PathLike | None, spec:
         where = parts.get("train", path)
         raise DataError(f"folder {where} has {len(classes)} class sub-folder(s) {list(classes)}; a classifier needs "
                         f"at least 2: {where}/<class>/<image files>")
-    files = {part: [(f, c) for c, name in enumerate(classes) for f in _candidates(p / name)]
+    files = {part: [(f, c) for c, name in enumerate(classes) for f in _candidates(p / name, _root(root))]
              for part, p in parts.items()}
     n = sum(len(v) for v in files.values())
     channels = 1 if spec.gray else 3

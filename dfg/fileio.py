@@ -1,0 +1,90 @@
+"""Crash-safe file writes shared by the run store and checkpoints: temp file + fsync + rename, a full disk
+reported as `DiskFullError` naming the file, process liveness, and the DFG_FAULT test hook."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class DiskFullError(RuntimeError):
+    """A write ran out of space; the message names the file and the fix."""
+
+
+def fault(point: str, step: int) -> bool:
+    """Test hook: True when the environment variable DFG_FAULT lists `point:step` (comma-separated),
+    e.g. DFG_FAULT=kill_during_checkpoint:10,enospc_metrics:15. Never set outside tests and bench/soak.py."""
+    return f"{point}:{step}" in os.environ.get("DFG_FAULT", "").split(",")
+
+
+def disk_full_error(path: Path, e: OSError) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full while writing {path}: free space or choose another runs dir")
+    return e
+
+
+def atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half.
+    A failure (disk full included) leaves the old file in place and removes the temp file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace:
+            before_replace()
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise disk_full_error(path, e) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable across a power cut (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=jsonable).encode())
+
+
+def jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (finished child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,248 @@
+"""Runs that go wrong end with a clear status and keep their last good checkpoint: divergence (real and
+injected), out of memory, a full disk (injected, and a real 12 MB tmpfs), a stop between log rows, a torn
+metrics line; and a run is trained by one process at a time, with a heartbeat readers can trust."""
+import math
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+
+import dfg.runstore as runstore
+from dfg import cli
+from dfg.checkpoint import load_checkpoint
+from dfg.config import make_config
+from dfg.jobs import launch
+from dfg.loop import load_data, train
+from dfg.methods import METHODS
+from dfg.runstore import DiskFullError, Run, RunBusyError
+from dfg.source import pretrain_source
+
+TINY = dict(steps=10, ckpt_every=5, log_every=5, eval_every=10, pretrain_steps=50, head_refit_steps=10,
+            limit_test=100, batch_size=16, fw_per_class=3, threads=1,
+            source_per_class=100)
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("reliability-data"))
+    cfg = make_config("demo", {**TINY, "data_root": root})
+    torch.set_num_threads(1)  # as every in-process run here does (threads=1): 2 cores, often shared
+    pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
+    return root
+
+
+def tiny(data_root, **kw):
+    return make_config("demo", {**TINY, "data_root": data_root, **kw})
+
+
+def new_run(tmp_path, cfg, run_id="r"):
+    return Run.create(tmp_path / "runs", run_id, cfg.to_dict())
+
+
+def patch_step(monkeypatch, at_step, effect):
+    """Wrap DFG's train_step: at `at_step`, call effect(method, out) (may raise or edit the losses)."""
+    real = METHODS["dfg"].train_step
+
+    def step(self, n, batches):
+        out = real(self, n, batches)
+        return effect(self, out) or out if n == at_step else out
+    monkeypatch.setattr(METHODS["dfg"], "train_step", step)
+
+
+def all_finite(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(all_finite(v) for v in state)
+    return not isinstance(state, float) or math.isfinite(state)
+
+
+def train_steps(run):
+    return [r["step"] for r in run.read_metrics()[0] if r["kind"] == "train"]
+
+
+# -- divergence ------------------------------------------------------------------------------------------
+def test_huge_learning_rate_diverges_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+    cfg = tiny(data_root, steps=40, optimizer_ec="sgd", lr_extractor=0.5, lr_classifier=0.5, ckpt_every=2,
+               log_every=2)
+    run = new_run(tmp_path, cfg)
+    s = train(cfg, run, **QUIET)
+    assert s["state"] == "diverged" and run.status()["state"] == "diverged"
+    step = s["step"]
+    assert f"at step {step};" in s["error"] and ("loss L_" in s["error"] or "weight " in s["error"]), s["error"]
+    ckpt = load_checkpoint(run.checkpoint_path, backbone="lenet", method="dfg")
+    assert step - cfg.ckpt_every <= ckpt["step"] < step and all_finite(ckpt["state"])
+    rows = run.read_metrics()[0]
+    assert all(all_finite(r) for r in rows) and max(train_steps(run)) < step  # no row holds a NaN
+
+
+@pytest.mark.parametrize("where", ["loss", "weight"])
+def test_injected_nan_names_the_loss_or_weight_and_the_step(where, data_root, tmp_path, monkeypatch):
+    if where == "loss":
+        patch_step(monkeypatch, 7, lambda m, out: {**out, "L_G": float("nan")})
+    else:  # a weight goes Inf after step 10's losses were computed: caught before the step-10 checkpoint
+        def poison(m, out):
+            next(m.generator.parameters()).data.fill_(float("inf"))
+        patch_step(monkeypatch, 10, poison)
+    cfg = tiny(data_root)
+    run = new_run(tmp_path, cfg)
+    s = train(cfg, run, **QUIET)
+    assert s["state"] == "diverged"
+    if where == "loss":
+        assert s["step"] == 7 and s["error"].startswith("loss L_G became nan at step 7")
+    else:
+        assert s["step"] == 10 and s["error"].startswith("weight generator.") and "at step 10" in s["error"]
+    ckpt = load_checkpoint(run.checkpoint_path)
+    assert ckpt["step"] == 5 and all_finite(ckpt["state"])
+
+
+# -- out of memory ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
+def test_out_of_memory_fails_clearly_and_the_worker_exits_nonzero(error, data_root, tmp_path, monkeypatch):
+    def oom(m, out):
+        raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+    patch_step(monkeypatch, 3, oom)
+    run = new_run(tmp_path, tiny(data_root))
+    rc = cli.main(["worker", run.id, "--runs-dir", str(run.root)])  # the background worker's entry point
+    assert rc == 1
+    s = run.status()
+    assert s["state"] == "failed" and s["step"] == 3
+    assert s["error"].startswith("failed: out of memory at batch size 16; lower batch_size")
+
+
+# -- disk full -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["checkpoint", "metrics"])
+def test_disk_full_fails_clearly_keeps_the_checkpoint_and_resumes(target, data_root, tmp_path, monkeypatch):
+    cfg = tiny(data_root)
+    run = new_run(tmp_path, cfg)
+    monkeypatch.setenv("DFG_FAULT", f"enospc_{target}:10")
+    s = train(cfg, run, **QUIET)
+    name = "checkpoint.pt" if target == "checkpoint" else "metrics.jsonl"
+    assert s["state"] == "failed" and run.status()["state"] == "failed"
+    assert s["error"] == (f"failed: disk full while writing {run.path / name}: "
+                          "free space or choose another runs dir")
+    assert load_checkpoint(run.checkpoint_path)["step"] == 5  # the previous checkpoint survived
+    assert not list(run.path.glob(".*.tmp*"))
+    raw = (run.path / "metrics.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and raw.count(b"\n") == len(run.read_metrics()[0])  # no half row left
+    assert train_steps(run) == ([5, 10] if target == "checkpoint" else [5])
+    monkeypatch.delenv("DFG_FAULT")  # space freed: resume finishes, every row once
+    assert train(cfg, run, resume=True, **QUIET)["state"] == "finished"
+    assert train_steps(run) == [5, 10]
+
+
+def test_disk_full_on_a_real_small_filesystem(data_root, tmp_path):
+    """A 12 MB tmpfs holds the first 7.4 MB checkpoint but not a second copy beside it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], check=True,
+                       capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {e}")
+    try:
+        cfg = tiny(data_root)
+        run = Run.create(mnt, "full", cfg.to_dict())
+        s = train(cfg, run, **QUIET)
+        assert s["state"] == "failed" and run.status()["state"] == "failed" and s["step"] == 10
+        assert s["error"] == (f"failed: disk full while writing {run.checkpoint_path}: "
+                              "free space or choose another runs dir")
+        ckpt = load_checkpoint(run.checkpoint_path)
+        assert ckpt["step"] == 5 and all_finite(ckpt["state"])
+        assert train_steps(run) == [5, 10]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True, timeout=20)
+
+
+# -- stop, torn rows -------------------------------------------------------------------------------------
+def test_stop_between_log_rows_then_resume_gives_the_uninterrupted_rows(data_root, tmp_path, monkeypatch):
+    cfg = tiny(data_root)
+    ref = new_run(tmp_path, cfg, "ref")
+    assert train(cfg, ref, **QUIET)["state"] == "finished"
+    run = new_run(tmp_path, cfg, "stopped")
+    patch_step(monkeypatch, 3, lambda m, out: run.request_stop())
+    s = train(cfg, run, **QUIET)
+    assert s["state"] == "stopped" and s["step"] == 3 and load_checkpoint(run.checkpoint_path)["step"] == 3
+    monkeypatch.undo()
+    assert train(cfg, run, resume=True, **QUIET)["state"] == "finished"
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")} for r in rows]
+    # the step-5 row averages steps 1-5 although steps 1-3 ran in the first process
+    assert strip(run.read_metrics()[0]) == strip(ref.read_metrics()[0])
+
+
+def test_a_run_that_pretrained_its_source_matches_one_that_found_it_cached(tmp_path):
+    """A killed run's first process may have trained the source; its resumed process loads it from the
+    cache. Both must build the same model (the re-fit head's init once depended on which happened)."""
+    cfg = make_config("demo", {**TINY, "steps": 5, "seed": 3, "data_root": str(tmp_path / "fresh")})
+    rows = []
+    for name in ("cold", "warm"):
+        run = new_run(tmp_path, cfg, name)
+        assert train(cfg, run, **QUIET)["state"] == "finished"
+        rows.append([{k: v for k, v in r.items() if k != "time" and k != "steps_per_s"}
+                     for r in run.read_metrics()[0]])
+    assert rows[0] == rows[1]
+
+
+def test_a_torn_last_row_is_cut_and_every_reader_offset_stays_valid(tmp_path):
+    run = Run.create(tmp_path, "torn", {"seed": 0})
+    run.append_metrics([{"kind": "train", "step": 1}, {"kind": "train", "step": 2}])
+    rows, offset = run.read_metrics()
+    with open(run.path / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "train", "st')  # a kill in the middle of a write
+    assert run.read_metrics(offset) == ([], offset)  # readers never consume half a line
+    on_file = run.prepare_metrics(keep=True)
+    assert on_file == {("train", None, 1), ("train", None, 2)}
+    run.append_metrics([{"kind": "train", "step": 2}, {"kind": "train", "step": 3}], skip=on_file)
+    assert run.read_metrics(offset)[0] == [{"kind": "train", "step": 3}]
+    assert [r["step"] for r in run.read_metrics()[0]] == [1, 2, 3]
+
+
+# -- one writer, liveness --------------------------------------------------------------------------------
+def test_one_writer_per_run(data_root, tmp_path):
+    run = new_run(tmp_path, tiny(data_root))
+    with run.writer():
+        with pytest.raises(RunBusyError, match="already being trained"):
+            with run.writer():
+                pass
+        (run.path / "worker.pid").write_text(str(os.getpid()))
+        with pytest.raises(RunBusyError, match="is starting"):
+            launch(run)  # launched twice before the first worker got going
+        run.set_status(state="running", pid=os.getpid(), heartbeat=time.time())
+        with pytest.raises(RunBusyError, match="still running"):
+            launch(run)
+        before = run.raw_status()
+        assert cli.main(["worker", run.id, "--runs-dir", str(run.root)]) == 1  # a second worker gives up
+        assert run.raw_status() == before  # ... and leaves the live run's status alone
+    with run.writer():  # released on exit
+        pass
+
+
+def test_status_tells_a_dead_or_silent_worker_from_a_live_one(tmp_path, monkeypatch):
+    run = Run.create(tmp_path, "live", {"seed": 0})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    run.set_status(state="running", pid=dead.pid, heartbeat=time.time())
+    s = run.status()
+    assert s["state"] == "interrupted" and "resume" in s["error"]
+    run.set_status(state="running", pid=os.getpid(), heartbeat=time.time() - 3600)
+    assert run.status()["state"] == "interrupted"  # alive pid (or a reused one) but silent for an hour
+    monkeypatch.setattr(runstore, "HEARTBEAT_EVERY_S", 0.05)
+    with run.writer():  # the writer's heartbeat thread keeps it live through a long setup
+        time.sleep(0.3)
+        assert run.status()["state"] == "running"
+        assert time.time() - (run.path / "heartbeat").stat().st_mtime < 0.2
+
+
+def test_disk_full_status_write_falls_back_to_in_place(tmp_path, monkeypatch):
+    run = Run.create(tmp_path, "st", {"seed": 0})
+
+    def full(*a, **k):
+        raise DiskFullError("disk full while writing status.json")
+    monkeypatch.setattr(runstore, "atomic_write_bytes", full)
+    run.set_status(state="failed", error="failed: disk full")
+    assert run.raw_status()["state"] == "failed"

@@ -1,0 +1,326 @@
+"""Bad input gets one clear message and leaves no run folder; nothing from a run folder is executed
+(checkpoints, config.json, filter weights); folders cannot escape the data root; the app binds to
+localhost; two runs written at once are read by several readers without a lost, torn or repeated row."""
+import json
+import multiprocessing
+import os
+import pickle
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dfg import cli
+from dfg.checkpoint import CheckpointError, load_checkpoint, load_method_state, save_checkpoint
+from dfg.config import ConfigError, from_dict, make_config
+from dfg.data import DataError, build_data
+from dfg.jobs import submit
+from dfg.loop import load_data, preflight, setup, train
+from dfg.runstore import Run, RunError, check_run_id, list_runs
+from dfg.source import pretrain_source
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(steps=5, ckpt_every=5, log_every=5, eval_every=5, pretrain_steps=50, head_refit_steps=10,
+            limit_test=100, batch_size=16, fw_per_class=3, threads=1, source_per_class=100)
+TINY_ARGS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("reliability-data"))
+    cfg = make_config("demo", {**TINY, "data_root": root})
+    torch.set_num_threads(1)
+    pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory):
+    """A finished 5-step run with its checkpoint."""
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    run = Run.create(tmp_path_factory.mktemp("runs"), "done", cfg.to_dict())
+    assert train(cfg, run, log=lambda m: None)["state"] == "finished"
+    return run
+
+
+def image(mode: str, rng) -> Image.Image:
+    rgb = Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8))
+    return rgb.convert(mode)
+
+
+def make_folder(path: Path, layout: dict[str, int]) -> Path:
+    """<path>/<class>/<n gray PNGs> for each class in layout."""
+    rng = np.random.default_rng(0)
+    for cls, n in layout.items():
+        (path / cls).mkdir(parents=True)
+        for i in range(n):
+            image("L", rng).save(path / cls / f"{i}.png")
+    return path
+
+
+# -- bad input through the CLI: one message, exit 2, no run folder ----------------------------------------
+BAD = {
+    "rho": (["--set", "rho=1.5"], "rho=1.5 is invalid: must lie in [0, 1]"),
+    "rho-nan": (["--set", "rho=nan"], "rho=nan is invalid"),
+    "delta": (["--set", "delta=-0.1"], "delta=-0.1 is invalid"),
+    "delta-inf": (["--set", "delta=inf"], "delta=inf is invalid"),
+    "alpha-sum": (["--set", "alpha=0.5"], "alpha+beta+gamma"),
+    "gamma": (["--set", "gamma=-1", "--set", "alpha=1", "--set", "beta=1"], "gamma=-1.0 is invalid"),
+    "steps": (["--set", "steps=0"], "steps=0 is invalid"),
+    "steps-text": (["--set", "steps=ten"], "steps='ten' is not a valid int"),
+    "ckpt": (["--set", "ckpt_every=-5"], "ckpt_every=-5 is invalid"),
+    "lr-zero": (["--set", "lr_critic=0"], "lr_critic=0.0 is invalid"),
+    "lr-big": (["--set", "lr_generator=5"], "lr_generator=5.0 is invalid"),
+    "lr-nan": (["--set", "lr_extractor=nan"], "lr_extractor=nan is invalid"),
+    "field": (["--set", "no_such_field=1"], "no_such_field"),
+    "preset": (["--preset", "imagenet21k"], "unknown preset 'imagenet21k'"),
+    "dataset": (["--set", "dataset=mnist9k"], "dataset='mnist9k' is invalid"),
+    "missing-files": (["--set", "dataset=cinic10"], "dataset 'cinic10' is not on this machine: expected its files"),
+    "missing-source": (["--set", "source=emnist"], "dataset 'emnist' is not on this machine: expected its files"),
+    "no-folder": (["--set", "dataset=folder"], "set folder=<path> for dataset=folder"),
+    "folder-absent": (["--set", "dataset=folder", "--set", "folder=nope"], "nope does not exist"),
+    "one-class": (["--set", "dataset=folder", "--set", "folder=one"], "has 1 class sub-folder(s) ['a']"),
+    "empty-class": (["--set", "dataset=folder", "--set", "folder=empty"], "class 'b' has no readable images"),
+    "folder-escape": (["--set", "dataset=folder", "--set", "folder=../outside"], "outside the allowed data root"),
+    "run-id-dots": (["--run-id", "../evil"], "invalid run id '../evil'"),
+    "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_one_clear_message_and_no_run_folder(case, tmp_path, capsys):
+    args, message = BAD[case]
+    data_root = tmp_path / "data"
+    make_folder(data_root / "one", {"a": 3})
+    make_folder(data_root / "empty", {"a": 3, "b": 0})
+    make_folder(tmp_path / "outside", {"x": 3, "y": 3})
+    runs = tmp_path / "runs"
+    rc = cli.main(["train", "--runs-dir", str(runs), *TINY_ARGS, "--set", f"data_root={data_root}", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not runs.exists() or not list(runs.iterdir())  # no run folder, not even a half-made one
+    assert not (tmp_path / "evil").exists()
+
+
+def test_the_apps_submit_checks_before_making_a_folder(tmp_path):
+    cfg = make_config("demo", {**TINY, "data_root": str(tmp_path), "dataset": "cinic10"})
+    with pytest.raises(DataError, match="cinic10"):
+        submit(cfg, tmp_path / "runs", "app-run")
+    assert not (tmp_path / "runs" / "app-run").exists()
+
+
+def test_data_that_fails_inside_train_marks_the_run_failed(data_root, tmp_path):
+    """The fallback when a folder was made without preflight (e.g. files deleted in between)."""
+    cfg = make_config("demo", {**TINY, "data_root": str(tmp_path), "dataset": "cinic10"})
+    run = Run.create(tmp_path / "runs", "late", cfg.to_dict())
+    with pytest.raises(DataError):
+        train(cfg, run, log=lambda m: None)
+    s = run.status()
+    assert s["state"] == "failed" and "DataError: dataset 'cinic10' is not on this machine" in s["error"]
+
+
+def test_user_folder_with_mixed_modes_and_broken_files(data_root, tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    cat, dog = root / "pets" / "cat", root / "pets" / "dog"
+    cat.mkdir(parents=True)
+    dog.mkdir()
+    for i in range(3):
+        image("L", rng).save(cat / f"gray{i}.png")
+    image("RGBA", rng).save(cat / "alpha.png")
+    image("P", rng).save(cat / "palette.gif")
+    for i in range(2):
+        image("CMYK", rng).save(dog / f"cmyk{i}.jpg")
+    image("RGB", rng).save(dog / "rgb.jpg")
+    image("RGB", rng).save(dog / "cut.png")
+    (dog / "cut.png").write_bytes((dog / "cut.png").read_bytes()[:300])  # truncated
+    (dog / "notes.txt").write_text("not an image")
+    (dog / "fake.png").write_text("not an image either")
+    cfg = make_config("demo", {**TINY, "data_root": str(root), "dataset": "folder", "folder": "pets",
+                               "imbalance": "none", "method": "original"})
+    data = preflight(cfg)
+    assert data.class_names == ("cat", "dog") and len(data.train) + len(data.test) == 8
+    assert data.train[0][0].shape == (1, 32, 32)
+    assert "skipped 3 unreadable or non-image files: dog/cut.png, dog/fake.png, dog/notes.txt" in data.warnings
+
+
+# -- checkpoints: never executed, never silently wrong ----------------------------------------------------
+class Payload:
+    """Pickles to `os.system('touch <marker>')`: code that would run if the file were unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(finished, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 2, "backbone": "lenet", "method": "dfg", "step": 5, "state": {"x": Payload(marker)}}, evil)
+    with pytest.raises(CheckpointError, match="not a plain-tensor checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    # ... also when it sits in a run folder and the run is resumed or evaluated
+    run = Run.create(tmp_path / "runs", "victim", finished.config())
+    run.checkpoint_path.write_bytes(evil.read_bytes())
+    assert cli.main(["resume", run.id, "--runs-dir", str(run.root)]) == 2
+    assert cli.main(["eval", run.id, "--runs-dir", str(run.root)]) == 2
+    assert not marker.exists()
+    assert run.status()["state"] == "failed" and "not a plain-tensor checkpoint" in run.status()["error"]
+    # the payload is live: a plain unpickler would have run it
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+def test_truncated_edited_foreign_and_misshapen_checkpoints_are_refused(finished, tmp_path):
+    good = finished.checkpoint_path.read_bytes()
+    cases = {"truncated": good[: len(good) // 2], "edited": bytearray(good)}
+    cases["edited"][len(good) // 2] ^= 0xFF  # one flipped bit inside a tensor: only the digest sees it
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "truncated")
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        load_checkpoint(tmp_path / "edited")
+    ckpt = load_checkpoint(finished.checkpoint_path)
+    save_checkpoint(tmp_path / "vgg.pt", ckpt["state"], backbone="vgg16", method="dfg", step=5)
+    with pytest.raises(CheckpointError, match="is for backbone 'vgg16', but this run uses 'lenet'"):
+        load_checkpoint(tmp_path / "vgg.pt", backbone="lenet", method="dfg")
+    state = ckpt["state"]
+    state["method"]["nets"]["classifier"] = {k: torch.zeros(3) for k in state["method"]["nets"]["classifier"]}
+    save_checkpoint(tmp_path / "shape.pt", state, backbone="lenet", method="dfg", step=5)
+    _, method = setup(make_config("demo", {**TINY, **{"data_root": finished.config()["data_root"]}}),
+                      torch.device("cpu"), log=lambda m: None)
+    with pytest.raises(CheckpointError, match="does not fit this run's networks"):
+        load_method_state(method, load_checkpoint(tmp_path / "shape.pt"), tmp_path / "shape.pt")
+
+
+def test_resuming_onto_a_foreign_checkpoint_fails_clearly(finished, tmp_path):
+    run = Run.create(tmp_path / "runs", "mixed", finished.config())
+    save_checkpoint(run.checkpoint_path, load_checkpoint(finished.checkpoint_path)["state"], backbone="vgg16",
+                    method="dfg", step=5)
+    assert cli.main(["resume", run.id, "--runs-dir", str(run.root)]) == 2
+    assert "is for backbone 'vgg16', but this run uses 'lenet'" in run.status()["error"]
+
+
+# -- config.json and filter weights are data --------------------------------------------------------------
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: {**d, "evil": "__import__('os')"}, "unknown config fields ['evil']"),
+    (lambda d: {**d, "steps": "40"}, "config field steps='40' has the wrong type: expected int"),
+    (lambda d: {**d, "rho": [0.5]}, "config field rho=[0.5] has the wrong type: expected float"),
+    (lambda d: {**d, "majority": [1, "x"]}, "config field majority=[1, 'x'] has the wrong type"),
+    (lambda d: "{not json", "is not valid JSON"),
+    (lambda d: [1, 2], "must hold a JSON object"),
+])
+def test_a_tampered_config_json_is_refused(edit, message, finished, tmp_path, capsys):
+    run = Run.create(tmp_path / "runs", "cfg", finished.config())
+    new = edit(run.config())
+    (run.path / "config.json").write_text(new if isinstance(new, str) else json.dumps(new))
+    assert cli.main(["resume", run.id, "--runs-dir", str(run.root)]) == 2
+    assert message in capsys.readouterr().err
+    assert cli.main(["worker", run.id, "--runs-dir", str(run.root)]) == 1  # the app's path: recorded
+    assert run.status()["state"] == "failed" and message in run.status()["error"]
+
+
+def test_config_round_trips_through_json():
+    cfg = make_config("demo", {"majority": "1,2", "rho": "0.5"})
+    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError):
+        from_dict({"steps": True})  # a bool is not an int here
+
+
+def test_filter_weights_with_pickled_objects_are_refused(tmp_path):
+    run = Run.create(tmp_path, "fw", {"seed": 0})
+    marker = tmp_path / "pwned"
+    np.savez(run.path / "filter_weights" / "w_00000003.npz", w_star=np.array([Payload(marker)], dtype=object))
+    with pytest.raises(RunError, match="damaged or not plain arrays"):
+        run.load_filter_weights(3)
+    with pytest.raises(RunError, match="no filter weights for step 4"):
+        run.load_filter_weights(4)
+    assert not marker.exists()
+
+
+# -- names and paths --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a..b", "/abs", ".hidden", "", "x" * 200, "a\\b", "a\nb"])
+def test_run_ids_cannot_name_a_path(bad, tmp_path):
+    with pytest.raises(RunError, match="invalid run id"):
+        Run(tmp_path, bad)
+    with pytest.raises(RunError):
+        check_run_id(bad)
+
+
+def test_list_runs_skips_folders_that_are_not_runs(tmp_path):
+    Run.create(tmp_path, "ok", {"seed": 0})
+    (tmp_path / ".creating-x-1").mkdir()
+    (tmp_path / "no-config").mkdir()
+    assert [r.id for r in list_runs(tmp_path)] == ["ok"]
+
+
+def test_folders_cannot_escape_the_data_root(tmp_path):
+    root = tmp_path / "root"
+    outside = make_folder(tmp_path / "elsewhere", {"a": 3, "b": 3})
+    make_folder(root / "inside", {"a": 3, "b": 3})
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "inside" / "a" / "up").symlink_to(outside, target_is_directory=True)  # not followed
+    ok = build_data("folder", backbone="lenet", root=str(root), folder="inside", imbalance="none")
+    assert ok.class_names == ("a", "b") and len(ok.train) + len(ok.test) == 6
+    for folder in ("../elsewhere", "link", str(outside), "inside/../../elsewhere", "link/a/.."):
+        with pytest.raises(DataError, match="outside the allowed data root"):
+            build_data("folder", backbone="lenet", root=str(root), folder=folder, imbalance="none")
+
+
+def test_a_file_symlink_cannot_pull_in_an_image_from_outside_the_data_root(tmp_path):
+    root = tmp_path / "root"
+    make_folder(root / "inside", {"a": 3, "b": 3})
+    secret = make_folder(tmp_path / "elsewhere", {"s": 1}) / "s" / "0.png"
+    (root / "inside" / "a" / "leak.png").symlink_to(secret)
+    data = build_data("folder", backbone="lenet", root=str(root), folder="inside", imbalance="none")
+    assert len(data.train) + len(data.test) == 6
+
+
+def test_the_app_listens_on_localhost_only():
+    path = REPO / ".streamlit" / "config.toml"
+    if not path.exists():
+        pytest.skip(".streamlit/config.toml is missing: streamlit would listen on all interfaces")
+    assert tomllib.loads(path.read_text())["server"]["address"] == "127.0.0.1"
+
+
+# -- concurrency ------------------------------------------------------------------------------------------
+def _write_rows(root: str, run_id: str, n: int) -> None:
+    run = Run(root, run_id)
+    for step in range(1, n + 1):
+        big = step % 25 == 0  # some rows far above a pipe buffer (like a 257-class confusion matrix)
+        run.append_metrics([{"kind": "train", "step": step, "run": run_id, "pad": "x" * (300_000 if big else step)}])
+
+
+def test_two_runs_written_at_once_read_by_two_readers_each(tmp_path):
+    n = 400
+    runs = [Run.create(tmp_path, f"w{i}", {"seed": i}) for i in range(2)]
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_write_rows, args=(str(tmp_path), r.id, n)) for r in runs]
+    for w in writers:
+        w.start()
+    seen = {(r.id, k): [] for r in runs for k in (0, 1)}
+    offsets = dict.fromkeys(seen, 0)
+
+    def read_all():
+        for (rid, k), rows in seen.items():
+            new, offsets[rid, k] = Run(tmp_path, rid).read_metrics(offsets[rid, k])
+            rows += new
+    while any(w.is_alive() for w in writers):
+        read_all()
+    read_all()
+    assert [w.exitcode for w in writers] == [0, 0]
+    for r in runs:
+        assert seen[r.id, 0] == seen[r.id, 1]  # two readers, same data
+        rows = seen[r.id, 0]
+        assert [x["step"] for x in rows] == list(range(1, n + 1))  # none lost, repeated or reordered
+        assert {x["run"] for x in rows} == {r.id}  # never a row of the other run
+        raw = (r.path / "metrics.jsonl").read_bytes()
+        assert raw.count(b"\n") == n and all(json.loads(line) for line in raw.splitlines())
