@@ -168,7 +168,7 @@ PRESETS: dict[str, Config] = {
 }
 
 PRESET_NOTES = {
-    "demo": "offline demo: LeNet-5, printed glyphs -> MNIST 5k (10:1, 2 majority classes), 1,500 steps",
+    "demo": "offline demo: LeNet-5, printed glyphs -> MNIST 5k (10:1, 2 majority classes), 700 steps (~2 min on 2 CPU cores)",
     "svhn": "LeNet-5, EMNIST -> SVHN gray (5000:500), 20k steps, App. A",
     "fmnist": "LeNet-5, EMNIST -> Fashion-MNIST (6000:150, 40:1), 20k steps, App. A",
     "stl10": "VGG-16, CIFAR-10 -> STL-10 32x32 (balanced, 500/class), 20k steps, App. A",

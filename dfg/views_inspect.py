@@ -1,0 +1,106 @@
+"""Embeddings and Grad-CAM pages: which runs can be compared, the paper's Figure 2 as two linked scatter
+plots (by class, by real/generated; hovering a real point shows its image) and the Grad-CAM grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from .paper import method_label
+from .runstore import Run, list_runs
+
+GRADCAM_METHODS = ("original", "finetune", "delta", "dfg")  # the paper's Fig. 3-4 columns
+
+
+def has_checkpoint(run: Run) -> bool:
+    return run.checkpoint_path.exists()
+
+
+def checkpoint_stamp(run: Run) -> int:
+    """Changes whenever the worker writes a new checkpoint (part of the app's cache keys)."""
+    return run.checkpoint_path.stat().st_mtime_ns if run.checkpoint_path.exists() else 0
+
+
+def points_frame(result: dict) -> pd.DataFrame:
+    """embed_run's points as a table with the tooltip's columns; `image` holds a PNG data-URI for real
+    points (vega-tooltip draws a field named `image` as a picture) and is empty for generated ones."""
+    p = result["points"]
+    df = pd.DataFrame({"x": p["x"], "y": p["y"], "class": p["class_name"], "kind": p["kind"],
+                       "test index": p["index"]})
+    if "image" in p:
+        df["image"] = p["image"]
+    return df
+
+
+def embedding_chart(result: dict, size: int = 360) -> alt.HConcatChart:
+    """Paper Fig. 2 as one chart of two panels over the same 2-D points: coloured by class (left) and by
+    real/generated (right); real points are circles, generated ones crosses. A box dragged on the left
+    highlights the same points in both; hovering a real point shows its test image."""
+    df = points_frame(result)
+    tooltip = ["image", "class", "kind", "test index"] if "image" in df else ["class", "kind", "test index"]
+    brush = alt.selection_interval(encodings=["x", "y"])
+    base = alt.Chart(df).mark_point(filled=True, size=40, opacity=0.75).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), tooltip=tooltip,
+        shape=alt.Shape("kind:N", scale=alt.Scale(domain=["real", "generated"], range=["circle", "cross"]),
+                        legend=None),  # the caption says circles are real, crosses generated
+    ).properties(width=size, height=size)
+    by_class = base.encode(color=alt.condition(brush, alt.Color("class:N", scale=alt.Scale(scheme="tableau10")),
+                                               alt.value("lightgray"))).add_params(brush).properties(
+        title="coloured by class (drag a box here)")
+    by_kind = base.encode(color=alt.condition(
+        brush, alt.Color("kind:N", title="real / generated",
+                         scale=alt.Scale(domain=["real", "generated"], range=["#1f77b4", "#ff7f0e"])),
+        alt.value("lightgray"))).properties(title="real vs generated")
+    return alt.hconcat(by_class, by_kind).resolve_scale(color="independent").properties(
+        title=f"{result['method'].upper()} of real E(x) and generated G(z, ŷ) features")
+
+
+def embedding_summary(result: dict) -> str:
+    """One line: how many points, the checkpoint step and the two feature scores."""
+    m = result.get("metrics") or {}
+    n_real = sum(k == "real" for k in result["points"]["kind"])
+    n_fake = len(result["points"]["kind"]) - n_real
+    text = f"{n_real} real and {n_fake} generated features, checkpoint step {result['step']}"
+    if m.get("knn_label_agreement") is not None:
+        text += (f" · generated features whose {m['k']} nearest real neighbours share their label: "
+                 f"{m['knn_label_agreement']:.0%} · real/generated separability (0.5 = indistinguishable): "
+                 f"{m['separability']:.2f}")
+    elif not result.get("has_generator"):
+        text += " · this method has no generator: real features only"
+    return text
+
+
+def comparable_runs(root: str | Path, dataset: str) -> dict[str, list[str]]:
+    """{method: ids of runs with a checkpoint on `dataset`, newest first} for the Grad-CAM columns."""
+    out: dict[str, list[str]] = {m: [] for m in GRADCAM_METHODS}
+    for run in list_runs(root):
+        cfg = run.config()
+        if cfg.get("dataset") == dataset and cfg.get("method") in out and has_checkpoint(run):
+            out[cfg["method"]].append(run.id)
+    return out
+
+
+def image_order(run: Run, seed: int) -> list[int] | None:
+    """A seeded permutation of the run's test indices, so the first images shown mix all classes (the
+    test set is stored class by class); None when the test size is not recorded yet."""
+    import numpy as np
+
+    from .views_results import last_eval
+
+    ev = last_eval(run) or {}
+    n = ev.get("n") or sum(sum(row) for row in ev.get("confusion") or [])
+    return np.random.default_rng(seed).permutation(int(n)).tolist() if n else None
+
+
+def gradcam_grid(entries: list[dict]) -> list[dict]:
+    """compare_runs' flat list -> one row per image: {"index", "label_name", "image", "cells": [per run:
+    {"title", "overlay", "caption", "correct"}]} in the order the runs were given."""
+    rows: dict[int, dict] = {}
+    for e in entries:
+        row = rows.setdefault(e["index"], {"index": e["index"], "label_name": e["label_name"], "image": e["image"],
+                                           "cells": []})
+        mark = "✓" if e["correct"] else "✗"
+        row["cells"].append({"title": method_label(e["method"]), "overlay": e["overlay"], "correct": e["correct"],
+                             "caption": f"{mark} {e['pred_name']} ({e['conf']:.0%})", "run_id": e["run_id"]})
+    return list(rows.values())

@@ -1,0 +1,138 @@
+"""Filter-weights page: W(E_S), W(E), W* heatmaps at a recorded step, W* recomputed for any ρ/δ from the
+stored weights (no retraining), the channels each class switches off, the paper's Figure 5 (per-filter
+weight over classes, ρ=0 vs ρ=0.75) and Figure 6 (accuracy vs ρ over finished runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from .filter_weights import attention, blend
+from .paper import figure6_top1
+from .runstore import Run, list_runs
+
+
+def class_names(run: Run, num_classes: int) -> list[str]:
+    names = (run.read_json("data.json") or {}).get("class_names") or []
+    return [str(n) for n in names] if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def recompute_w_star(weights: dict, rho: float, delta: float, cfg: dict | None = None) -> np.ndarray:
+    """W* for a new ρ/δ from the stored W(E_S) and W(E) (K, nf), with the run's official-code switches
+    (ρ discarded / unscaled weights) applied exactly as training applies them."""
+    cfg = cfg or {}
+    w = attention(torch.as_tensor(weights["w_source"]), torch.as_tensor(weights["w_target"]), rho=rho,
+                  delta=delta, discard_rho=bool(cfg.get("official_discard_rho")),
+                  unscaled=bool(cfg.get("official_unscaled_weights")))
+    return w.numpy()
+
+
+def heatmap(w: np.ndarray, title: str, names: list[str], zmax: float, minority: set[int] = frozenset()) -> go.Figure:
+    """class × filter heatmap; zero cells (switched-off channels) are the darkest colour."""
+    labels = [f"{n} (minority)" if i in minority else str(n) for i, n in enumerate(names)]
+    fig = go.Figure(go.Heatmap(z=np.asarray(w).tolist(), x=[f"f{j}" for j in range(w.shape[1])], y=labels, zmin=0,
+                               zmax=zmax, colorscale="Viridis", colorbar=dict(thickness=10),
+                               hovertemplate="class %{y}<br>filter %{x}<br>weight %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=120 + 22 * w.shape[0],
+                      margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(autorange="reversed", type="category"),
+                      xaxis=dict(type="category"))
+    return fig
+
+
+def weight_view(run: Run, step: int, rho: float, delta: float) -> dict:
+    """Everything the page shows for one recorded step and a chosen ρ/δ: the three heatmaps, the
+    recomputed W* (array), whether it equals the recorded one, and the deactivated-channel table."""
+    cfg = run.config()
+    stored = run.load_filter_weights(step)
+    w_star = recompute_w_star(stored, rho, delta, cfg)
+    names = class_names(run, w_star.shape[0])
+    minority = set((run.read_json("data.json") or {}).get("minority") or [])
+    zmax = float(max(stored["w_source"].max(), stored["w_target"].max(), w_star.max(), 1.0))
+    same = np.isclose(rho, cfg.get("rho", -1)) and np.isclose(delta, cfg.get("delta", -1))
+    return {
+        "w_source": heatmap(stored["w_source"], "W(E_S): source extractor", names, zmax, minority),
+        "w_target": heatmap(stored["w_target"], f"W(E): target extractor at step {step}", names, zmax, minority),
+        "w_star": heatmap(w_star, f"W* for ρ={rho:.2f}, δ={delta:.2f}", names, zmax, minority),
+        "w_star_values": w_star,
+        "recorded_w_star": stored["w_star"],
+        "matches_recorded": bool(same and np.allclose(w_star, stored["w_star"], atol=1e-6)),
+        "deactivated": deactivated_table(w_star, names, minority),
+        "num_filters": int(w_star.shape[1]),
+        "representative": representative_filters(stored),
+    }
+
+
+def deactivated_table(w_star: np.ndarray, names: list[str], minority: set[int] = frozenset()) -> list[dict]:
+    """Per class: which filters W* switches off (weight 0), how many stay active, the strongest filter."""
+    rows = []
+    for k, row in enumerate(w_star):
+        off = [j for j, v in enumerate(row) if v == 0]
+        rows.append({"class": names[k], "minority": k in minority, "active": int((row > 0).sum()),
+                     "deactivated": len(off), "deactivated filters": ", ".join(f"f{j}" for j in off) or "—",
+                     "strongest filter": f"f{int(row.argmax())}"})
+    return rows
+
+
+def representative_filters(weights: dict, count: int = 2) -> list[int]:
+    """Filters whose source weights vary most across classes (the ones Figure 5 is interesting for)."""
+    spread = np.asarray(weights["w_source"]).std(axis=0)
+    return [int(j) for j in np.argsort(-spread)[:count]]
+
+
+def figure5(run: Run, filters: list[int], rhos=(0.75, 0.0)) -> go.Figure:
+    """Paper Fig. 5: blended weight ρ·W(E_S) + (1−ρ)·W(E) of each chosen filter per class, one panel per
+    (filter, ρ), one line per recorded step (later steps darker); red line = equality of all filters (1)."""
+    steps = run.filter_weight_steps()
+    stored = {s: run.load_filter_weights(s) for s in steps}
+    num_classes = stored[steps[0]]["w_source"].shape[0]
+    names = class_names(run, num_classes)
+    fig = make_subplots(rows=len(filters), cols=len(rhos), shared_yaxes=True,
+                        vertical_spacing=min(0.25, 0.5 / len(filters)),
+                        subplot_titles=[f"filter f{j} (ρ={r:g})" for j in filters for r in rhos])
+    for a, j in enumerate(filters):
+        for b, r in enumerate(rhos):
+            for i, s in enumerate(steps):
+                w = blend(torch.as_tensor(stored[s]["w_source"]), torch.as_tensor(stored[s]["w_target"]), r).numpy()
+                shade = 0.25 + 0.75 * (i + 1) / len(steps)
+                fig.add_trace(go.Scatter(x=names, y=w[:, j], mode="lines+markers", name=f"step {s}",
+                                         legendgroup=str(s), showlegend=(a == 0 and b == 0),
+                                         line=dict(color=f"rgba(31,119,180,{shade:.2f})")), row=a + 1, col=b + 1)
+            fig.add_hline(y=1.0, line=dict(color="red", width=1.5), row=a + 1, col=b + 1)
+    fig.update_layout(height=280 * len(filters) + 80, margin=dict(l=10, r=10, t=70, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0 + 30 / (280 * len(filters)), x=0))
+    fig.update_xaxes(type="category")
+    for col in range(1, len(rhos) + 1):
+        fig.update_xaxes(title_text="class", row=len(filters), col=col)
+    return fig
+
+
+def rho_accuracy(root: str | Path, run: Run) -> list[dict]:
+    """Paper Fig. 6 from our runs: DFG runs of the run's preset/dataset grouped by ρ via
+    dfg.tables.summarise (top-1 mean ± std in %, finished runs only). Empty unless two ρ have results."""
+    from .tables import summarise
+
+    cfg = run.config()
+    runs = [r for r in list_runs(root) if r.config().get("method") == "dfg"
+            and r.config().get("dataset") == cfg.get("dataset") and r.config().get("preset") == cfg.get("preset")]
+    rows = [s for s in summarise(runs, by=["rho"]) if s["n"] > 0]
+    if len({s["rho"] for s in rows}) < 2:
+        return []
+    return [{"rho": float(s["rho"]), "top1_mean": s["top1_mean"], "top1_std": s["top1_std"] or 0.0,
+             "runs": s["n"], "paper": figure6_top1(cfg.get("dataset"), "dfg", s["rho"])}
+            for s in sorted(rows, key=lambda s: s["rho"])]
+
+
+def rho_figure(rows: list[dict]) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=[r["rho"] for r in rows], y=[r["top1_mean"] for r in rows], mode="lines+markers",
+                               error_y=dict(type="data", array=[r["top1_std"] for r in rows]), name="our runs",
+                               text=[f"{r['runs']} run(s)" for r in rows]))
+    paper = [r for r in rows if r.get("paper") is not None]
+    if paper:
+        fig.add_trace(go.Scatter(x=[r["rho"] for r in paper], y=[r["paper"] for r in paper], mode="markers",
+                                 marker=dict(symbol="x", size=10, color="red"), name="paper (§4.3)"))
+    fig.update_layout(title="test accuracy vs ρ (paper Fig. 6)", xaxis_title="ρ", yaxis_title="top-1 (%)",
+                      height=320, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

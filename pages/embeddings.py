@@ -1,0 +1,50 @@
+"""Feature embeddings page (paper Fig. 2): the checkpoint's real features E(x) and generated G(z, ŷ) in 2-D
+with PCA, t-SNE or UMAP, coloured by class and by real/generated; hover a real point to see its image."""
+import streamlit as st
+
+from dfg.runstore import Run
+from dfg.views_inspect import checkpoint_stamp, embedding_chart, embedding_summary, has_checkpoint
+from pages._shared import page_context
+
+try:
+    from dfg.embeddings import embed_run
+except ImportError as e:  # module of another part of the project; the page says so instead of failing
+    embed_run, missing = None, e
+
+root, run_id = page_context()
+st.title("Feature embeddings: real vs generated")
+if embed_run is None:
+    st.error(f"Embeddings are not available in this installation ({missing}).")
+    st.stop()
+if not run_id or not has_checkpoint(Run(root, run_id)):
+    st.info("Pick a run with a checkpoint in the sidebar (a run writes one every ckpt_every steps).")
+    st.stop()
+
+c = st.columns([2, 2, 3])
+projection = c[0].radio("Projection", ["pca", "tsne", "umap"], horizontal=True, key="emb.method",
+                        format_func={"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}.get)
+n = c[1].select_slider("Points of each kind", [100, 200, 300, 500, 1000], value=300, key="emb.n",
+                       help="n real test images (class-balanced) and n generated features")
+c[2].caption("t-SNE and UMAP take a few seconds the first time; results are cached per run, checkpoint, "
+             "projection and size.")
+
+
+@st.cache_data(show_spinner=False, max_entries=24)
+def embed(root: str, run_id: str, stamp: int, projection: str, n: int) -> dict:
+    """Cached per run id + checkpoint (its file stamp changes with every new checkpoint) + projection + n."""
+    bar = st.progress(0.0, text="restoring the run...")
+    out = embed_run(Run(root, run_id), method=projection, n=n, images=True,
+                    progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+    bar.empty()
+    return out
+
+
+try:
+    result = embed(root, run_id, checkpoint_stamp(Run(root, run_id)), projection, n)
+except (ValueError, RuntimeError) as e:
+    st.error(f"Could not embed {run_id}: {e}")
+    st.stop()
+st.caption(embedding_summary(result))
+st.altair_chart(embedding_chart(result), key="emb.chart")
+st.caption("Circles: real E(x) of test images (hover one to see it); crosses: generated G(z, ŷ) with the run's "
+           "W*. Drag a box on the left to highlight the same points in both panels.")

@@ -1,0 +1,62 @@
+"""Filter-weights page: W(E_S), W(E), W* at a recorded step; ρ and δ sliders recompute W* from the stored
+weights at once (no retraining); the channels each class switches off; paper Figures 5 and 6."""
+import pandas as pd
+import streamlit as st
+
+from dfg.runstore import Run
+from dfg.views_weights import figure5, rho_accuracy, rho_figure, weight_view
+from pages._shared import page_context
+
+root, run_id = page_context()
+st.title("Filter weights: ρ and δ")
+if not run_id:
+    st.info("No run selected: pick one in the sidebar.")
+    st.stop()
+run = Run(root, run_id)
+steps = run.filter_weight_steps()
+if not steps:
+    st.info(f"{run_id} has no recorded filter weights yet (method {run.config().get('method')!r}: only DFG "
+            "records them, at step 0 and every nW steps).")
+    st.stop()
+cfg = run.config()
+c = st.columns(3)
+step = c[0].select_slider("Recorded step", steps, value=steps[-1], key=f"fw.step.{run_id}",
+                          help="W(E) is recomputed every nW steps; each recompute is stored")
+rho = c[1].slider("ρ", 0.0, 1.0, float(cfg["rho"]), 0.05, key=f"fw.rho.{run_id}",
+                  help="W = ρ·W(E_S) + (1−ρ)·W(E) (Eq. 7); 1 = the source model's weights only")
+delta = c[2].slider("δ", 0.0, 2.0, float(cfg["delta"]), 0.05, key=f"fw.delta.{run_id}",
+                    help="weights below δ are set to 0 (rows average 1)")
+view = weight_view(run, step, rho, delta)
+c = st.columns(3)
+for col, name in zip(c, ["w_source", "w_target", "w_star"]):
+    col.plotly_chart(view[name], key=f"fw.{name}", width="stretch")
+if view["matches_recorded"]:
+    st.caption("ρ and δ are the run's own: W* equals the one recorded during training.")
+else:
+    st.caption(f"W* recomputed from the stored W(E_S) and W(E) for ρ={rho:.2f}, δ={delta:.2f} "
+               f"(the run trained with ρ={cfg['rho']}, δ={cfg['delta']}).")
+
+st.subheader("Channels each class switches off")
+st.dataframe(pd.DataFrame(view["deactivated"]), hide_index=True, key="fw.deactivated")
+with st.expander("W* values"):
+    names = [r["class"] for r in view["deactivated"]]
+    st.dataframe(pd.DataFrame(view["w_star_values"], index=names,
+                              columns=[f"f{j}" for j in range(view["w_star_values"].shape[1])]), key="fw.values")
+
+st.subheader("Per-filter weight over classes (paper Fig. 5)")
+filters = st.multiselect("Filters", list(range(view["num_filters"])), default=view["representative"],
+                         format_func=lambda j: f"f{j}", key=f"fw.filters.{run_id}",
+                         help="default: the two filters whose source weights differ most between classes")
+if filters:
+    st.plotly_chart(figure5(run, filters), key="fw.fig5", width="stretch")
+    st.caption("ρ·W(E_S) + (1−ρ)·W(E) before the δ threshold, one line per recorded step (later = darker). "
+               "Red: equality of all filters. The paper finds ρ=0 drifts to the line; ρ=0.75 keeps class structure.")
+
+st.subheader("Accuracy vs ρ (paper Fig. 6)")
+rows = rho_accuracy(root, run)
+if rows:
+    st.plotly_chart(rho_figure(rows), key="fw.fig6", width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+else:
+    st.info("Needs finished DFG runs of this preset with at least two values of ρ — e.g. "
+            "`python -m dfg sweep` over rho, or several runs from the Train page.")

@@ -1,0 +1,68 @@
+"""Grad-CAM page (paper Fig. 3-4): the same test images through Original, Fine-tuning, DELTA and DFG
+checkpoints side by side, each with its predicted label and confidence."""
+import streamlit as st
+
+from dfg.paper import method_label
+from dfg.runstore import Run
+from dfg.views_inspect import GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid, image_order
+from pages._shared import page_context
+
+try:
+    from dfg.gradcam import compare_runs
+except ImportError as e:  # module of another part of the project; the page says so instead of failing
+    compare_runs, missing = None, e
+
+root, run_id = page_context()
+st.title("Grad-CAM: where each method looks")
+if compare_runs is None:
+    st.error(f"Grad-CAM is not available in this installation ({missing}).")
+    st.stop()
+if not run_id:
+    st.info("Pick a run in the sidebar: the page compares runs on its dataset.")
+    st.stop()
+dataset = Run(root, run_id).config().get("dataset")
+options = comparable_runs(root, dataset)
+st.caption(f"Runs with a checkpoint on **{dataset}**, one per method (newest first).")
+cols = st.columns(len(GRADCAM_METHODS))
+chosen = []
+for col, m in zip(cols, GRADCAM_METHODS):
+    ids = options[m]
+    pick = col.selectbox(method_label(m), ["—"] + ids, index=(ids.index(run_id) + 1 if run_id in ids else
+                                                               1 if ids else 0), key=f"cam.{m}")
+    if pick != "—":
+        chosen.append(pick)
+c = st.columns([4, 2, 1])
+only = c[0].radio("Images", ["all", "minority", "misclassified"], horizontal=True, key="cam.only",
+                  format_func={"all": "all", "minority": "minority classes",
+                               "misclassified": "misclassified by the first run"}.get)
+count = c[1].slider("How many", 2, 16, 6, key="cam.count")
+seed = c[2].number_input("Image draw (seed)", 0, 10_000, 0, key="cam.seed", help="which test images are shown")
+if not chosen:
+    st.info("No run with a checkpoint for these methods on this dataset yet: train them on the Train page.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cams(root: str, ids: tuple, stamps: tuple, only: str, count: int, seed: int) -> list:
+    """Cached per runs + their checkpoints + filter + count + image draw."""
+    bar = st.progress(0.0, text="restoring runs...")
+    order = image_order(Run(root, ids[0]), seed)
+    out = compare_runs([Run(root, i) for i in ids], order, only=only, limit=count,
+                       progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+    bar.empty()
+    return out
+
+
+try:
+    entries = cams(root, tuple(chosen), tuple(checkpoint_stamp(Run(root, i)) for i in chosen), only, count,
+                   int(seed))
+except (ValueError, RuntimeError, IndexError) as e:
+    st.error(str(e))
+    st.stop()
+if not entries:
+    st.info("No test image matches this filter.")
+for row in gradcam_grid(entries):
+    cols = st.columns(1 + len(GRADCAM_METHODS))  # fixed grid: images keep their size whatever is picked
+    cols[0].image(row["image"], caption=f"test #{row['index']}: true {row['label_name']}", width=120)
+    for col, cell in zip(cols[1:], row["cells"]):
+        col.image(cell["overlay"], caption=f"{cell['title']}: {cell['caption']}", width=120)

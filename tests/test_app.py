@@ -1,0 +1,153 @@
+"""The Streamlit app (app.py + pages/) driven by streamlit.testing.v1.AppTest against a real tiny DFG run:
+every page renders and shows the run's real numbers; the ρ slider recomputes W* exactly as
+dfg.filter_weights.attention does; the Train page refuses an invalid ρ and creates nothing."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from dfg.config import ConfigError, make_config
+from dfg.filter_weights import attention
+from dfg.runstore import Run
+from dfg.views import field_of_error
+from dfg.views_losses import ema, new_tail, present_keys, update_tail
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dfg_run, tmp_path_factory):
+    """A private copy of the tiny run's folder (the pages may write caches into a run folder)."""
+    root = tmp_path_factory.mktemp("app_runs")
+    shutil.copytree(tiny_dfg_run.run.path, root / "tiny")
+    return root, tiny_dfg_run.data_root
+
+
+@pytest.fixture
+def app(runs, monkeypatch):
+    root, data_root = runs
+    monkeypatch.setenv("DFG_RUNS_DIR", str(root))
+    monkeypatch.setenv("DFG_DATA_ROOT", str(data_root))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def plotly_spec(at: AppTest, key: str) -> dict:
+    return json.loads(at.get_by_key(key).proto.spec)
+
+
+def test_every_page_shows_the_runs_numbers(app, runs):
+    root, _ = runs
+    run = Run(root, "tiny")
+    rows, _ = run.read_metrics()
+    train = [r for r in rows if r["kind"] == "train"]
+    final = run.read_json("final.json")["last"]
+
+    # sidebar: the run is selected and in the URL
+    assert app.selectbox[0].value == "tiny" and app.query_params["run"] == "tiny"
+    assert app.button[0].label == "Start the demo run" and len(app.image) == 1
+
+    goto(app, "train")
+    bars = [p.proto.text for p in app.progress]
+    assert any("tiny" in t and "finished at step 20/20" in t for t in bars), bars
+    assert app.number_input(key="train.demo.dfg.rho").value == pytest.approx(0.75)
+
+    goto(app, "losses")
+    spec = plotly_spec(app, "loss.chart.L_D")
+    assert spec["data"][0]["x"] == [r["step"] for r in train]
+    assert spec["data"][0]["y"] == pytest.approx([r["L_D"] for r in train])
+    acc = plotly_spec(app, "loss.chart.top1")["data"][0]
+    assert acc["y"][-1] == pytest.approx(final["top1"])
+    assert len(app.get("plotly_chart")) == len(present_keys({"tiny": {"train": train}})) + 1
+
+    goto(app, "filter_weights")
+    recorded = run.load_filter_weights(20)["w_star"]
+    assert np.allclose(plotly_spec(app, "fw.w_star")["data"][0]["z"], recorded, atol=1e-6)
+    table = app.dataframe[0].value
+    assert table["deactivated"].tolist() == (recorded == 0).sum(1).tolist()
+
+    goto(app, "results")
+    summary = app.dataframe[0].value
+    assert summary["top1 (%)"].iloc[0] == f"{100 * final['top1']:.2f}"
+    recall = plotly_spec(app, "res.recall.tiny")["data"][0]["y"]
+    assert recall == pytest.approx(final["per_class_recall"])
+
+    goto(app, "embeddings")  # limit_test=200: 200 real test images, 300 generated features
+    assert any("200 real and 300 generated features, checkpoint step 20" in c.value for c in app.caption)
+
+    goto(app, "gradcam")  # 6 test images, each shown raw and through the one DFG run
+    captions = [i.proto.imgs[0].caption for i in app.image]
+    assert len(captions) == 12
+    assert sum(c.startswith("DFG: ") and "%" in c for c in captions) == 6
+
+
+def test_rho_slider_recomputes_w_star_like_attention(app, runs):
+    root, _ = runs
+    stored = Run(root, "tiny").load_filter_weights(20)
+    goto(app, "filter_weights")
+    app.slider(key="fw.rho.tiny").set_value(0.3).run()
+    assert not app.exception
+    expected = attention(torch.as_tensor(stored["w_source"]), torch.as_tensor(stored["w_target"]),
+                         rho=0.3, delta=0.95).numpy()
+    shown = plotly_spec(app, "fw.w_star")["data"][0]["z"]
+    values = app.dataframe[1].value.to_numpy()
+    assert np.allclose(shown, expected, atol=1e-6) and np.allclose(values, expected, atol=1e-6)
+    assert not np.allclose(expected, stored["w_star"])  # ρ really changed W*
+    assert app.dataframe[0].value["deactivated"].tolist() == (expected == 0).sum(1).tolist()
+
+
+def test_train_page_refuses_invalid_rho_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFG_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DFG_DATA_ROOT", str(tmp_path / "data"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    goto(at, "train")
+    at.number_input(key="train.demo.dfg.rho").set_value(1.5).run()
+    assert [e.value for e in at.error] == ["rho=1.5 is invalid: must lie in [0, 1]"]
+    at.button(key="train.start").click().run()
+    assert any(e.value.startswith("Not started") and "rho" in e.value for e in at.error)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_live_losses_read_only_new_rows(tiny_dfg_run, tmp_path):
+    """The page's tail reads rows appended since its last poll, and starts over when the file shrinks."""
+    src = tiny_dfg_run.run.path / "metrics.jsonl"
+    lines = src.read_bytes().splitlines(keepends=True)
+    run = Run.create(tmp_path, "copy", tiny_dfg_run.run.config())
+    (run.path / "metrics.jsonl").write_bytes(b"".join(lines[:3]) + lines[3][:10])  # a torn 4th line
+    tail = new_tail()
+    first = update_tail(tail, run)
+    assert first == 3 and update_tail(tail, run) == 0
+    (run.path / "metrics.jsonl").write_bytes(b"".join(lines))
+    assert update_tail(tail, run) == len(lines) - 3
+    all_rows, _ = tiny_dfg_run.run.read_metrics()
+    assert tail["train"] == [r for r in all_rows if r["kind"] == "train"]
+    (run.path / "metrics.jsonl").write_bytes(b"".join(lines[:2]))  # a resume truncated the file
+    assert update_tail(tail, run) == 2 and len(tail["train"]) + len(tail["eval"]) == 2
+
+
+def test_ema_is_debiased():
+    assert ema([4.0, 4.0, 4.0], 0.9) == pytest.approx([4.0, 4.0, 4.0])
+    assert ema([0.0, 10.0], 0.5) == pytest.approx([0.0, 5 / 0.75])
+    assert ema([1.0, 2.0], 0.0) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("overrides, field", [({"rho": 1.5}, "rho"), ({"alpha": 0.5}, "gamma"),
+                                              ({"lr_critic": 2.0}, "lr_critic"), ({"adam_beta1": 1.0}, "adam_beta1"),
+                                              ({"n_w": "ten"}, "n_w"), ({"steps": 0}, "steps")])
+def test_config_errors_map_to_the_field_they_name(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        make_config("demo", overrides)
+    assert field_of_error(err.value) == field
