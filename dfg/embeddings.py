@@ -143,6 +143,19 @@ def prewarm_umap() -> float:
     return time.perf_counter() - t
 
 
+_prewarm_started = False
+
+
+def prewarm_umap_in_background() -> None:
+    """Start `prewarm_umap` once per process in a daemon thread (the Embeddings page calls this on
+    entry, so UMAP is compiled by the time a user picks it)."""
+    global _prewarm_started
+    if not _prewarm_started:
+        import threading
+        _prewarm_started = True
+        threading.Thread(target=prewarm_umap, name="umap-prewarm", daemon=True).start()
+
+
 def knn_label_agreement(real_feats, real_labels, fake_feats, fake_labels, k: int = 5) -> float:
     """Fraction of generated points whose k nearest real neighbours' majority label (ties: the smallest
     label) equals their conditioning label: 1.0 = every generated feature lies among its class."""

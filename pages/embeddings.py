@@ -7,7 +7,7 @@ from dfg.views_inspect import checkpoint_stamp, embedding_chart, embedding_summa
 from pages._shared import page_context
 
 try:
-    from dfg.embeddings import embed_run
+    from dfg.embeddings import embed_run, prewarm_umap_in_background
 except ImportError as e:  # module of another part of the project; the page says so instead of failing
     embed_run, missing = None, e
 
@@ -20,6 +20,7 @@ if not run_id or not has_checkpoint(Run(root, run_id)):
     st.info("Pick a run with a checkpoint in the sidebar (a run writes one every ckpt_every steps).")
     st.stop()
 
+prewarm_umap_in_background()  # numba compiles UMAP while the user looks at PCA
 c = st.columns([2, 2, 3])
 projection = c[0].radio("Projection", ["pca", "tsne", "umap"], horizontal=True, key="emb.method",
                         format_func={"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}.get)
