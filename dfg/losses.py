@@ -1,8 +1,6 @@
 """Losses of Eq. 1-4 and the transfer regularizers, as small pure functions (shapes in docstrings)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch.nn import functional as F
 

@@ -2,20 +2,13 @@
 with PCA, t-SNE or UMAP, coloured by class and by real/generated; hover a real point to see its image."""
 import streamlit as st
 
+from dfg.embeddings import embed_run, prewarm_umap_in_background
 from dfg.runstore import Run
 from dfg.views_inspect import checkpoint_stamp, embedding_chart, embedding_summary, has_checkpoint
 from pages._shared import page_context
 
-try:
-    from dfg.embeddings import embed_run, prewarm_umap_in_background
-except ImportError as e:  # module of another part of the project; the page says so instead of failing
-    embed_run, missing = None, e
-
 root, run_id = page_context()
 st.title("Feature embeddings: real vs generated")
-if embed_run is None:
-    st.error(f"Embeddings are not available in this installation ({missing}).")
-    st.stop()
 if not run_id or not has_checkpoint(Run(root, run_id)):
     st.info("Pick a run with a checkpoint in the sidebar (a run writes one every ckpt_every steps).")
     st.stop()

@@ -2,21 +2,14 @@
 checkpoints side by side, each with its predicted label and confidence."""
 import streamlit as st
 
+from dfg.gradcam import compare_runs
 from dfg.paper import method_label
 from dfg.runstore import Run
 from dfg.views_inspect import GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid, image_order
 from pages._shared import page_context
 
-try:
-    from dfg.gradcam import compare_runs
-except ImportError as e:  # module of another part of the project; the page says so instead of failing
-    compare_runs, missing = None, e
-
 root, run_id = page_context()
 st.title("Grad-CAM: where each method looks")
-if compare_runs is None:
-    st.error(f"Grad-CAM is not available in this installation ({missing}).")
-    st.stop()
 if not run_id:
     st.info("Pick a run in the sidebar: the page compares runs on its dataset.")
     st.stop()

@@ -28,3 +28,19 @@ def tiny_dfg_run(tmp_path_factory):
     assert proc.returncode == 0, f"tiny run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     return SimpleNamespace(runs_dir=runs_dir, data_root=data_root, run_id="tiny", run=Run(runs_dir, "tiny"),
                            settings=list(TINY_RUN_SETTINGS))
+
+
+def pretrained_data_root(tmp_path_factory, settings: dict) -> str:
+    """A data root whose demo source model is already cached, so the runs of a test module (and the
+    workers they start) do not each pretrain it. Torch is held to one thread, as those runs are."""
+    import torch
+
+    from dfg.config import make_config
+    from dfg.loop import load_data
+    from dfg.source import pretrain_source
+
+    root = str(tmp_path_factory.mktemp("pretrained-data"))
+    cfg = make_config("demo", {**settings, "data_root": root})
+    torch.set_num_threads(1)
+    pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
+    return root

@@ -1,6 +1,4 @@
 """Losses of Eq. 1-4 and the regularisers, checked against closed forms."""
-import math
-
 import pytest
 import torch
 from torch import nn

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import pretrained_data_root
 import torch
 
 import dfg.runstore as runstore
@@ -14,10 +15,9 @@ from dfg import cli
 from dfg.checkpoint import load_checkpoint
 from dfg.config import make_config
 from dfg.jobs import launch
-from dfg.loop import load_data, train
+from dfg.loop import train
 from dfg.methods import METHODS
 from dfg.runstore import DiskFullError, Run, RunBusyError
-from dfg.source import pretrain_source
 
 TINY = dict(steps=10, ckpt_every=5, log_every=5, eval_every=10, pretrain_steps=50, head_refit_steps=10,
             limit_test=100, batch_size=16, fw_per_class=3, threads=1,
@@ -27,11 +27,8 @@ QUIET = dict(log=lambda m: None)
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("reliability-data"))
-    cfg = make_config("demo", {**TINY, "data_root": root})
-    torch.set_num_threads(1)  # as every in-process run here does (threads=1): 2 cores, often shared
-    pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
-    return root
+    """A data root whose source model is already cached (workers would otherwise all pretrain it)."""
+    return pretrained_data_root(tmp_path_factory, TINY)
 
 
 def tiny(data_root, **kw):

@@ -4,7 +4,6 @@ localhost; two runs written at once are read by several readers without a lost, 
 import json
 import multiprocessing
 import os
-import pickle
 import tomllib
 from pathlib import Path
 

@@ -8,14 +8,13 @@ import threading
 import time
 
 import pytest
+from conftest import pretrained_data_root
 import torch
 
 from dfg.checkpoint import load_checkpoint
 from dfg.config import make_config
 from dfg.jobs import launch, submit
-from dfg.loop import load_data
 from dfg.runstore import Run, pid_alive
-from dfg.source import pretrain_source
 
 TINY = dict(steps=40, ckpt_every=5, log_every=5, eval_every=20, pretrain_steps=50, head_refit_steps=10,
             limit_test=200, threads=1, source_per_class=100)
@@ -25,11 +24,7 @@ VOLATILE = ("time", "steps_per_s")  # wall-clock fields: the only ones allowed t
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A data root whose source model is already cached (workers would otherwise all pretrain it)."""
-    root = str(tmp_path_factory.mktemp("reliability-data"))
-    cfg = make_config("demo", {**TINY, "data_root": root})
-    torch.set_num_threads(1)  # as every in-process run here does (threads=1): 2 cores, often shared
-    pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
-    return root
+    return pretrained_data_root(tmp_path_factory, TINY)
 
 
 def strip(row: dict) -> dict:

@@ -2,7 +2,7 @@
 prediction, checkpoint state, and the E/C update with optional transfer regularisers."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 from .. import losses
 from ..config import Config
 from ..filter_weights import loss_increase
-from ..networks import BACKBONES, Extractor, build_backbone, last_linear
+from ..networks import Extractor, build_backbone, last_linear
 
 
 @dataclass
