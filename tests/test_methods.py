@@ -130,3 +130,38 @@ def test_each_official_switch_changes_training(switch, data_root):
         results.append((outs, method.w_star.clone()))
     (o1, w1), (o2, w2) = results
     assert o1 != o2 or not torch.equal(w1, w2)
+
+
+@pytest.mark.parametrize("reg", ["delta", "l2sp"])
+def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
+    cfg = tiny(data_root, transfer_reg=reg, reg_alpha=0.5)
+    run = Run.create(tmp_path, f"reg-{reg}", cfg.to_dict())
+    assert train(cfg, run, log=lambda m: None)["state"] == "finished"
+    rows = [r for r in run.read_metrics()[0] if r["kind"] == "train"]
+    assert all(r["L_reg"] > 0 and math.isfinite(r["L_reg"]) for r in rows[1:])
+
+
+def test_validation_split_selects_on_val_never_on_test(data_root, tmp_path):
+    cfg = tiny(data_root, val_fraction=0.2, method="original")
+    run = Run.create(tmp_path, "val", cfg.to_dict())
+    train(cfg, run, log=lambda m: None)
+    rows = run.read_metrics()[0]
+    val = [r for r in rows if r["kind"] == "eval" and r["split"] == "val"]
+    test = [r for r in rows if r["kind"] == "eval" and r["split"] == "test"]
+    assert [r["step"] for r in val] == [r["step"] for r in test] == [3, 6]
+    best = run.read_json("final.json")["best_on_val"]
+    chosen = max(val, key=lambda r: r["top1"])  # first maximum: selection uses val top-1 only
+    assert best["step"] == chosen["step"] and best["test"]["top1"] == next(
+        r["top1"] for r in test if r["step"] == chosen["step"])
+    assert run.read_json("final.json")["last"]["step"] == 6  # the headline stays the last iterate
+
+
+def test_missing_imagenet_weights_say_where_they_go(tmp_path, monkeypatch):
+    from dfg.source import SourceError, imagenet_state_dict
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(SourceError) as e:
+        imagenet_state_dict(allow_random_init=False)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in str(e.value)
+    assert "allow_random_init" in str(e.value)
+    assert imagenet_state_dict(allow_random_init=True) is None  # only when the user says so
