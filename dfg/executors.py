@@ -232,7 +232,7 @@ def preflight_all(configs: list[tuple[str, object]], log=print) -> None:
     groups: dict[tuple, tuple] = {}
     for run_id, cfg in configs:
         key = (cfg.dataset, cfg.folder, cfg.data_root, cfg.backbone, cfg.source, cfg.imbalance)
-        if key not in groups or METHODS[cfg.method].from_source or cfg.method == "dfg":
+        if key not in groups or METHODS[cfg.method].from_source:
             groups[key] = (run_id, cfg)  # prefer a method that needs the source model: checks both
     for run_id, cfg in groups.values():
         try:

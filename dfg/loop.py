@@ -72,8 +72,7 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
-    needs_source = METHODS[cfg.method].from_source or cfg.method == "dfg"
-    source = build_source(cfg, data, device, sample, log) if needs_source else None
+    source = build_source(cfg, data, device, sample, log) if METHODS[cfg.method].from_source else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)
     rng.manual_seed(cfg.seed)
@@ -132,7 +131,7 @@ def preflight(cfg: Config):
     validate(cfg)
     resolve_device(cfg.device)
     data = load_data(cfg)
-    if METHODS[cfg.method].from_source or cfg.method == "dfg":
+    if METHODS[cfg.method].from_source:
         if cfg.source == "imagenet":
             hub = os.path.join(torch.hub.get_dir(), "checkpoints")
             if not any(os.path.exists(os.path.join(hub, f)) for f in IMAGENET_FILES):
