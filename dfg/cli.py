@@ -61,16 +61,11 @@ def new_run_id(cfg: Config) -> str:
 
 
 def cmd_train(args) -> int:
-    from .jobs import launch
-    from .loop import preflight, train
-    from .runstore import Run, RunError
+    from .jobs import create_checked, launch
+    from .loop import train
 
     cfg = config_from_args(args)
-    run = Run(args.runs_dir, args.run_id or new_run_id(cfg))  # checks the id
-    if run.path.exists():
-        raise RunError(f"run {run.id!r} already exists in {run.root}; choose another id or resume it")
-    data = preflight(cfg)  # data files and source checked before any run folder exists
-    run = Run.create(args.runs_dir, run.id, cfg.to_dict())
+    run, data = create_checked(cfg, args.runs_dir, args.run_id or new_run_id(cfg))
     print(f"run {run.id} in {run.path}", file=sys.stderr)
     if args.background:
         pid = launch(run)

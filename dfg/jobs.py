@@ -37,17 +37,22 @@ def _worker_pid(run: Run) -> int:
         return 0
 
 
-def submit(cfg, runs_dir: str | Path, run_id: str) -> Run:
-    """Check everything that can be checked (config, device, data files, source) before a run folder
-    exists, then create the run and launch its worker. Bad input raises and leaves no folder behind."""
+def create_checked(cfg, runs_dir: str | Path, run_id: str):
+    """Check everything that can be checked (run id, config, device, data files, source) before a run
+    folder exists, then create the run. Returns (run, data bundle). Bad input raises and leaves no folder."""
     from .loop import preflight
     from .runstore import RunError
 
-    run = Run(runs_dir, run_id)
+    run = Run(runs_dir, run_id)  # checks the id
     if run.path.exists():
         raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
-    preflight(cfg)
-    run = Run.create(runs_dir, run_id, cfg.to_dict())
+    data = preflight(cfg)
+    return Run.create(runs_dir, run_id, cfg.to_dict()), data
+
+
+def submit(cfg, runs_dir: str | Path, run_id: str) -> Run:
+    """`create_checked`, then launch the run's background worker."""
+    run, _ = create_checked(cfg, runs_dir, run_id)
     launch(run)
     return run
 

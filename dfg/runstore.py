@@ -241,17 +241,6 @@ class Run:
         rows, _ = self.read_metrics()
         return {row_key(r) for r in rows}
 
-    def truncate_metrics_after(self, step: int) -> None:
-        """Drop rows past `step` (rewrites the file: incremental readers must re-read from offset 0).
-        The loop does not use this; a resumed run keeps its rows and skips the ones it redoes."""
-        rows, _ = self.read_metrics()
-        keep = [r for r in rows if r.get("step", 0) <= step]
-        atomic_write_bytes(self.path / "metrics.jsonl",
-                           "".join(json.dumps(r, default=jsonable) + "\n" for r in keep).encode())
-        for f in (self.path / "filter_weights").glob("w_*.npz"):
-            if int(f.stem[2:]) > step:
-                f.unlink()
-
     # -- filter weights -------------------------------------------------------------------
     def save_filter_weights(self, step: int, **arrays: np.ndarray) -> None:
         import io
