@@ -1,7 +1,7 @@
 """Algorithm 1 iterations/s: the library's DFG step vs the plain eager reference (bench/reference.py)
 on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
 
-    python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all]
+    python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all] [--threads N]
 Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=…"""
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def measure(device: torch.device, steps: int, repeats: int) -> tuple[float, floa
     ours = METHODS["dfg"](ctx)
     ours.on_start()
     stream = BatchStream(data.train, cfg.batch_size, seed=0, device=device)
-    nets = [copy.deepcopy(n) for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
+    nets = [copy.deepcopy(n).to(memory_format=torch.contiguous_format)  # the reference is plain NCHW
+            for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
     ref = EagerAlgorithm1(*nets, data.train, cfg, data.num_classes, ours.w_star.clone(), device=str(device))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -71,7 +72,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     last = ""

@@ -1,7 +1,7 @@
 """Filter-weight pass (Eq. 5-6): batched ablation (dfg.filter_weights) vs the per-filter reference
 (one full E+C forward per removed filter, bench/reference.py) on LeNet-5 and VGG-16, 10 samples/class.
 
-    python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda]
+    python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda] [--threads N]
 Last line: filter_weights_vgg16_batched_s=… per_filter_s=… speedup=… max_abs_diff=…"""
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     line = ""
     for backbone in ("lenet", "vgg16"):

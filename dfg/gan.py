@@ -34,6 +34,25 @@ GAN_ARCHS: dict[str, GanArch] = {
 }
 
 
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d whose no-grad forward runs as the input-gradient of the matching conv
+    (the same operator: ConvTranspose is that adjoint). This torch build's CPU transposed-conv path
+    is 1.3-1.6x slower than oneDNN's backward-data for G's shapes, and the critic updates call G
+    without grad five times per iteration. With grad it is nn.ConvTranspose2d."""
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) or output_size is not None \
+                or self.groups != 1 or any(self.output_padding) or self.padding_mode != "zeros":
+            return super().forward(x, output_size)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        h = (x.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + 1
+        w = (x.shape[-1] - 1) * sw - 2 * pw + dw * (kw - 1) + 1
+        shape_only = x.new_empty((x.shape[0], self.out_channels, h, w))
+        out = torch.ops.aten.convolution_backward(x, shape_only, self.weight, None, self.stride, self.padding,
+                                                  self.dilation, False, (0, 0), 1, (True, False, False))[0]
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
 class Generator(nn.Module):
     """G(z, ŷ, W*) -> feature map shaped like E's output.
 
@@ -52,13 +71,13 @@ class Generator(nn.Module):
         body: list[nn.Module] = []
         cin = c0
         for out, k, s, p in arch.deconvs[:-1]:
-            body += [nn.ConvTranspose2d(cin, out, k, stride=s, padding=p),
+            body += [ConvTranspose2d(cin, out, k, stride=s, padding=p),
                      nn.LeakyReLU(negative_slope=negative_slope), nn.BatchNorm2d(out)]
             cin = out
         self.body = nn.Sequential(*body)
         out, k, s, p = arch.deconvs[-1]
         assert out == spec.feature_shape[0]
-        self.last = nn.ConvTranspose2d(cin, out, k, stride=s, padding=p)
+        self.last = ConvTranspose2d(cin, out, k, stride=s, padding=p)
         self.bn_out = nn.BatchNorm2d(out)
         init_weights(self, spec.init)
 

@@ -110,3 +110,35 @@ def test_balanced_sample_is_seeded_and_balanced():
     assert np.array_equal(a, b)
     assert np.bincount(labels[a]).tolist() == [10, 5, 10]
     assert not np.array_equal(a, fw.balanced_sample(labels, 10, 8))
+
+
+def test_first_conv_shortcut_equals_the_plain_batched_path():
+    """C starting with a conv takes the one-grouped-conv shortcut; hiding that conv behind an
+    Identity forces the plain path (every ablated map through all of C). Both must agree."""
+    torch.manual_seed(3)
+    e, c = build_backbone("lenet", num_classes=5)
+    for m in e.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    e.eval(), c.eval()
+    x, y = torch.randn(10, 1, 32, 32), torch.arange(10) % 5
+    plain_c = torch.nn.Sequential(torch.nn.Identity(), *c)
+    assert fw._first_conv_split(c) is not None and fw._first_conv_split(plain_c) is None
+    for keep_bias in (False, True):
+        fast = fw.loss_increase(e, c, x, y, keep_bias=keep_bias)
+        plain = fw.loss_increase(e, plain_c, x, y, keep_bias=keep_bias)
+        assert fast.abs().max() > 1e-3  # removing a filter does change the loss
+        assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_pooled_fc_fold_equals_the_unfolded_layers():
+    """AdaptiveAvgPool2d(7) over a 1x1 map + Flatten + Linear == Linear with weights summed over the 49 positions."""
+    torch.manual_seed(4)
+    mods = [torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(8 * 49, 5)]
+    x = torch.randn(6, 8, 1, 1)
+    folded = {}
+    got = fw._rest(mods, x, folded)
+    assert folded[mods[2]].shape == (5, 8)  # the fold really happened
+    assert torch.allclose(got, torch.nn.Sequential(*mods)(x), atol=1e-5)
+    x2 = torch.randn(6, 8, 2, 2)  # not 1x1: no fold, plain modules
+    assert torch.allclose(fw._rest(mods, x2, {}), torch.nn.Sequential(*mods)(x2))

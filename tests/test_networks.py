@@ -63,3 +63,38 @@ def test_channel_weights_zero_out_channels_in_official_order_only():
     out = paper(z, y, w)  # BN(W ⊙ tanh): channel is 0 before BN, so BN maps it to its bias (0 at init)
     assert torch.allclose(out[:, 2], torch.zeros_like(out[:, 2]), atol=1e-4)
     assert out[:, 0].std() > 0.5
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 11, 9)])
+def test_fast_no_grad_pool_equals_max_pool(shape):
+    """MaxPool2x2's no-grad path gives exactly nn.MaxPool2d's values (odd sides cropped, NaN kept,
+    ties); with grad it is nn.MaxPool2d itself, so gradients are identical."""
+    from torch.nn import functional as F
+
+    from dfg.networks import MaxPool2x2
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(shape))  # many zero ties after ReLU
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        got = MaxPool2x2()(x)
+    want = F.max_pool2d(x, 2)
+    assert got.shape == want.shape
+    assert torch.equal(torch.nan_to_num(got, nan=-7.0), torch.nan_to_num(want, nan=-7.0))
+    assert torch.isnan(got[0, 0, 0, 0])
+    xg = x.nan_to_num().requires_grad_(True)
+    MaxPool2x2()(xg).sum().backward()
+    xr = x.nan_to_num().requires_grad_(True)
+    F.max_pool2d(xr, 2).sum().backward()
+    assert torch.equal(xg.grad, xr.grad)
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg16"])
+def test_generator_no_grad_forward_equals_autograd_forward(name):
+    """G's transposed convs take a different kernel without grad; the features must be the same."""
+    torch.manual_seed(0)
+    g = Generator(name, num_classes=10).eval()
+    z, y = torch.rand(5, g.noise_dim) * 2 - 1, torch.arange(5)
+    with torch.no_grad():
+        fast = g(z, y)
+    assert torch.allclose(fast, g(z, y), atol=1e-6)

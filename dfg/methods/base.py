@@ -39,7 +39,10 @@ def make_optimizer(params, lr: float, cfg: Config, kind: str = "adam") -> torch.
     params = [p for p in params if p.requires_grad]
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum)
-    return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    # fused: one kernel for the whole update instead of a chain of foreach ops (~3x faster per step
+    # on CPU for the critic's 0.26 M parameters); same Adam, same state_dict layout
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
 
 
 def clone_frozen(module: nn.Module) -> nn.Module:
