@@ -38,11 +38,12 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d whose no-grad forward runs as the input-gradient of the matching conv
     (the same operator: ConvTranspose is that adjoint). This torch build's CPU transposed-conv path
     is 1.3-1.6x slower than oneDNN's backward-data for G's shapes, and the critic updates call G
-    without grad five times per iteration. With grad it is nn.ConvTranspose2d."""
+    without grad five times per iteration. With grad, or off the CPU, it is nn.ConvTranspose2d."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) or output_size is not None \
-                or self.groups != 1 or any(self.output_padding) or self.padding_mode != "zeros":
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if needs_grad or output_size is not None or x.device.type != "cpu" or self.groups != 1 \
+                or any(self.output_padding) or self.padding_mode != "zeros":
             return super().forward(x, output_size)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         h = (x.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + 1

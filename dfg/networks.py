@@ -28,14 +28,14 @@ def init_weights(module: nn.Module, scheme: str) -> None:
 class MaxPool2x2(nn.MaxPool2d):
     """nn.MaxPool2d(2) whose no-grad forward is the max of four strided views: the same values (NaN
     propagates, ties are equal), ~10x faster than this torch build's CPU pooling kernel for the
-    small maps here (E's features for the critic, evaluation, filter weights). With grad it is
-    nn.MaxPool2d, so gradient routing is unchanged."""
+    small maps here (E's features for the critic, evaluation, filter weights). With grad, or off the
+    CPU, it is nn.MaxPool2d, so gradient routing is unchanged."""
 
     def __init__(self):
         super().__init__(2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu":
             return super().forward(x)
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
         return torch.maximum(torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]),

@@ -130,7 +130,8 @@ def critic_loss_and_grads(critic: nn.Module, real: torch.Tensor, fake: torch.Ten
     g = _input_grad(layers[0][0], deltas[0][2 * m:], mixed)  # ∇_x̂ D(x̂), (B, C, H, W)
     norm = g.flatten(1).norm(dim=1)
     penalty = ((norm - 1) ** 2).mean()
-    scale = torch.where(norm > 0, 2 * (norm - 1) / norm, torch.zeros_like(norm)) * (lam / m)  # ‖·‖'s grad at 0 is 0
+    # ∂GP/∂g scaled by λ; like autograd, the norm's gradient at g = 0 is taken as 0
+    scale = torch.where(norm > 0, 2 * (norm - 1) / norm, torch.zeros_like(norm)) * (lam / m)
     v = g * scale.view(-1, *([1] * (g.dim() - 1)))  # λ·u
     for k, (layer, slope) in enumerate(layers):
         x = torch.cat([acts[k][:2 * m], v])  # score terms pair with the activations, the penalty with v

@@ -94,7 +94,8 @@ class DFG(Method):
                 out = wgan_gp.reference_critic_loss(D, real, fake, mixed, cfg.gp_lambda)
                 out.loss.backward()
             self._step(("critic",))
-        return {"L_D": out.loss.item(), "GP": out.penalty.item(), "W_dist": (out.d_real.mean() - out.d_fake.mean()).item()}
+        return {"L_D": out.loss.item(), "GP": out.penalty.item(),
+                "W_dist": (out.d_real.mean() - out.d_fake.mean()).item()}
 
     def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
         """Lines 10-12: one G update on Eq. 2."""
