@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import gflop  # noqa: E402
 from reference import EagerAlgorithm1  # noqa: E402
 
 from dfg.config import make_config  # noqa: E402
@@ -60,11 +61,17 @@ def measure(device: torch.device, steps: int, repeats: int) -> tuple[float, floa
     for s in range(1, 11):  # warm-up (allocator, kernels, DataLoader)
         timed_ours(s)
         ref.step(s)
+    flops = (gflop_per_step(timed_ours, 11), gflop_per_step(ref.step, 11))
     a, b = [], []
     for _ in range(repeats):  # interleaved so machine noise hits both alike
         a.append(timed(timed_ours))
         b.append(timed(ref.step))
-    return statistics.median(a), statistics.median(b), name
+    return statistics.median(a), statistics.median(b), name, flops
+
+
+def gflop_per_step(fn, first: int, steps: int = 4) -> float:
+    """GFLOP per iteration (bench/flops.py), averaged over a few iterations."""
+    return gflop(lambda: [fn(s) for s in range(first, first + steps)]) / steps
 
 
 def main() -> None:
@@ -80,9 +87,9 @@ def main() -> None:
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     last = ""
     for d in devices:
-        ours, ref, name = measure(torch.device(d), args.steps, args.repeats)
+        ours, ref, name, (f_ours, f_ref) = measure(torch.device(d), args.steps, args.repeats)
         print(f"[{d}, {name}, {torch.get_num_threads()} threads] ours {ours:.2f} it/s  reference {ref:.2f} it/s  "
-              f"ratio {ours / ref:.2f}")
+              f"ratio {ours / ref:.2f}  (GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})")
         prefix = "" if d == "cpu" else "cuda_"
         last += f"{prefix}alg1_steps_per_s={ours:.2f} {prefix}reference_steps_per_s={ref:.2f} {prefix}ratio={ours / ref:.2f} "
     print(last.strip())

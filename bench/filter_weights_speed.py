@@ -1,7 +1,7 @@
 """Filter-weight pass (Eq. 5-6): batched ablation (dfg.filter_weights) vs the per-filter reference
 (one full E+C forward per removed filter, bench/reference.py) on LeNet-5 and VGG-16, 10 samples/class.
 
-    python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda] [--threads N]
+    python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda] [--threads N] [--flops]
 Last line: filter_weights_vgg16_batched_s=… per_filter_s=… speedup=… max_abs_diff=…"""
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import gflop  # noqa: E402
 from reference import per_filter_class_weights  # noqa: E402
 
 from dfg.filter_weights import compute_class_weights  # noqa: E402
 from dfg.networks import BACKBONES, build_backbone  # noqa: E402
 
 
-def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10, classes: int = 10):
+def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10, classes: int = 10,
+          count_flops: bool = False):
     torch.manual_seed(0)
     spec = BACKBONES[backbone]
     e, c = build_backbone(backbone, num_classes=classes)
@@ -41,13 +43,14 @@ def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10
     fast = lambda: compute_class_weights(e, c, x, y, classes)  # noqa: E731
     slow = lambda: per_filter_class_weights(e, c, x, y, classes).to(device)  # noqa: E731
     fast()  # warm-up
+    flops = (gflop(fast), gflop(slow)) if count_flops else None
     tb, ts = [], []
     for _ in range(repeats):
         t, wb = timed(fast)
         tb.append(t)
         t, wr = timed(slow)
         ts.append(t)
-    return statistics.median(tb), statistics.median(ts), (wb - wr).abs().max().item()
+    return statistics.median(tb), statistics.median(ts), (wb - wr).abs().max().item(), flops
 
 
 def main():
@@ -55,15 +58,17 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--flops", action="store_true", help="also count each side's matmul/conv GFLOP (one extra pass)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     line = ""
     for backbone in ("lenet", "vgg16"):
-        b, s, d = bench(backbone, device, args.repeats)
+        b, s, d, flops = bench(backbone, device, args.repeats, count_flops=args.flops)
+        extra = f"  (GFLOP: batched {flops[0]:.2f}, per-filter {flops[1]:.2f})" if flops else ""
         print(f"[{device}, {torch.get_num_threads()} threads] {backbone}: batched {b:.3f}s  per-filter {s:.3f}s  "
-              f"speedup {s / b:.1f}x  max|ΔW| {d:.2e}")
+              f"speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}")
         line += (f"filter_weights_{backbone}_batched_s={b:.4f} {backbone}_per_filter_s={s:.4f} "
                  f"{backbone}_speedup={s / b:.2f} {backbone}_max_abs_diff={d:.2e} ")
     print(line.strip().replace("filter_weights_vgg16_batched_s", "filter_weights_vgg16_batched_s")
