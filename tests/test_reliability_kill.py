@@ -90,14 +90,16 @@ def test_killed_worker_resumes_to_the_uninterrupted_result(data_root, tmp_path, 
     resumed_from = [10]
 
     # kills 2-4: SIGKILL at random moments after the resumed worker has made progress (mid-step,
-    # mid-eval or mid-write: rows are written every 5 steps, the kill comes 0-0.8 s = 0-3 steps later)
+    # mid-eval or mid-write: rows are written every 5 steps, the kill comes 0-3 steps later, timed
+    # from the worker's own logged speed so a faster build still dies before the last step)
     rng = random.Random(7)
-    for lo, hi in ((17, 24), (24, 31), (31, 37)):
+    for lo, hi in ((17, 23), (23, 29), (29, 34)):
         pid = launch(run)
         target = max(rng.randint(lo, hi), resumed_from[-1] + 1)
         wait_until(lambda: run.raw_status().get("pid") == pid and run.raw_status().get("step", 0) >= target - 4
                    and run.raw_status().get("step", 0) > resumed_from[-1])
-        time.sleep(rng.uniform(0.0, 0.8))
+        speeds = [r["steps_per_s"] for r in run.read_metrics()[0] if r["kind"] == "train" and r.get("steps_per_s")]
+        time.sleep(rng.uniform(0.0, min(0.8, 3.0 / max(speeds[-1], 1e-3)) if speeds else 0.2))
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not pid_alive(pid))
         s = run.status()
