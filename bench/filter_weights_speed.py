@@ -2,6 +2,8 @@
 (one full E+C forward per removed filter, bench/reference.py) on LeNet-5 and VGG-16, 10 samples/class.
 
     python bench/filter_weights_speed.py [--repeats 3] [--device cpu|cuda] [--threads N] [--flops]
+                                         [--per-class 10] [--tf32]
+CUDA runs in full float32 unless --tf32 (then max_abs_diff shows what TF32 costs in accuracy).
 Last line: filter_weights_vgg16_batched_s=… per_filter_s=… speedup=… max_abs_diff=…"""
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import gflop  # noqa: E402
 from reference import per_filter_class_weights  # noqa: E402
 
+from dfg.config import make_config  # noqa: E402
 from dfg.filter_weights import compute_class_weights  # noqa: E402
+from dfg.loop import configure_backend  # noqa: E402
 from dfg.networks import BACKBONES, build_backbone  # noqa: E402
 
 
@@ -59,16 +63,22 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--flops", action="store_true", help="also count each side's matmul/conv GFLOP (one extra pass)")
+    p.add_argument("--per-class", type=int, default=10, help="samples per class (10 classes)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls/convs (the library's tf32=true)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device here; use --device cpu")
+    configure_backend(make_config("demo", {"tf32": args.tf32}), device)
     line = ""
     for backbone in ("lenet", "vgg16"):
-        b, s, d, flops = bench(backbone, device, args.repeats, count_flops=args.flops)
+        b, s, d, flops = bench(backbone, device, args.repeats, per_class=args.per_class, count_flops=args.flops)
         extra = f"  (GFLOP: batched {flops[0]:.2f}, per-filter {flops[1]:.2f})" if flops else ""
-        print(f"[{device}, {torch.get_num_threads()} threads] {backbone}: batched {b:.3f}s  per-filter {s:.3f}s  "
-              f"speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}")
+        where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+        print(f"[{device}, {where}, {args.per_class}/class, tf32 {args.tf32}] {backbone}: batched {b:.3f}s  "
+              f"per-filter {s:.3f}s  speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}")
         line += (f"filter_weights_{backbone}_batched_s={b:.4f} {backbone}_per_filter_s={s:.4f} "
                  f"{backbone}_speedup={s / b:.2f} {backbone}_max_abs_diff={d:.2e} ")
     print(line.strip().replace("filter_weights_vgg16_batched_s", "filter_weights_vgg16_batched_s")

@@ -16,7 +16,7 @@ def per_filter_class_weights(extractor, classifier, x, y, num_classes: int, keep
     classifier.eval()
     base = F.cross_entropy(classifier(extractor(x)), y, reduction="none")
     nf = extractor.last_conv.out_channels
-    inc = torch.zeros(len(x), nf)
+    inc = torch.zeros(len(x), nf, device=x.device)
     for j in range(nf):
         ablated = copy.deepcopy(extractor)
         ablated.last_conv.weight[j] = 0

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, validate
 from .filter_weights import balanced_sample, compute_class_weights
-from .methods import METHODS, SourceModel, TrainContext
+from .methods import METHODS, SourceModel, TrainContext, scalars
 from .metrics import evaluate
 from .runstore import DiskFullError, Run
 
@@ -28,6 +28,26 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} requested but CUDA is not available here; use device=cpu or auto")
     return torch.device(name)
+
+
+def configure_backend(cfg: Config, device: torch.device) -> None:
+    """CUDA numerics for this process. Default: full float32, as on the CPU (torch's own default lets
+    cuDNN convolutions use TF32). `tf32`: matmuls and convolutions in TF32, faster on Ampere and later.
+    `deterministic`: deterministic kernels (cuBLAS workspace, cuDNN, torch's deterministic mode), so a
+    seeded GPU run repeats exactly; ops without a deterministic kernel warn."""
+    if device.type != "cuda":
+        return
+    mode = "tf32" if cfg.tf32 else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the per-backend API
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def load_data(cfg: Config):
@@ -69,6 +89,7 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
     `data`: the bundle `preflight` already built for this config (saves loading it twice)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    configure_backend(cfg, device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
@@ -201,17 +222,36 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
     else:
         method.on_start()
     t_last, s_last = time.perf_counter(), start
+    pending: list[tuple[int, dict]] = []  # (step, losses) not yet read back from the device
+
+    def flush() -> None:
+        """Read the pending steps' losses back (one device sync), in step order: the first non-finite
+        one stops the run naming its step, before anything of that step is written."""
+        if not pending:
+            return
+        flat = [(s, k, v) for s, out in pending for k, v in out.items()]
+        read = scalars(dict(enumerate(v for _, _, v in flat)))
+        pending.clear()
+        per_step: dict[int, dict[str, float]] = {}
+        for j, (s, k, _) in enumerate(flat):
+            per_step.setdefault(s, {})[k] = read[j]
+        for s, values in per_step.items():
+            bad = _finite(values)
+            if bad:
+                where["step"] = s
+                raise Diverged(f"loss {bad} became {values[bad]} at step {s}; the last good checkpoint is kept")
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+
     for step in range(start + 1, cfg.steps + 1):
         where["step"] = step
-        out = method.train_step(step, stream)
-        bad = _finite(out)
-        if bad:
-            raise Diverged(f"loss {bad} became {out[bad]} at step {step}; the last good checkpoint is kept")
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
+        pending.append((step, method.train_step(step, stream)))
         last = step == cfg.steps
         ckpt_now = step % cfg.ckpt_every == 0 or last
+        stop = run.stop_requested()
+        if step % cfg.log_every == 0 or ckpt_now or step % cfg.eval_every == 0 or stop:
+            flush()
         if step % cfg.log_every == 0 or ckpt_now:
             now = time.perf_counter()
             rate = (step - s_last) / max(now - t_last, 1e-9)
@@ -233,14 +273,14 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
                 if val["top1"] > best["val_top1"]:
                     best = {"val_top1": val["top1"], "step": step, "test": row}
             run.append_metrics(rows, skip=on_file)
-        if ckpt_now or run.stop_requested():
+        if ckpt_now or stop:
             bad = _params_finite(method)
             if bad:
                 raise Diverged(f"weight {bad} became non-finite at step {step}; the last good checkpoint is kept")
             save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
                                                   "best": best, "loop": {"sums": sums, "counts": counts}},
                             backbone=cfg.backbone, method=cfg.method, step=step)
-            if run.stop_requested() and not last:
+            if stop and not last:
                 run.clear_stop()
                 return run.set_status(state="stopped", step=step, heartbeat=time.time())
     final = {"last": _last_eval(run), "best_on_val": best if data.val is not None else None}

@@ -100,6 +100,9 @@ with st.expander("More settings"):
                               "log_every", "ckpt_every", "threads"]):
         field(c[i % 4], name, name)
     c = st.columns(4)
+    field(c[0], "tf32", "TF32 on CUDA (faster; ~1e-3 relative error)", "check")
+    field(c[1], "deterministic", "deterministic CUDA kernels (exact repeats)", "check")
+    c = st.columns(4)
     field(c[0], "val_fraction", "val_fraction")
     field(c[1], "transfer_reg", "transfer_reg", "select", options=["none", "delta", "l2sp"])
     field(c[2], "optimizer_ec", "optimizer_ec", "select", options=["adam", "sgd"])

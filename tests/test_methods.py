@@ -165,3 +165,20 @@ def test_missing_imagenet_weights_say_where_they_go(tmp_path, monkeypatch):
     assert str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in str(e.value)
     assert "allow_random_init" in str(e.value)
     assert imagenet_state_dict(allow_random_init=True) is None  # only when the user says so
+
+
+def test_a_checkpoint_from_another_device_type_reseeds_the_noise_generator(data_root):
+    """A CUDA generator's state (16 bytes) cannot be set on a CPU generator (5056 bytes): loading warns
+    and seeds the stream from the saved bytes, the same way each time; a same-device state is exact."""
+    _, method = setup(tiny(data_root), torch.device("cpu"), log=lambda m: None)
+    state = method.state_dict()
+    exact = torch.rand(4, generator=method.ctx.rng)
+    method.load_state_dict(state)
+    assert torch.equal(torch.rand(4, generator=method.ctx.rng), exact)
+    draws = []
+    for offset in (0, 0, 1):
+        state["rng"] = torch.arange(16, dtype=torch.uint8) + offset  # the shape of a CUDA generator's state
+        with pytest.warns(UserWarning, match="another device type"):
+            method.load_state_dict(state)
+        draws.append(torch.rand(4, generator=method.ctx.rng))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])

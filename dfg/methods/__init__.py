@@ -1,5 +1,6 @@
-"""Method registry: every method is a class with `train_step(step, batches) -> dict[str, float]`."""
-from .base import Method, SourceModel, TrainContext
+"""Method registry: every method is a class with `train_step(step, batches) -> dict` of losses (detached
+0-dim tensors or floats; `scalars` reads them back as floats with one device sync)."""
+from .base import Method, SourceModel, TrainContext, scalars
 from .baselines import Delta, DifaCMWGAN, FineTune, Original
 from .dfg import DFG
 
@@ -22,4 +23,4 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "dfg": {"adam": {}, "sgd": {}},
 }
 
-__all__ = ["METHODS", "METHOD_DEFAULTS", "Method", "SourceModel", "TrainContext"]
+__all__ = ["METHODS", "METHOD_DEFAULTS", "Method", "SourceModel", "TrainContext", "scalars"]

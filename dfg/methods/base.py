@@ -45,6 +45,14 @@ def make_optimizer(params, lr: float, cfg: Config, kind: str = "adam") -> torch.
     return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
 
 
+def scalars(values: dict) -> dict[str, float]:
+    """A step's outputs as floats. Methods return their losses as detached 0-dim tensors so that a GPU
+    step queues its kernels without waiting for them; this reads them all back with one device sync."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    read = dict(zip(keys, torch.stack([values[k].reshape(()).float() for k in keys]).tolist())) if keys else {}
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
 def clone_frozen(module: nn.Module) -> nn.Module:
     import copy
     m = copy.deepcopy(module).eval()
@@ -84,7 +92,8 @@ class Method:
     def configure_trainable(self) -> None:
         """Freeze parameters here (fine-tuning); everything trains by default."""
 
-    def train_step(self, step: int, batches) -> dict[str, float]:
+    def train_step(self, step: int, batches) -> dict[str, torch.Tensor | float]:
+        """One iteration. Returns its losses as detached 0-dim tensors (or floats): see `scalars`."""
         raise NotImplementedError
 
     def on_start(self) -> None:
@@ -127,9 +136,9 @@ class Method:
         loss_e = losses.extractor_loss(self.classifier(feats), y)
         reg = self.transfer_penalty(x, feats)
         total_e = loss_e if reg is None else loss_e + reg
-        out = {"L_E": loss_e.item()}
+        out = {"L_E": loss_e.detach()}
         if reg is not None:
-            out["L_reg"] = reg.item()
+            out["L_reg"] = reg.detach()
         if cfg.official_joint_ec:
             self._zero(("extractor", "classifier"))
             (total_e + loss_e).backward()
@@ -148,12 +157,15 @@ class Method:
         self._zero(("classifier",))
         (loss_rc if reg is None else loss_rc + reg).backward(inputs=c_params)  # reg: C's share (head L2, L2-SP)
         self._step(("classifier",))
-        out["L_rC"] = loss_rc.item()
+        out["L_rC"] = loss_rc.detach()
         return out
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.extractor(x))
+        """Logits of images x, computed on the nets' device and returned on x's device (a CPU batch
+        gives CPU logits from a model on the GPU)."""
+        device = next(self.extractor.parameters()).device
+        return self.classifier(self.extractor(x.to(device))).to(x.device)
 
     def eval(self) -> None:
         for m in self.nets.values():
@@ -173,8 +185,23 @@ class Method:
             m.load_state_dict(state["nets"][k])
         for k, o in self.opts.items():
             o.load_state_dict(state["opts"][k])
-        self.ctx.rng.set_state(state["rng"].cpu() if self.ctx.rng.device.type == "cpu" else state["rng"])
+        self._load_rng(state["rng"].cpu())  # generator states are CPU byte tensors on every device
         self.load_extra_state(state.get("extra", {}))
+
+    def _load_rng(self, saved: torch.Tensor) -> None:
+        """Restore the z/ŷ/ε generator. A CPU and a CUDA generator keep different states (5056 vs 16
+        bytes), so a checkpoint written on the other device type cannot continue the same stream: the
+        generator is then seeded from the saved state's bytes (deterministic for that checkpoint)."""
+        if saved.numel() == self.ctx.rng.get_state().numel():
+            self.ctx.rng.set_state(saved)
+            return
+        import hashlib
+        import warnings
+        digest = hashlib.sha256(saved.numpy().tobytes()).digest()
+        self.ctx.rng.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        warnings.warn(f"this checkpoint was written on another device type than {self.ctx.device}: its noise "
+                      "generator cannot be carried over, so z, ŷ and ε continue from a stream seeded from it "
+                      "(training resumes, but not bit-for-bit as on the original device)", stacklevel=2)
 
     def extra_state(self) -> dict:
         return {}

@@ -77,4 +77,4 @@ class DifaCMWGAN(DFG):
         self._zero(("classifier",))
         loss.backward()
         self._step(("classifier",))
-        return {"L_cC": loss.item(), "L_rC": losses.extractor_loss(lr_, y).item(), "phase": 3.0}
+        return {"L_cC": loss.detach(), "L_rC": losses.extractor_loss(lr_, y).detach(), "phase": 3.0}

@@ -36,7 +36,7 @@ class DFG(Method):
         ones = torch.ones(ctx.num_classes, nf, device=ctx.device)
         self.w_source = ctx.source.class_weights.to(ctx.device) if ctx.source is not None else ones
         self.w_target, self.w_star = ones.clone(), ones.clone()
-        self.last_loss_e = float("inf")
+        self.last_loss_e: torch.Tensor | float = float("inf")  # L_E of the last step (official_loss_gate)
         self.split_c = has_batchnorm(self.classifier)  # BN in C: real and generated batches kept apart
         self.batch_real = not has_batchnorm(self.extractor)
 
@@ -45,7 +45,7 @@ class DFG(Method):
         cfg = self.ctx.cfg
         if not self.attention:
             return
-        if cfg.official_loss_gate and step > 0 and self.last_loss_e >= 0.05:
+        if cfg.official_loss_gate and step > 0 and float(self.last_loss_e) >= 0.05:
             return  # official code: W only refreshed once L_E < 0.05 (DESIGN §2 item 7)
         x, y = self.ctx.fw_sample
         self.w_target = compute_class_weights(
@@ -94,8 +94,8 @@ class DFG(Method):
                 out = wgan_gp.reference_critic_loss(D, real, fake, mixed, cfg.gp_lambda)
                 out.loss.backward()
             self._step(("critic",))
-        return {"L_D": out.loss.item(), "GP": out.penalty.item(),
-                "W_dist": (out.d_real.mean() - out.d_fake.mean()).item()}
+        return {"L_D": out.loss.detach(), "GP": out.penalty.detach(),
+                "W_dist": (out.d_real.mean() - out.d_fake.mean()).detach()}
 
     def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
         """Lines 10-12: one G update on Eq. 2."""
@@ -103,10 +103,10 @@ class DFG(Method):
         self._zero(("generator",))
         loss_g.backward(inputs=list(self.generator.parameters()))
         self._step(("generator",))
-        return {"L_G": loss_g.item()}
+        return {"L_G": loss_g.detach()}
 
     # -- Algorithm 1, one iteration -------------------------------------------------------------
-    def train_step(self, step: int, batches) -> dict[str, float]:
+    def train_step(self, step: int, batches) -> dict[str, torch.Tensor | float]:
         cfg, ctx = self.ctx.cfg, self.ctx
         E, G = self.extractor, self.generator
         m, nz = cfg.batch_size, G.noise_dim
@@ -124,7 +124,7 @@ class DFG(Method):
             self._zero(("generator",))
             loss_cg.backward(inputs=list(G.parameters()))
             self._step(("generator",))
-            out["L_cC_G"] = loss_cg.item()
+            out["L_cC_G"] = loss_cg.detach()
         # lines 16-17: E (Eq. 3) then C (Eq. 4a)
         out.update(self.update_extractor_classifier(x, y))
         self.last_loss_e = out["L_E"]
@@ -140,14 +140,15 @@ class DFG(Method):
             self._zero(("classifier",))
             loss_c.backward()
             self._step(("classifier",))
-            out.update(L_gC=l_gc.item(), L_cC=l_cc.item(), L_C=loss_c.item())
+            out.update(L_gC=l_gc.detach(), L_cC=l_cc.detach(), L_C=loss_c.detach())
         # lines 21-25: every nW steps, W(E) and W*
         if step % cfg.n_w == 0:
             self.recompute_weights(step)
         return out
 
     def extra_state(self) -> dict:
-        return {"w_target": self.w_target, "w_star": self.w_star, "last_loss_e": torch.tensor(self.last_loss_e)}
+        return {"w_target": self.w_target, "w_star": self.w_star,
+                "last_loss_e": torch.as_tensor(self.last_loss_e).detach().float()}
 
     def load_extra_state(self, state: dict) -> None:
         if state:
