@@ -128,7 +128,7 @@ class Method:
             dist = losses.l2_sp([p for p, _ in pairs], [q for _, q in pairs])
         return cfg.reg_alpha * dist + cfg.reg_beta * losses.l2(head_params)
 
-    def update_extractor_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update_extractor_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Alg. 1 lines 16-17: E on Eq. 3 (+ regulariser), then C on Eq. 4a with the updated E.
         official_joint_ec: one backward of L_E + L_rC (the official code's CE counted twice)."""
         cfg = self.ctx.cfg

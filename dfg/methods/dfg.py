@@ -73,7 +73,7 @@ class DFG(Method):
         return logits[: len(real)], logits[len(real):]
 
     # -- the GAN half (lines 6-12), shared with DIFA+cMWGAN ------------------------------------
-    def update_critic(self, batches) -> dict[str, float]:
+    def update_critic(self, batches) -> dict[str, torch.Tensor]:
         """Lines 6-9: nD critic updates on Eq. 1. E is fixed during them, so without BN in E one
         forward of all nD batches gives exactly the per-batch features. D's gradients come from the
         written-out WGAN-GP backward (wgan_gp.py) when D has the standard shape, else from autograd."""
@@ -97,7 +97,7 @@ class DFG(Method):
         return {"L_D": out.loss.detach(), "GP": out.penalty.detach(),
                 "W_dist": (out.d_real.mean() - out.d_fake.mean()).detach()}
 
-    def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
+    def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lines 10-12: one G update on Eq. 2."""
         loss_g = losses.generator_loss(self.critic(self.generate(z, y_hat)))
         self._zero(("generator",))
