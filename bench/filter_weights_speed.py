@@ -81,8 +81,7 @@ def main():
               f"per-filter {s:.3f}s  speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}")
         line += (f"filter_weights_{backbone}_batched_s={b:.4f} {backbone}_per_filter_s={s:.4f} "
                  f"{backbone}_speedup={s / b:.2f} {backbone}_max_abs_diff={d:.2e} ")
-    print(line.strip().replace("filter_weights_vgg16_batched_s", "filter_weights_vgg16_batched_s")
-          .replace("vgg16_per_filter_s", "per_filter_s").replace("vgg16_speedup", "speedup")
+    print(line.strip().replace("vgg16_per_filter_s", "per_filter_s").replace("vgg16_speedup", "speedup")
           .replace("vgg16_max_abs_diff", "max_abs_diff"))
 
 

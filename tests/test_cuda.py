@@ -180,9 +180,9 @@ def test_setup_puts_every_network_on_the_gpu(data_root):
     assert method.w_star.device.type == "cuda" and method.w_source.device.type == "cuda"
 
 
-def start_from_the_train_page(runs: Path, data_root: str, monkeypatch, run_id: str) -> Run:
-    """Open the app, go to the Train page, shrink the demo to a few steps and press Start: the run the
-    page launched, after its background worker has ended."""
+def start_from_the_train_page(runs: Path, data_root: str, monkeypatch, run_id: str):
+    """Open the app, go to the Train page, shrink the demo to a few steps and press Start. Returns the
+    AppTest and the run the page launched, after its background worker has ended."""
     import time
 
     from streamlit.testing.v1 import AppTest
