@@ -13,6 +13,7 @@ import torch
 from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, validate
 from .filter_weights import balanced_sample, compute_class_weights
+from .kernels import tune_allocator
 from .methods import METHODS, SourceModel, TrainContext, scalars
 from .metrics import evaluate
 from .runstore import DiskFullError, Run
@@ -34,7 +35,10 @@ def configure_backend(cfg: Config, device: torch.device) -> None:
     """CUDA numerics for this process. Default: full float32, as on the CPU (torch's own default lets
     cuDNN convolutions use TF32). `tf32`: matmuls and convolutions in TF32, faster on Ampere and later.
     `deterministic`: deterministic kernels (cuBLAS workspace, cuDNN, torch's deterministic mode), so a
-    seeded GPU run repeats exactly; ops without a deterministic kernel warn."""
+    seeded GPU run repeats exactly; ops without a deterministic kernel warn. On the CPU: keep freed
+    memory in the process (kernels.tune_allocator; the numbers are unchanged)."""
+    if device.type == "cpu":
+        tune_allocator()
     if device.type != "cuda":
         return
     mode = "tf32" if cfg.tf32 else "ieee"

@@ -14,7 +14,11 @@ LeakyReLU slope at h_k; constant almost everywhere) and score = w·a_{L-1} + b:
   GP = mean (‖g‖ − 1)²,  u = ∂GP/∂g = 2(‖g‖ − 1)/‖g‖ · g / B
   ∂⟨u, g⟩/∂W_k = Σ_i δ_k,i ⊗ v_{k-1,i},  v_0 = u,  v_k = s_k ⊙ W_k v_{k-1}   (no bias: ∂GP/∂b = 0)
 The score terms' backward uses the same δ recursion seeded with −1/B (real) and +1/B (fake), so one
-input-gradient pass serves all 3B rows and one weight-gradient call per layer sums both terms."""
+input-gradient pass serves all 3B rows and one weight-gradient call per layer sums both terms.
+
+On the CPU in float32, a conv with a tiny output map (D's last conv: 4x4 -> 2x2 for LeNet and VGG-16)
+runs as one dense matrix product (kernels.DenseConv): forward, input and weight gradients ~1.8x faster
+than oneDNN's direct kernels there, the same sums in another order."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import losses
+from .kernels import DenseConv
 
 _conv_backward = torch.ops.aten.convolution_backward
 _leaky_backward = torch.ops.aten.leaky_relu_backward
@@ -110,8 +115,13 @@ def critic_loss_and_grads(critic: nn.Module, real: torch.Tensor, fake: torch.Ten
                          "use reference_critic_loss for other critics")
     m = real.shape[0]
     acts, pre = [torch.cat([real, fake, mixed])], []
-    for layer, slope in layers:  # forward of all 3B rows, keeping each layer's input and pre-activation
-        h = _apply(layer, acts[-1])
+    dense: dict[int, DenseConv] = {}  # CPU: tiny-output convs as one dense product (kernels.py)
+    for k, (layer, slope) in enumerate(layers):  # forward of all 3B rows, keeping inputs and pre-activations
+        if DenseConv.worthwhile(layer, acts[-1]):
+            dense[k] = DenseConv(layer, *acts[-1].shape[-2:])
+            h = dense[k].forward(acts[-1])
+        else:
+            h = _apply(layer, acts[-1])
         pre.append(h)
         acts.append(h if slope is None else F.leaky_relu(h, slope))
     score = acts[-1].squeeze(1)
@@ -126,7 +136,7 @@ def critic_loss_and_grads(critic: nn.Module, real: torch.Tensor, fake: torch.Ten
             d = _times_slope(d, pre[k], slope)
         deltas[k] = d
         if k > 0:
-            d = _input_grad(layer, d, acts[k])
+            d = dense[k].input_grad(d) if k in dense else _input_grad(layer, d, acts[k])
     g = _input_grad(layers[0][0], deltas[0][2 * m:], mixed)  # ∇_x̂ D(x̂), (B, C, H, W)
     norm = g.flatten(1).norm(dim=1)
     penalty = ((norm - 1) ** 2).mean()
@@ -135,11 +145,12 @@ def critic_loss_and_grads(critic: nn.Module, real: torch.Tensor, fake: torch.Ten
     v = g * scale.view(-1, *([1] * (g.dim() - 1)))  # λ·u
     for k, (layer, slope) in enumerate(layers):
         x = torch.cat([acts[k][:2 * m], v])  # score terms pair with the activations, the penalty with v
-        _accumulate(layer.weight, _weight_grad(layer, deltas[k], x))
+        _accumulate(layer.weight, dense[k].weight_grad(deltas[k], x) if k in dense
+                    else _weight_grad(layer, deltas[k], x))
         dims = [0, 2, 3] if deltas[k].dim() == 4 else [0]
         _accumulate(layer.bias, deltas[k][:2 * m].sum(dims))
         if k + 1 < len(layers):
-            v = _apply(layer, v, bias=False)
+            v = dense[k].forward(v, bias=False) if k in dense else _apply(layer, v, bias=False)
             if slope is not None:
                 v = _times_slope(v, pre[k][2 * m:], slope)
     return CriticStep(d_fake.mean() - d_real.mean() + lam * penalty, penalty, d_real, d_fake)

@@ -1,0 +1,157 @@
+"""Exact float32 CPU fast paths for the small matrix products and convolutions of the GAN half.
+
+Why: on the CPU we measured (a 2-core AMD EPYC with AVX-512), torch's float32 matmul (MKL) runs the
+critic's products at ~210 GFLOP/s on 2 threads (~110 on one), while oneDNN's 1x1-conv kernels reach
+390-480 (~150-240 on one) when the rows are laid out as one image row. And oneDNN's direct kernels are
+slow for a conv whose output map is tiny (the critic's last conv: 4x4 in, 2x2 out, ~170 GFLOP/s forward
+and ~100 for the weight gradient). `bench/dense_conv_speed.py` prints these figures.
+
+- `mm_nt` / `mm_nn`: a @ bᵀ and a @ b through those oneDNN kernels. Same float32 arithmetic; only the
+  summation order differs from torch.matmul (results agree to float32 rounding).
+- `DenseConv`: a conv on a small input as one dense (out_pixels·out_ch × in_pixels·in_ch) matrix built
+  from its taps (zeros where a tap falls on padding), so its forward, input gradient and weight gradient
+  are single products. Used only when the dense matrix costs at most `DENSE_MAX_OVERHEAD` times the conv's
+  useful (non-padding) multiply-adds.
+- `tune_allocator`: keeps freed memory in the (training) process, so the megabyte-sized buffers of each
+  update are not page-faulted back in every time.
+
+Off the CPU, or for other dtypes (the float64 gradient tests), every helper is the plain torch op."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_conv_backward = torch.ops.aten.convolution_backward
+DENSE_MAX_OVERHEAD = 1.5   # dense multiply-adds / useful multiply-adds, above which the conv stays a conv
+DENSE_MAX_ENTRIES = 1 << 22  # 16 MB of float32: larger dense matrices stay convs
+
+
+def _onednn(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def _images(m: int) -> int:
+    """How many images the M rows are split into. torch sends a 1x1 conv on fewer than 16 images to its
+    own im2col + MKL kernel when it runs on one thread, so single-threaded we use 16 (same memory)."""
+    return 16 if torch.get_num_threads() == 1 and m % 16 == 0 else 1
+
+
+def _as_row_image(a: torch.Tensor) -> torch.Tensor:
+    """(M, K) row-major -> the same memory as a (B, K, 1, M/B) channels-last image (no copy)."""
+    m, k = a.shape
+    b = _images(m)
+    return a.contiguous().view(b, 1, m // b, k).permute(0, 3, 1, 2)
+
+
+def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ bᵀ (+ bias): a (M, K), b (N, K) -> (M, N), contiguous."""
+    if not _onednn(a):
+        return F.linear(a, b, bias)
+    m, n = a.shape[0], b.shape[0]
+    out = F.conv2d(_as_row_image(a), b.contiguous().view(n, -1, 1, 1), bias)
+    return out.permute(0, 2, 3, 1).reshape(m, n)
+
+
+def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b: a (M, N), b (N, K) -> (M, K), contiguous (a 1x1 conv's input gradient)."""
+    if not _onednn(a):
+        return a @ b
+    m, n, k = a.shape[0], a.shape[1], b.shape[1]
+    shape_only = torch.empty((_images(m), k, 1, m // _images(m)), dtype=a.dtype, memory_format=torch.channels_last)
+    g = _conv_backward(_as_row_image(a), shape_only, b.contiguous().view(n, k, 1, 1), None, (1, 1), (0, 0),
+                       (1, 1), False, (0, 0), 1, (True, False, False))[0]
+    return g.permute(0, 2, 3, 1).reshape(m, k)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_table(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], h: int, w: int) -> tuple[torch.Tensor, int, int, int]:
+    """tap[p·Q + q]: which kernel tap joins output pixel p to input pixel q (kh·kw where none does).
+    Returns (tap, out_h, out_w, useful taps)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    tap = torch.full((oh * ow, h * w), kh * kw, dtype=torch.long)
+    useful = 0
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                y = i * sh - ph + a * dh
+                for b in range(kw):
+                    x = j * sw - pw + b * dw
+                    if 0 <= y < h and 0 <= x < w:
+                        tap[i * ow + j, y * w + x] = a * kw + b
+                        useful += 1
+    return tap.view(-1), oh, ow, useful
+
+
+class DenseConv:
+    """A zero-padding Conv2d on an (h, w) input as the dense matrix M (O·P, Q·C), rows ordered (o, p) and
+    columns (q, c): p, q index output and input pixels, so an input's rows are its channels-last pixels
+    and the output is NCHW. Build one per weight value (`DenseConv(layer, h, w)` after each update)."""
+
+    def __init__(self, layer: nn.Conv2d, h: int, w: int):
+        self.layer = layer
+        self.tap, self.oh, self.ow, _ = _tap_table(layer.kernel_size, layer.stride, layer.padding,
+                                                   layer.dilation, h, w)
+        self.h, self.w = h, w
+        weight = layer.weight
+        o, c, kh, kw = weight.shape
+        padded = weight.new_zeros(o, kh * kw + 1, c)  # one zero tap for the pairs no tap joins
+        padded[:, :kh * kw] = weight.detach().permute(0, 2, 3, 1).reshape(o, kh * kw, c)
+        self.matrix = padded.index_select(1, self.tap).view(o * self.oh * self.ow, h * w * c)
+
+    @staticmethod
+    def worthwhile(layer: nn.Module, x: torch.Tensor) -> bool:
+        """True for a plain zero-padding Conv2d on a CPU float32 input whose dense matrix is small and
+        costs at most DENSE_MAX_OVERHEAD times the conv's useful multiply-adds."""
+        if not (isinstance(layer, nn.Conv2d) and _onednn(x) and layer.groups == 1
+                and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)):
+            return False
+        h, w = x.shape[-2:]
+        tap, oh, ow, useful = _tap_table(layer.kernel_size, layer.stride, layer.padding, layer.dilation, h, w)
+        return tap.numel() <= DENSE_MAX_OVERHEAD * useful \
+            and tap.numel() * layer.in_channels * layer.out_channels <= DENSE_MAX_ENTRIES
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, h·w·C); a view when x is channels-last."""
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The conv of x (N, C, h, w) -> (N, O, oh, ow)."""
+        b = self.layer.bias.repeat_interleave(self.oh * self.ow) if bias and self.layer.bias is not None else None
+        return mm_nt(self.rows(x), self.matrix, b).view(x.shape[0], -1, self.oh, self.ow)
+
+    def input_grad(self, grad_out: torch.Tensor) -> torch.Tensor:
+        """∂/∂x of ⟨grad_out, conv(x)⟩: (N, O, oh, ow) -> (N, C, h, w) channels-last."""
+        n = grad_out.shape[0]
+        g = mm_nn(grad_out.reshape(n, -1), self.matrix)
+        return g.view(n, self.h, self.w, -1).permute(0, 3, 1, 2)
+
+    def weight_grad(self, grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """∂/∂W of ⟨grad_out, conv(x)⟩ (no bias term), shaped like the weight (channels-last)."""
+        o, c, kh, kw = self.layer.weight.shape
+        n = x.shape[0]
+        per_pair = mm_nt(grad_out.reshape(n, -1).t().contiguous(), self.rows(x).t().contiguous())  # (O·P, Q·C)
+        taps = per_pair.new_zeros(o, kh * kw + 1, c).index_add_(1, self.tap, per_pair.view(o, -1, c))
+        return taps[:, :kh * kw].reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+
+
+@functools.lru_cache(maxsize=1)
+def tune_allocator() -> bool:
+    """Keep freed memory in this process (glibc only; a no-op elsewhere). glibc hands multi-megabyte
+    blocks back to the system on free() and page-faults them in again, 4 KB at a time, on the next
+    malloc; training frees and reallocates the same few-megabyte buffers every update (DenseConv's
+    matrices among them: without this they can cost more than the product they hold). Raises the
+    size at which malloc maps fresh pages to 32 MB and the free heap kept to 128 MB. Numbers are
+    unchanged; a CPU training process keeps its peak heap. Returns whether glibc took the settings."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 128 << 20))

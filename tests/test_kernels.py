@@ -1,0 +1,116 @@
+"""The CPU fast paths (dfg/kernels.py): oneDNN products and the dense form of tiny-output convs, against
+torch's own ops and autograd; and that the critic's written-out gradients are unchanged when they are used."""
+import platform
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dfg import kernels, wgan_gp
+from dfg.gan import Critic
+from dfg.kernels import DenseConv, mm_nn, mm_nt
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Both layouts: one thread splits the rows into 16 images (torch's single-thread dispatch rule)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m,k,n", [(192, 1024, 512), (7, 13, 5), (64, 110, 2048)])
+def test_onednn_products_equal_matmul(m, k, n, threads):
+    g = torch.Generator().manual_seed(m)
+    a, b, bias = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    ref = F.linear(a.double(), b.double(), bias.double())
+    got = mm_nt(a, b, bias)
+    assert got.shape == (m, n) and got.is_contiguous() and got.dtype == torch.float32
+    assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    d = torch.randn(m, n, generator=g)
+    ref = d.double() @ b.double()
+    got = mm_nn(d, b)
+    assert got.shape == (m, k) and got.is_contiguous()
+    assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # a transposed (non-contiguous) operand is read by value, not by memory
+    assert torch.allclose(mm_nt(a.t().contiguous().t(), b), a @ b.t(), rtol=1e-4, atol=1e-3)
+
+
+def test_other_dtypes_use_the_plain_ops_exactly():
+    a, b = torch.randn(5, 4, dtype=torch.double), torch.randn(3, 4, dtype=torch.double)
+    assert torch.equal(mm_nt(a, b), F.linear(a, b))
+    assert torch.equal(mm_nn(a @ b.t(), b), (a @ b.t()) @ b)
+
+
+GEOMETRIES = [  # (in_ch, out_ch, kernel, stride, padding, dilation, bias, h, w)
+    (5, 7, 5, 2, 2, 1, True, 4, 4),     # D's last conv (LeNet/VGG critics: 64 -> 128, 4x4 -> 2x2)
+    (3, 4, 3, 1, 1, 1, True, 3, 5),     # stride 1, a non-square map
+    (2, 3, (3, 2), (2, 1), (1, 0), 2, False, 5, 4),  # uneven kernel/stride/padding, dilation, no bias
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_dense_conv_equals_the_conv_and_its_gradients(geometry):
+    cin, cout, k, s, p, dil, bias, h, w = geometry
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=dil, bias=bias).double()
+    x = torch.randn(6, cin, h, w, dtype=torch.double, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, conv.weight), g)
+    with torch.no_grad():
+        dense = DenseConv(conv, h, w)
+        assert torch.allclose(dense.forward(x), y, rtol=0, atol=1e-12)
+        assert torch.allclose(dense.forward(x, bias=False), F.conv2d(x, conv.weight, None, s, p, dil), atol=1e-12)
+        assert torch.allclose(dense.input_grad(g), gx, atol=1e-12)
+        got_w = dense.weight_grad(g, x)
+        assert got_w.shape == conv.weight.shape and torch.allclose(got_w, gw, atol=1e-12)
+        # channels-last inputs (how D runs on the CPU) give the same numbers
+        assert torch.allclose(dense.forward(x.contiguous(memory_format=torch.channels_last)), y, atol=1e-12)
+
+
+def test_dense_form_only_where_it_pays():
+    """D's last conv qualifies (4x4 -> 2x2: a tap joins 49 of the 64 output/input pixel pairs, so the
+    dense product does 1.3x the useful work); its second conv (7x7 -> 4x4: 256 of 784 pairs, 3.1x) and
+    other dtypes, grouped convs and linear layers do not."""
+    critic = Critic("lenet")
+    conv2, conv3 = critic.net[2], critic.net[4]
+    assert DenseConv.worthwhile(conv3, torch.zeros(2, 64, 4, 4))
+    assert not DenseConv.worthwhile(conv2, torch.zeros(2, 32, 7, 7))
+    assert not DenseConv.worthwhile(conv3, torch.zeros(2, 64, 4, 4, dtype=torch.double))
+    assert not DenseConv.worthwhile(nn.Conv2d(64, 128, 5, 2, 2, groups=2), torch.zeros(2, 64, 4, 4))
+    assert not DenseConv.worthwhile(critic.net[-1], torch.zeros(2, 512))
+    # ResNet-50's critic: its last conv maps 14x14 -> 7x7, far too large to densify
+    big = Critic("resnet50").net[4]
+    assert not DenseConv.worthwhile(big, torch.zeros(1, 64, 14, 14))
+
+
+def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypatch, threads):
+    torch.manual_seed(3)
+    critic = Critic("lenet").to(memory_format=torch.channels_last)
+    real, fake = torch.randn(16, 6, 14, 14), torch.randn(16, 6, 14, 14)
+    eps = torch.rand(16, 1, 1, 1)
+    mixed = eps * real + (1 - eps) * fake
+    built = []
+    init = DenseConv.__init__
+    monkeypatch.setattr(DenseConv, "__init__", lambda self, *a: (built.append(a[0]), init(self, *a))[1])
+    critic.zero_grad(set_to_none=True)
+    got = wgan_gp.critic_loss_and_grads(critic, real, fake, mixed, 10.0)
+    grads = {n: p.grad.clone() for n, p in critic.named_parameters()}
+    assert built == [critic.net[4]]  # the dense path ran, for the last conv only
+    critic.zero_grad(set_to_none=True)
+    ref = wgan_gp.reference_critic_loss(critic, real, fake, mixed, 10.0)
+    ref.loss.backward()
+    assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+    assert got.penalty.item() == pytest.approx(ref.penalty.item(), rel=1e-5)
+    for name, p in critic.named_parameters():
+        scale = p.grad.abs().max().item()
+        assert (grads[name] - p.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_allocator_tuning_takes_on_glibc():
+    assert kernels.tune_allocator() is True
+    assert kernels.tune_allocator() is True  # idempotent (cached)
