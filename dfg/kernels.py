@@ -41,11 +41,10 @@ def _images(m: int) -> int:
     return 16 if torch.get_num_threads() == 1 and m % 16 == 0 else 1
 
 
-def _as_row_image(a: torch.Tensor) -> torch.Tensor:
-    """(M, K) row-major -> the same memory as a (B, K, 1, M/B) channels-last image (no copy)."""
+def _as_row_image(a: torch.Tensor, images: int) -> torch.Tensor:
+    """(M, K) row-major -> the same memory as an (images, K, 1, M/images) channels-last image (no copy)."""
     m, k = a.shape
-    b = _images(m)
-    return a.contiguous().view(b, 1, m // b, k).permute(0, 3, 1, 2)
+    return a.contiguous().view(images, 1, m // images, k).permute(0, 3, 1, 2)
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,7 +52,7 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
     if not _onednn(a):
         return F.linear(a, b, bias)
     m, n = a.shape[0], b.shape[0]
-    out = F.conv2d(_as_row_image(a), b.contiguous().view(n, -1, 1, 1), bias)
+    out = F.conv2d(_as_row_image(a, _images(m)), b.contiguous().view(n, -1, 1, 1), bias)
     return out.permute(0, 2, 3, 1).reshape(m, n)
 
 
@@ -62,10 +61,16 @@ def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if not _onednn(a):
         return a @ b
     m, n, k = a.shape[0], a.shape[1], b.shape[1]
-    shape_only = torch.empty((_images(m), k, 1, m // _images(m)), dtype=a.dtype, memory_format=torch.channels_last)
-    g = _conv_backward(_as_row_image(a), shape_only, b.contiguous().view(n, k, 1, 1), None, (1, 1), (0, 0),
+    images = _images(m)
+    shape_only = torch.empty((images, k, 1, m // images), dtype=a.dtype, memory_format=torch.channels_last)
+    g = _conv_backward(_as_row_image(a, images), shape_only, b.contiguous().view(n, k, 1, 1), None, (1, 1), (0, 0),
                        (1, 1), False, (0, 0), 1, (True, False, False))[0]
     return g.permute(0, 2, 3, 1).reshape(m, k)
+
+
+def _out_size(kernel, stride, padding, dilation, h: int, w: int) -> tuple[int, int]:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
 
 
 @functools.lru_cache(maxsize=64)
@@ -74,7 +79,7 @@ def _tap_table(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[
     """tap[p·Q + q]: which kernel tap joins output pixel p to input pixel q (kh·kw where none does).
     Returns (tap, out_h, out_w, useful taps)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size(kernel, stride, padding, dilation, h, w)
     tap = torch.full((oh * ow, h * w), kh * kw, dtype=torch.long)
     useful = 0
     for i in range(oh):
@@ -113,9 +118,12 @@ class DenseConv:
                 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)):
             return False
         h, w = x.shape[-2:]
-        tap, oh, ow, useful = _tap_table(layer.kernel_size, layer.stride, layer.padding, layer.dilation, h, w)
-        return tap.numel() <= DENSE_MAX_OVERHEAD * useful \
-            and tap.numel() * layer.in_channels * layer.out_channels <= DENSE_MAX_ENTRIES
+        geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, h, w)
+        oh, ow = _out_size(*geometry)
+        if oh * ow * h * w * layer.in_channels * layer.out_channels > DENSE_MAX_ENTRIES:
+            return False  # decided before building a large pixel-pair table
+        tap, _, _, useful = _tap_table(*geometry)
+        return tap.numel() <= DENSE_MAX_OVERHEAD * useful
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, h·w·C); a view when x is channels-last."""
