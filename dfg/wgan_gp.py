@@ -17,7 +17,7 @@ The score terms' backward uses the same δ recursion seeded with −1/B (real) a
 input-gradient pass serves all 3B rows and one weight-gradient call per layer sums both terms.
 
 On the CPU in float32, a conv with a tiny output map (D's last conv: 4x4 -> 2x2 for LeNet and VGG-16)
-runs as one dense matrix product (kernels.DenseConv): forward, input and weight gradients 1.4-1.5x
+runs as one dense matrix product (kernels.DenseConv): forward, input and weight gradients 1.3-1.6x
 faster than oneDNN's direct kernels there (bench/dense_conv_speed.py), the same sums in another order."""
 from __future__ import annotations
 
