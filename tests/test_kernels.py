@@ -95,7 +95,12 @@ def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypa
     mixed = eps * real + (1 - eps) * fake
     built = []
     init = DenseConv.__init__
-    monkeypatch.setattr(DenseConv, "__init__", lambda self, *a: (built.append(a[0]), init(self, *a))[1])
+
+    def recording_init(self, layer, h, w):
+        built.append(layer)
+        init(self, layer, h, w)
+
+    monkeypatch.setattr(DenseConv, "__init__", recording_init)
     critic.zero_grad(set_to_none=True)
     got = wgan_gp.critic_loss_and_grads(critic, real, fake, mixed, 10.0)
     grads = {n: p.grad.clone() for n, p in critic.named_parameters()}
