@@ -51,7 +51,8 @@ def main() -> None:
 
     critic = Critic("lenet").to(memory_format=cl)
     conv = critic.net[4]
-    x, v = torch.randn(192, 64, 4, 4).contiguous(memory_format=cl), torch.randn(64, 64, 4, 4).contiguous(memory_format=cl)
+    x = torch.randn(192, 64, 4, 4).contiguous(memory_format=cl)
+    v = torch.randn(64, 64, 4, 4).contiguous(memory_format=cl)
     d = torch.randn(192, 128, 2, 2)
 
     @torch.no_grad()
@@ -91,8 +92,8 @@ def main() -> None:
         kernels.DENSE_MAX_OVERHEAD = overhead
     ms = {k: statistics.median(t) for k, t in times.items()}
     assert torch.allclose(mm_nt(a, b), F.linear(a, b), rtol=1e-4, atol=1e-3)
-    print(f"[cpu, {torch.get_num_threads()} threads] 192x1024x512 product: torch.matmul {flop / ms['matmul'] / 1e6:.0f} "
-          f"GFLOP/s, oneDNN 1x1 conv {flop / ms['onednn'] / 1e6:.0f} GFLOP/s")
+    print(f"[cpu, {torch.get_num_threads()} threads] 192x1024x512 product: "
+          f"torch.matmul {flop / ms['matmul'] / 1e6:.0f} GFLOP/s, oneDNN 1x1 conv {flop / ms['onednn'] / 1e6:.0f} GFLOP/s")
     print(f"D's last conv, four uses per update: oneDNN convs {ms['conv']:.2f} ms, dense {ms['dense']:.2f} ms "
           f"({ms['conv'] / ms['dense']:.2f}x)")
     print(f"one critic update (LeNet, batch 64): {ms['critic']:.2f} ms without, {ms['critic_dense']:.2f} ms with the "
