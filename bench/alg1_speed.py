@@ -2,14 +2,18 @@
 on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
 
     python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all] [--threads N]
-                               [--backbone lenet|vgg16|resnet50] [--tf32]
+                               [--backbone lenet|vgg16|resnet50] [--tf32] [--breakdown]
 --backbone vgg16 / resnet50: the stl10 / caltech256 preset's networks on random images of that size
 (the speed does not depend on the pixels). On CUDA a third figure reads every step's losses back
 (one device sync per step, as a loop that logs each step would): the cost of syncing.
+--breakdown: after the timed runs, where the library's iteration spends its time, part by part (each
+part's own time, without the parts it calls; on CUDA every part syncs, so the parts sum to more).
 Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=…"""
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import copy
 import statistics
 import sys
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import gflop  # noqa: E402
 from reference import EagerAlgorithm1  # noqa: E402
 
+from dfg import wgan_gp  # noqa: E402
 from dfg.config import make_config  # noqa: E402
 from dfg.data import BatchStream, DataError, build_data  # noqa: E402
 from dfg.data.images import TensorImages  # noqa: E402
@@ -49,7 +54,8 @@ def load(backbone: str):
         return build_data("mnist5k", backbone="lenet", ratio=10, seed=0), "mnist5k"
 
 
-def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False):
+def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
+            parts: bool = False):
     cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": str(device), "tf32": tf32,
                                          "fw_per_class": 10})
     configure_backend(cfg, device)  # CUDA: full fp32 unless --tf32 (torch's default would use TF32 convs)
@@ -87,7 +93,79 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
         b.append(timed(ref.step))
         if device.type == "cuda":
             c.append(timed(readback))
+    if parts:
+        print_breakdown(ours, stream, steps, sync, f"{device.type}, {threads()}")
     return statistics.median(a), statistics.median(b), name, flops, statistics.median(c) if c else None
+
+
+class ExclusiveTimer:
+    """Wraps callables so that each named part accumulates its own wall time only: while a wrapped call
+    runs inside another, the outer part's clock is paused."""
+
+    def __init__(self, sync=lambda: None, clock=time.perf_counter):
+        self.sync, self.clock, self.seconds, self.stack = sync, clock, collections.defaultdict(float), []
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            self.sync()
+            start = self.clock()
+            if self.stack:
+                self.seconds[self.stack[-1][0]] += start - self.stack[-1][1]
+            self.stack.append([name, start])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                end = self.clock()
+                self.seconds[name] += end - self.stack.pop()[1]
+                if self.stack:
+                    self.stack[-1][1] = end
+        return timed
+
+    @contextlib.contextmanager
+    def patched(self, parts):
+        """Within the block, each (object, attribute, label) in parts is timed under label; afterwards every
+        attribute is as it was (an instance's own attribute removed again, a module's function put back)."""
+        saved = [(obj, attr, vars(obj).get(attr, _ABSENT)) for obj, attr, _ in parts]
+        try:
+            for obj, attr, label in parts:
+                setattr(obj, attr, self.wrap(label, getattr(obj, attr)))
+            yield self
+        finally:
+            for obj, attr, old in reversed(saved):
+                if old is _ABSENT:
+                    delattr(obj, attr)
+                else:
+                    setattr(obj, attr, old)
+
+
+_ABSENT = object()
+
+
+def print_breakdown(ours, stream, steps: int, sync, where: str) -> None:
+    """ms per iteration in each part of the library's DFG step (ExclusiveTimer), over `steps` iterations."""
+    parts = [(ours, "train_step", "rest of the iteration (batches, nC1/nC2 C passes)"),
+             (ours, "update_critic", "critic phase: noise, x̂, batches"),
+             (wgan_gp, "critic_loss_and_grads", "critic gradients (Eq. 1, written out)"),
+             (ours, "generate", "G forwards (no grad and with grad)"),
+             (ours.extractor, "forward", "E forwards"),
+             (ours, "update_generator", "G update: D forward + backward"),
+             (ours, "update_extractor_classifier", "E and C updates (Eq. 3, 4a)"),
+             (ours, "_step", "optimizer steps"), (ours, "_zero", "optimizer steps")]
+    with ExclusiveTimer(sync).patched(parts) as timer:
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            ours.train_step(s, stream)
+        total = (time.perf_counter() - t0) / steps * 1e3
+    print(f"where an iteration of ours goes ({where}, ms per iteration, {steps} iterations):")
+    for label, sec in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:52s} {sec / steps * 1e3:7.2f}  {sec / steps * 1e3 / total:5.1%}")
+    print(f"  {'total':52s} {total:7.2f}")
+
+
+def threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("s" if n != 1 else "")
 
 
 def gflop_per_step(fn, first: int, steps: int = 4) -> float:
@@ -103,6 +181,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--backbone", default="lenet", choices=list(PRESET))
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls/convs (the library's tf32=true)")
+    p.add_argument("--breakdown", action="store_true", help="also print where ours spends an iteration")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,8 +190,8 @@ def main() -> None:
     last = ""
     for d in devices:
         ours, ref, name, (f_ours, f_ref), synced = measure(torch.device(d), args.steps, args.repeats,
-                                                           args.backbone, args.tf32)
-        where = torch.cuda.get_device_name() if d == "cuda" else f"{torch.get_num_threads()} threads"
+                                                           args.backbone, args.tf32, args.breakdown)
+        where = torch.cuda.get_device_name() if d == "cuda" else threads()
         extra = (f"(GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})" if d == "cpu" else
                  f"(ours reading losses back every step: {synced:.2f} it/s; tf32 {args.tf32})")
         print(f"[{d}, {args.backbone}, {name}, {where}] ours {ours:.2f} it/s  reference {ref:.2f} it/s  "

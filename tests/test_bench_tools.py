@@ -1,0 +1,65 @@
+"""bench/alg1_speed.py --breakdown: each part's own time (nested parts paused), and every patched
+attribute put back afterwards."""
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from alg1_speed import ExclusiveTimer  # noqa: E402
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_exclusive_timer_pauses_the_outer_part_while_an_inner_part_runs():
+    clock = FakeClock()
+    module = types.ModuleType("fake_module")
+
+    def leaf():  # a module-level function, as wgan_gp.critic_loss_and_grads is
+        clock.now += 5.0
+
+    module.leaf = leaf
+
+    class Step:
+        def inner(self):
+            clock.now += 3.0
+            module.leaf()
+
+        def outer(self):
+            clock.now += 2.0
+            self.inner()
+            clock.now += 1.0
+            self.inner()
+
+    step = Step()
+    parts = [(step, "outer", "outer"), (step, "inner", "inner"), (module, "leaf", "leaf")]
+    with ExclusiveTimer(clock=clock).patched(parts) as timer:
+        step.outer()
+        assert "inner" in vars(step)  # patched on the instance while inside the block
+    assert dict(timer.seconds) == {"outer": 3.0, "inner": 6.0, "leaf": 10.0}
+    assert sum(timer.seconds.values()) == clock.now  # the parts add up to the wall time
+    assert "outer" not in vars(step) and "inner" not in vars(step)  # instance attributes removed again
+    assert module.leaf is leaf  # the module's function put back
+
+
+def test_exclusive_timer_restores_attributes_when_the_timed_code_raises():
+    clock = FakeClock()
+
+    class Step:
+        def run(self):
+            clock.now += 1.0
+            raise RuntimeError("boom")
+
+    step = Step()
+    try:
+        with ExclusiveTimer(clock=clock).patched([(step, "run", "run")]) as timer:
+            step.run()
+    except RuntimeError:
+        pass
+    assert timer.seconds["run"] == 1.0 and timer.stack == []
+    assert "run" not in vars(step)
