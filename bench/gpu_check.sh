@@ -34,7 +34,8 @@ step "CUDA tests" 150 cuda_tests.log $PY -m pytest -q -p no:cacheprovider tests/
 # the app's pages, Grad-CAM and embeddings on a run the CLI trained with device=auto (here: the GPU)
 step "app and inspectors on a GPU-trained run" 150 app_tests.log $PY -m pytest -q -p no:cacheprovider \
   tests/test_app.py tests/test_gradcam.py tests/test_embeddings.py
-step "Alg. 1 LeNet (fmnist preset networks), fp32" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 --repeats 3
+step "Alg. 1 LeNet (fmnist preset networks), fp32" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 --repeats 3 \
+  --breakdown
 step "filter weights LeNet + VGG-16, fp32" 50 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3
 step "demo preset on CUDA (700 steps)" 80 demo.log $PY -m dfg train --preset demo --set device=cuda \
   --runs-dir /tmp/gpu-runs --run-id demo-cuda --set data_root=/tmp/gpu-data
