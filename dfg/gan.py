@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .kernels import product_worthwhile, transposed_conv_product
 from .networks import BACKBONES, init_weights
 
 
@@ -35,16 +36,21 @@ GAN_ARCHS: dict[str, GanArch] = {
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d whose no-grad forward runs as the input-gradient of the matching conv
-    (the same operator: ConvTranspose is that adjoint). This torch build's CPU transposed-conv path
-    is 1.3-1.6x slower than oneDNN's backward-data for G's shapes, and the critic updates call G
-    without grad five times per iteration. With grad, or off the CPU, it is nn.ConvTranspose2d."""
+    """nn.ConvTranspose2d whose no-grad CPU forward is faster: as one product and strided adds when few
+    taps overlap (kernels.transposed_conv_product: G's k3 s2 and k2 s2 layers), else as the input-gradient
+    of the matching conv (the same operator: ConvTranspose is that adjoint). This torch build's CPU
+    transposed-conv path is 1.3-1.6x slower than oneDNN's backward-data for G's shapes, and the critic
+    updates call G without grad five times per iteration. With grad, or off the CPU, it is
+    nn.ConvTranspose2d."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if needs_grad or output_size is not None or x.device.type != "cpu" or self.groups != 1 \
                 or any(self.output_padding) or self.padding_mode != "zeros":
             return super().forward(x, output_size)
+        if product_worthwhile(self):
+            return transposed_conv_product(x, self)
+        x = x.contiguous()  # backward-data ran faster from NCHW than from a product's channels-last output
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         h = (x.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + 1
         w = (x.shape[-1] - 1) * sw - 2 * pw + dw * (kw - 1) + 1

@@ -12,6 +12,9 @@ and ~100 for the weight gradient). `bench/dense_conv_speed.py` prints these figu
   from its taps (zeros where a tap falls on padding), so its forward, input gradient and weight gradient
   are single products. Used only when the dense matrix costs at most `DENSE_MAX_OVERHEAD` times the conv's
   useful (non-padding) multiply-adds.
+- `transposed_conv_product`: a transposed conv with few taps per output pixel (kernel <= 1.5x stride,
+  as G's k3 s2 and k2 s2 layers) as one product of the input's pixels with the weight, then one strided
+  add per tap. oneDNN's backward-data kernel ran these 1.2-1.7x slower (bench/transposed_conv_speed.py).
 - `tune_allocator`: keeps freed memory in the (training) process, so the megabyte-sized buffers of each
   update are not page-faulted back in every time.
 
@@ -29,6 +32,7 @@ from torch.nn import functional as F
 _conv_backward = torch.ops.aten.convolution_backward
 DENSE_MAX_OVERHEAD = 1.5   # dense multiply-adds / useful multiply-adds, above which the conv stays a conv
 DENSE_MAX_ENTRIES = 1 << 22  # 16 MB of float32: larger dense matrices stay convs
+PRODUCT_MAX_TAPS = 2.25    # taps summed per output pixel (kh·kw / sh·sw) up to which a transposed conv is a product
 
 
 def _onednn(t: torch.Tensor) -> bool:
@@ -147,6 +151,47 @@ class DenseConv:
         per_pair = mm_nt(grad_out.reshape(n, -1).t().contiguous(), self.rows(x).t().contiguous())  # (O·P, Q·C)
         taps = per_pair.new_zeros(o, kh * kw + 1, c).index_add_(1, self.tap, per_pair.view(o, -1, c))
         return taps[:, :kh * kw].reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+
+
+def product_worthwhile(layer: nn.ConvTranspose2d) -> bool:
+    """Whether `transposed_conv_product` should run this transposed conv: no groups, dilation or output
+    padding, zero padding, and at most PRODUCT_MAX_TAPS taps summed into each output pixel on average. G's
+    k3 s2 (2.25 taps) and k2 s2 (1 tap) layers ran faster as products, its k4 s2 layers (4 taps) slower."""
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    return (layer.groups == 1 and layer.dilation == (1, 1) and not any(layer.output_padding)
+            and layer.padding_mode == "zeros" and kh * kw <= PRODUCT_MAX_TAPS * sh * sw)
+
+
+def transposed_conv_product(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:
+    """layer(x) for a `product_worthwhile` layer: each input pixel's channels (a row) times the weight
+    (C -> kh·kw·O) gives its contribution through every tap; tap (a, b)'s contributions are then added at
+    stride (sh, sw) into the output, skipping those that fall on its padding.
+    x (N, C, h, w), any layout -> (N, O, H, W), contiguous channels-last."""
+    n, c, h, w = x.shape
+    o = layer.out_channels
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels-last
+    taps = mm_nt(rows, layer.weight.permute(2, 3, 1, 0).reshape(kh * kw * o, c)).view(n, h, w, kh, kw, o)
+    out_h, out_w = (h - 1) * sh + kh - 2 * ph, (w - 1) * sw + kw - 2 * pw
+    if layer.bias is None:
+        out = x.new_zeros(n, out_h, out_w, o)
+    else:
+        out = layer.bias.detach().view(1, 1, 1, o).expand(n, out_h, out_w, o).contiguous()
+    for a in range(kh):
+        i0, i1, y0 = _tap_span(a, sh, ph, h, out_h)
+        for b in range(kw):
+            j0, j1, x0 = _tap_span(b, sw, pw, w, out_w)
+            if i0 <= i1 and j0 <= j1:
+                rows_out, cols_out = slice(y0, y0 + sh * (i1 - i0) + 1, sh), slice(x0, x0 + sw * (j1 - j0) + 1, sw)
+                out[:, rows_out, cols_out] += taps[:, i0:i1 + 1, j0:j1 + 1, a, b]
+    return out.permute(0, 3, 1, 2)
+
+
+def _tap_span(tap: int, stride: int, pad: int, n_in: int, n_out: int) -> tuple[int, int, int]:
+    """Input indices i0..i1 whose output stride·i + tap − pad lies in [0, n_out), and i0's output index."""
+    i0 = max(0, -((tap - pad) // stride))  # ceil((pad − tap) / stride)
+    i1 = min(n_in - 1, (n_out - 1 + pad - tap) // stride)
+    return i0, i1, stride * i0 + tap - pad
 
 
 @functools.lru_cache(maxsize=1)

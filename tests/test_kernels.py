@@ -1,5 +1,6 @@
-"""The CPU fast paths (dfg/kernels.py): oneDNN products and the dense form of tiny-output convs, against
-torch's own ops and autograd; and that the critic's written-out gradients are unchanged when they are used."""
+"""The CPU fast paths (dfg/kernels.py): oneDNN products, the dense form of tiny-output convs and the product
+form of transposed convs, against torch's own ops and autograd; and that the critic's written-out gradients
+and G's no-grad forward are unchanged when they are used."""
 import platform
 
 import pytest
@@ -8,8 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from dfg import kernels, wgan_gp
-from dfg.gan import Critic
-from dfg.kernels import DenseConv, mm_nn, mm_nt
+from dfg.gan import ConvTranspose2d, Critic, Generator
+from dfg.kernels import DenseConv, mm_nn, mm_nt, product_worthwhile, transposed_conv_product
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
@@ -116,6 +117,60 @@ def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypa
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w,bias", [
+    (128, 48, 3, 2, 0, 4, 4, True),    # LeNet's G, first layer: 4x4 -> 9x9
+    (16, 8, 2, 2, 1, 16, 16, True),    # ResNet-50's G: k2 s2 p1, 16 -> 30
+    (16, 8, 2, 2, 2, 30, 30, True),    # ResNet-50's G, last layer: k2 s2 p2, 30 -> 56
+    (5, 7, (3, 2), (2, 2), (1, 0), 5, 3, False),  # uneven kernel and padding, non-square, no bias
+])
+def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, h, w, bias):
+    layer = nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, bias=bias).double()
+    x = torch.randn(3, cin, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(cin))
+    assert product_worthwhile(layer)
+    with torch.no_grad():
+        ref = layer(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = transposed_conv_product(inp, layer)
+            assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+            assert (got - ref).abs().max() <= 1e-12 * ref.abs().max()
+
+
+def test_product_form_only_where_few_taps_overlap():
+    def worth(k, s, **kw):
+        return product_worthwhile(nn.ConvTranspose2d(4, 4, k, stride=s, **kw))
+    assert worth(3, 2) and worth(2, 2, padding=1)                   # LeNet's k3 s2, ResNet's k2 s2
+    assert not worth(4, 2, padding=1) and not worth(3, 1) and not worth(4, 1)  # VGG's, LeNet's others
+    assert not worth(3, 2, output_padding=1) and not worth(3, 2, dilation=2)
+    assert not worth(2, 2, groups=2)
+
+
+@pytest.mark.parametrize("backbone,batch", [("lenet", 64), ("resnet50", 2)])
+def test_generator_no_grad_forward_equals_its_autograd_forward(backbone, batch, threads):
+    """G's no-grad CPU forward (product-form and backward-data transposed convs) gives the same features
+    and BatchNorm statistics as the plain autograd forward, in float32."""
+    torch.manual_seed(0)
+    g = Generator(backbone, num_classes=10)
+    twin = Generator(backbone, num_classes=10)
+    twin.load_state_dict(g.state_dict())
+    assert any(product_worthwhile(m) for m in g.modules() if isinstance(m, ConvTranspose2d))
+    z, y, w = torch.rand(batch, g.noise_dim) * 2 - 1, torch.arange(batch) % 10, torch.rand(10, g.last.out_channels)
+    ref = g(z, y, w).detach()  # weights require grad: nn.ConvTranspose2d's own forward
+    calls = []
+    product = kernels.transposed_conv_product
+    kernels_product = lambda x, layer: (calls.append(layer), product(x, layer))[1]  # noqa: E731
+    import dfg.gan as gan
+    original, gan.transposed_conv_product = gan.transposed_conv_product, kernels_product
+    try:
+        with torch.no_grad():
+            got = twin(z, y, w)
+    finally:
+        gan.transposed_conv_product = original
+    assert calls  # the product path ran
+    assert (got - ref).abs().max() <= 1e-4
+    for a, b in zip(g.buffers(), twin.buffers()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_allocator_tuning_takes_on_glibc():
     assert kernels.tune_allocator() is True
     assert kernels.tune_allocator() is True  # idempotent (cached)

@@ -85,6 +85,33 @@ def test_algorithm_1_update_counts(data_root):
     assert len(drawn) == (3 + 1) * 6             # nD critic batches + one for G/E/C per step
 
 
+def test_critic_phase_makes_all_fakes_first_on_the_cpu_with_the_same_numbers(data_root, monkeypatch):
+    """The CPU critic phase makes its nD fakes before its nD updates (a cache win) and draws z, ŷ, ε in the
+    same order as one fake per update, so both orders leave D, G's BN statistics and the noise stream equal."""
+    from dfg.data import BatchStream
+    from dfg.methods import dfg as dfg_module
+    cfg = tiny(data_root, n_critic=3)
+    finals = []
+    for limit in (0, dfg_module.FAKES_FIRST_BYTES):  # 0: one G forward just before each update
+        monkeypatch.setattr(dfg_module, "FAKES_FIRST_BYTES", limit)
+        _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+        made = []
+        generate = method.generate
+        method.generate = lambda z, y: (made.append(len(updates)), generate(z, y))[1]
+        updates = []
+        step = method._step
+        method._step = lambda names: (updates.append(names), step(names))[1]
+        stream = BatchStream(setup.__globals__["load_data"](cfg).train, cfg.batch_size, seed=0)
+        method.update_critic(stream)
+        finals.append(([p.detach().clone() for p in method.critic.parameters()],
+                       [b.clone() for b in method.generator.buffers()], method.ctx.rng.get_state(), made))
+    (d1, bn1, rng1, made1), (d2, bn2, rng2, made2) = finals
+    assert made1 == [0, 1, 2] and made2 == [0, 0, 0]  # interleaved vs all fakes first
+    assert all(torch.equal(a, b) for a, b in zip(d1, d2))
+    assert all(torch.equal(a, b) for a, b in zip(bn1, bn2))
+    assert torch.equal(rng1, rng2)
+
+
 def test_finetune_frozen_parameters_do_not_move(data_root):
     cfg = tiny(data_root, method="finetune")
     _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
