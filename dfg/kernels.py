@@ -14,7 +14,7 @@ and ~100 for the weight gradient). `bench/dense_conv_speed.py` prints these figu
   useful (non-padding) multiply-adds.
 - `transposed_conv_product`: a transposed conv with few taps per output pixel (kernel <= 1.5x stride,
   as G's k3 s2 and k2 s2 layers) as one product of the input's pixels with the weight, then one strided
-  add per tap. oneDNN's backward-data kernel ran these 1.2-1.7x slower (bench/transposed_conv_speed.py).
+  add per tap. oneDNN's backward-data kernel ran these 1.3-1.7x slower (bench/transposed_conv_speed.py).
 - `tune_allocator`: keeps freed memory in the (training) process, so the megabyte-sized buffers of each
   update are not page-faulted back in every time.
 
