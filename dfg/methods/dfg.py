@@ -14,11 +14,11 @@ from .base import Method, TrainContext, make_optimizer, sample_noise
 
 # On the CPU the critic phase makes all nD fakes before its nD updates when they take at most this much
 # memory. A G forward between two D updates evicts D's weights and Adam state from the caches: with
-# LeNet's networks, Algorithm 1 went from 1.62x to 1.66x the reference's speed on 2 threads (median of
-# 8 alternating pairs of bench/alg1_speed.py, up to +8 % in a pair). The numbers do not change: G is
-# fixed during the phase and the noise is drawn in the same order. Larger features (ResNet-50: ~200 MB
-# per batch) keep one fake at a time.
-FAKES_FIRST_BYTES = 64 << 20
+# LeNet's networks (1.5 MB for all five fakes), Algorithm 1 went from 1.62x to 1.66x the reference's
+# speed on 2 threads (median of 8 alternating pairs of bench/alg1_speed.py, up to +8 % in a pair). The
+# numbers do not change: G is fixed during the phase and the noise is drawn in the same order. Larger
+# features keep one fake at a time: VGG-16's (21 MB) measured 1.47x/1.49x -> 1.42x/1.46x made first.
+FAKES_FIRST_BYTES = 4 << 20
 
 
 def has_batchnorm(module: nn.Module) -> bool:
