@@ -2,12 +2,15 @@
 on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
 
     python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all] [--threads N]
-                               [--backbone lenet|vgg16|resnet50] [--tf32] [--breakdown]
+                               [--backbone lenet|vgg16|resnet50] [--tf32] [--breakdown] [--ops [N]]
 --backbone vgg16 / resnet50: the stl10 / caltech256 preset's networks on random images of that size
 (the speed does not depend on the pixels). On CUDA a third figure reads every step's losses back
 (one device sync per step, as a loop that logs each step would): the cost of syncing.
 --breakdown: after the timed runs, where the library's iteration spends its time, part by part (each
 part's own time, without the parts it calls; on CUDA every part syncs, so the parts sum to more).
+--ops N: after the timed runs, the N aten ops (by op and input shapes) where the library's iteration
+spends most time, with calls and GFLOP/s, then how the op time splits between matmul/conv kernels and
+the other ops. Timing each op slows the iteration (both totals are printed).
 Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=…"""
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import gflop  # noqa: E402
+from flops import OpTimes, gflop  # noqa: E402
 from reference import EagerAlgorithm1  # noqa: E402
 
 from dfg import wgan_gp  # noqa: E402
@@ -55,7 +58,7 @@ def load(backbone: str):
 
 
 def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
-            parts: bool = False):
+            parts: bool = False, ops: int = 0):
     cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": str(device), "tf32": tf32,
                                          "fw_per_class": 10})
     configure_backend(cfg, device)  # CUDA: full fp32 unless --tf32 (torch's default would use TF32 convs)
@@ -95,6 +98,8 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
             c.append(timed(readback))
     if parts:
         print_breakdown(ours, stream, steps, sync, f"{device.type}, {threads()}")
+    if ops:
+        print_ops(ours, stream, steps, sync, f"{device.type}, {threads()}", ops)
     return statistics.median(a), statistics.median(b), name, flops, statistics.median(c) if c else None
 
 
@@ -163,6 +168,38 @@ def print_breakdown(ours, stream, steps: int, sync, where: str) -> None:
     print(f"  {'total':52s} {total:7.2f}")
 
 
+def print_ops(ours, stream, steps: int, sync, where: str, top: int) -> None:
+    """The `top` aten ops (by op and input shapes) taking most of the library's iteration (OpTimes), and how
+    the op time splits between matmul/conv kernels and the other ops."""
+    sync()
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        ours.train_step(s, stream)
+    sync()
+    plain = (time.perf_counter() - t0) / steps * 1e3
+    with OpTimes(sync) as log:
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            ours.train_step(s, stream)
+        total = (time.perf_counter() - t0) / steps * 1e3
+    sec_ops = sum(log.seconds.values())
+    print(f"aten ops of an iteration of ours ({where}, ms per iteration, {steps} iterations, each op timed; "
+          f"share of the op time):")
+    print(f"  {'ms':>7s} {'share':>6s} {'calls':>6s} {'GFLOP/s':>8s}  op (input shapes)")
+    for key, sec in sorted(log.seconds.items(), key=lambda kv: -kv[1])[:top]:
+        rate = f"{log.flops[key] / sec / 1e9:8.0f}" if log.flops[key] else f"{'':8s}"
+        print(f"  {sec / steps * 1e3:7.2f} {sec / sec_ops:6.1%} {log.calls[key] / steps:6.1f} {rate}  "
+              f"{key[0]} {' '.join('x'.join(map(str, shape)) for shape in key[1])}")
+    heavy = [k for k in log.seconds if log.flops[k]]
+    sec_heavy = sum(log.seconds[k] for k in heavy)
+    ops_ms, heavy_ms = sec_ops / steps * 1e3, sec_heavy / steps * 1e3
+    heavy_calls, all_calls = sum(log.calls[k] for k in heavy) / steps, sum(log.calls.values()) / steps
+    print(f"  op time {ops_ms:.2f} ms per iteration (the iteration: {total:.2f} ms with each op timed, "
+          f"{plain:.2f} ms untimed): matmul/conv {heavy_ms:.2f} ms ({heavy_ms / ops_ms:.0%}) in {heavy_calls:.0f} "
+          f"calls at {sum(log.flops.values()) / sec_heavy / 1e9:.0f} GFLOP/s; other ops {ops_ms - heavy_ms:.2f} ms "
+          f"({1 - heavy_ms / ops_ms:.0%}) in {all_calls - heavy_calls:.0f} calls")
+
+
 def threads() -> str:
     n = torch.get_num_threads()
     return f"{n} thread" + ("s" if n != 1 else "")
@@ -182,6 +219,8 @@ def main() -> None:
     p.add_argument("--backbone", default="lenet", choices=list(PRESET))
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls/convs (the library's tf32=true)")
     p.add_argument("--breakdown", action="store_true", help="also print where ours spends an iteration")
+    p.add_argument("--ops", type=int, nargs="?", const=30, default=0, metavar="N",
+                   help="also print the N aten ops taking most of ours' iteration (default N: 30)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,7 +229,7 @@ def main() -> None:
     last = ""
     for d in devices:
         ours, ref, name, (f_ours, f_ref), synced = measure(torch.device(d), args.steps, args.repeats,
-                                                           args.backbone, args.tf32, args.breakdown)
+                                                           args.backbone, args.tf32, args.breakdown, args.ops)
         where = torch.cuda.get_device_name() if d == "cuda" else threads()
         extra = (f"(GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})" if d == "cpu" else
                  f"(ours reading losses back every step: {synced:.2f} it/s; tf32 {args.tf32})")

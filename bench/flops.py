@@ -1,9 +1,19 @@
 """Matmul/conv FLOPs of a call, as torch's FLOP registry counts them (padded conv taps included), so
-the benchmarks can show how much arithmetic each side does; everything else is elementwise."""
+the benchmarks can show how much arithmetic each side does; everything else is elementwise.
+`OpTimes` also times every aten op (bench/alg1_speed.py --ops)."""
 from __future__ import annotations
 
+import collections
+import time
+
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+
+def _flops(func, args, kwargs, out) -> int:
+    count = flop_registry.get(func._overloadpacket)
+    return count(*args, **kwargs, out_val=out) if count is not None else 0
 
 
 class _Count(TorchDispatchMode):
@@ -13,8 +23,7 @@ class _Count(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func._overloadpacket in flop_registry:
-            self.total += flop_registry[func._overloadpacket](*args, **(kwargs or {}), out_val=out)
+        self.total += _flops(func, args, kwargs or {}, out)
         return out
 
 
@@ -23,3 +32,29 @@ def gflop(fn, *args, **kwargs) -> float:
     with _Count() as count:
         fn(*args, **kwargs)
     return count.total / 1e9
+
+
+class OpTimes(TorchDispatchMode):
+    """Wall time, calls and FLOPs of every aten op run inside the block, keyed by (op, input shapes).
+    CPU ops run synchronously, so an op's wall time is its kernel's time plus torch's dispatch; pass
+    sync=torch.cuda.synchronize to time CUDA kernels (one sync per op: much slower than a real run)."""
+
+    def __init__(self, sync=lambda: None, clock=time.perf_counter):
+        super().__init__()
+        self.sync, self.clock = sync, clock
+        self.seconds = collections.defaultdict(float)
+        self.calls = collections.Counter()
+        self.flops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.sync()
+        start = self.clock()
+        out = func(*args, **kwargs)
+        self.sync()
+        end = self.clock()
+        key = (func._overloadpacket.__name__, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        self.seconds[key] += end - start
+        self.calls[key] += 1
+        self.flops[key] += _flops(func, args, kwargs, out)
+        return out

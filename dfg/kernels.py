@@ -148,7 +148,7 @@ class DenseConv:
         """∂/∂W of ⟨grad_out, conv(x)⟩ (no bias term), shaped like the weight (channels-last)."""
         o, c, kh, kw = self.layer.weight.shape
         n = x.shape[0]
-        per_pair = mm_nt(grad_out.reshape(n, -1).t().contiguous(), self.rows(x).t().contiguous())  # (O·P, Q·C)
+        per_pair = mm_nn(grad_out.reshape(n, -1).t().contiguous(), self.rows(x))  # (O·P, Q·C)
         taps = per_pair.new_zeros(o, kh * kw + 1, c).index_add_(1, self.tap, per_pair.view(o, -1, c))
         return taps[:, :kh * kw].reshape(o, kh, kw, c).permute(0, 3, 1, 2)
 

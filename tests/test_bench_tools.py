@@ -63,3 +63,29 @@ def test_exclusive_timer_restores_attributes_when_the_timed_code_raises():
         pass
     assert timer.seconds["run"] == 1.0 and timer.stack == []
     assert "run" not in vars(step)
+
+
+def test_op_times_groups_by_op_and_shapes_with_each_ops_flops():
+    import torch
+    from flops import OpTimes
+
+    class Ticking:  # each reading one second later: every op call takes exactly 1 s
+        def __init__(self):
+            self.now = 0.0
+
+        def __call__(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with OpTimes(clock=Ticking()) as log:
+        out = torch.mm(a, b)
+        torch.mm(a, b)
+        torch.mm(b.t(), a.t())
+        torch.relu(a)
+    assert torch.equal(out, a @ b)  # results pass through unchanged
+    mm = ("mm", ((8, 16), (16, 4)))
+    assert log.calls[mm] == 2 and log.seconds[mm] == 2.0
+    assert log.flops[mm] == 2 * (2 * 8 * 16 * 4)  # two products of 8x16 by 16x4
+    assert log.calls[("mm", ((4, 16), (16, 8)))] == 1
+    assert log.flops[("relu", ((8, 16),))] == 0 and log.seconds[("relu", ((8, 16),))] == 1.0
