@@ -147,6 +147,16 @@ class ExclusiveTimer:
 _ABSENT = object()
 
 
+def ms_per_iteration(ours, stream, steps: int, sync) -> float:
+    """Wall ms per iteration of `steps` library iterations."""
+    sync()
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        ours.train_step(s, stream)
+    sync()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
 def print_breakdown(ours, stream, steps: int, sync, where: str) -> None:
     """ms per iteration in each part of the library's DFG step (ExclusiveTimer), over `steps` iterations."""
     parts = [(ours, "train_step", "rest of the iteration (batches, nC1/nC2 C passes)"),
@@ -158,10 +168,7 @@ def print_breakdown(ours, stream, steps: int, sync, where: str) -> None:
              (ours, "update_extractor_classifier", "E and C updates (Eq. 3, 4a)"),
              (ours, "_step", "optimizer steps"), (ours, "_zero", "optimizer steps")]
     with ExclusiveTimer(sync).patched(parts) as timer:
-        t0 = time.perf_counter()
-        for s in range(1, steps + 1):
-            ours.train_step(s, stream)
-        total = (time.perf_counter() - t0) / steps * 1e3
+        total = ms_per_iteration(ours, stream, steps, sync)
     print(f"where an iteration of ours goes ({where}, ms per iteration, {steps} iterations):")
     for label, sec in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
         print(f"  {label:52s} {sec / steps * 1e3:7.2f}  {sec / steps * 1e3 / total:5.1%}")
@@ -171,17 +178,9 @@ def print_breakdown(ours, stream, steps: int, sync, where: str) -> None:
 def print_ops(ours, stream, steps: int, sync, where: str, top: int) -> None:
     """The `top` aten ops (by op and input shapes) taking most of the library's iteration (OpTimes), and how
     the op time splits between matmul/conv kernels and the other ops."""
-    sync()
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        ours.train_step(s, stream)
-    sync()
-    plain = (time.perf_counter() - t0) / steps * 1e3
+    plain = ms_per_iteration(ours, stream, steps, sync)
     with OpTimes(sync) as log:
-        t0 = time.perf_counter()
-        for s in range(1, steps + 1):
-            ours.train_step(s, stream)
-        total = (time.perf_counter() - t0) / steps * 1e3
+        total = ms_per_iteration(ours, stream, steps, sync)
     sec_ops = sum(log.seconds.values())
     print(f"aten ops of an iteration of ours ({where}, ms per iteration, {steps} iterations, each op timed; "
           f"share of the op time):")

@@ -1,6 +1,6 @@
 """Matmul/conv FLOPs of a call, as torch's FLOP registry counts them (padded conv taps included), so
-the benchmarks can show how much arithmetic each side does; everything else is elementwise.
-`OpTimes` also times every aten op (bench/alg1_speed.py --ops)."""
+the benchmarks can show how much arithmetic each side does; everything else is elementwise. `OpTimes`
+also times every aten op (bench/alg1_speed.py --ops)."""
 from __future__ import annotations
 
 import collections
@@ -14,24 +14,6 @@ from torch.utils.flop_counter import flop_registry
 def _flops(func, args, kwargs, out) -> int:
     count = flop_registry.get(func._overloadpacket)
     return count(*args, **kwargs, out_val=out) if count is not None else 0
-
-
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.total += _flops(func, args, kwargs or {}, out)
-        return out
-
-
-def gflop(fn, *args, **kwargs) -> float:
-    """GFLOP done by fn(*args, **kwargs) (its result is discarded)."""
-    with _Count() as count:
-        fn(*args, **kwargs)
-    return count.total / 1e9
 
 
 class OpTimes(TorchDispatchMode):
@@ -58,3 +40,10 @@ class OpTimes(TorchDispatchMode):
         self.calls[key] += 1
         self.flops[key] += _flops(func, args, kwargs, out)
         return out
+
+
+def gflop(fn, *args, **kwargs) -> float:
+    """GFLOP done by fn(*args, **kwargs) (its result is discarded)."""
+    with OpTimes() as log:
+        fn(*args, **kwargs)
+    return sum(log.flops.values()) / 1e9
