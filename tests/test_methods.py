@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfg.config import OFFICIAL_SWITCHES, make_config
-from dfg.loop import setup, train
+from dfg.loop import load_data, setup, train
 from dfg.methods import METHODS
 from dfg.runstore import Run
 
@@ -75,7 +75,7 @@ def test_algorithm_1_update_counts(data_root):
             return self.inner.next()
 
     from dfg.data import BatchStream
-    stream = Stream(BatchStream(setup.__globals__["load_data"](cfg).train, cfg.batch_size, seed=0))
+    stream = Stream(BatchStream(load_data(cfg).train, cfg.batch_size, seed=0))
     for step in range(1, 7):
         method.train_step(step, stream)
     assert counts["critic"] == 3 * 6
@@ -101,7 +101,7 @@ def test_critic_phase_makes_all_fakes_first_on_the_cpu_with_the_same_numbers(dat
         updates = []
         step = method._step
         method._step = lambda names: (updates.append(names), step(names))[1]
-        stream = BatchStream(setup.__globals__["load_data"](cfg).train, cfg.batch_size, seed=0)
+        stream = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
         method.update_critic(stream)
         finals.append(([p.detach().clone() for p in method.critic.parameters()],
                        [b.clone() for b in method.generator.buffers()], method.ctx.rng.get_state(), made))
@@ -118,7 +118,7 @@ def test_finetune_frozen_parameters_do_not_move(data_root):
     frozen = {n: p.detach().clone() for n, p in method.extractor.named_parameters()}
     head = [p.detach().clone() for p in method.classifier.parameters()]
     from dfg.data import BatchStream
-    stream = BatchStream(setup.__globals__["load_data"](cfg).train, cfg.batch_size, seed=0)
+    stream = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
     for step in range(1, 4):
         method.train_step(step, stream)
     assert all(torch.equal(p, frozen[n]) for n, p in method.extractor.named_parameters())
@@ -151,7 +151,7 @@ def test_each_official_switch_changes_training(switch, data_root):
         if switch == "official_loss_gate":
             method.last_loss_e = 1.0  # the gate blocks recomputation while L_E >= 0.05
         from dfg.data import BatchStream
-        stream = BatchStream(setup.__globals__["load_data"](cfg).train, cfg.batch_size, seed=0)
+        stream = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
         method.on_start()
         outs = [method.train_step(s, stream) for s in range(1, 5)]
         results.append((outs, method.w_star.clone()))
