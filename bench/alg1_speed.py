@@ -2,16 +2,19 @@
 on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
 
     python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all] [--threads N]
-                               [--backbone lenet|vgg16|resnet50] [--tf32] [--breakdown] [--ops [N]]
+                               [--backbone lenet|vgg16|resnet50] [--tf32] [--cuda-graphs] [--breakdown] [--ops [N]]
 --backbone vgg16 / resnet50: the stl10 / caltech256 preset's networks on random images of that size
 (the speed does not depend on the pixels). On CUDA a third figure reads every step's losses back
 (one device sync per step, as a loop that logs each step would): the cost of syncing.
+--cuda-graphs (CUDA): also time a second copy of the library's DFG whose iterations replay as CUDA graphs
+(dfg/cudagraphs.py, the library's cuda_graphs=true), interleaved with the other two.
 --breakdown: after the timed runs, where the library's iteration spends its time, part by part (each
 part's own time, without the parts it calls; on CUDA every part syncs, so the parts sum to more).
 --ops N: after the timed runs, the N aten ops (by op and input shapes) where the library's iteration
 spends most time, with calls and GFLOP/s, then how the op time splits between matmul/conv kernels and
 the other ops. Timing each op slows the iteration (both totals are printed).
-Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=…"""
+Last line: alg1_steps_per_s=… reference_steps_per_s=… ratio=… (CUDA: cuda_… and, with --cuda-graphs,
+cuda_graphs_steps_per_s=… cuda_graphs_ratio=…)"""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +61,7 @@ def load(backbone: str):
 
 
 def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
-            parts: bool = False, ops: int = 0):
+            parts: bool = False, ops: int = 0, graphs: bool = False):
     cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": str(device), "tf32": tf32,
                                          "fw_per_class": 10})
     configure_backend(cfg, device)  # CUDA: full fp32 unless --tf32 (torch's default would use TF32 convs)
@@ -88,19 +91,33 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
     for s in range(1, 11):  # warm-up (allocator, kernels, DataLoader)
         timed_ours(s)
         ref.step(s)
+    graphed = None
+    if graphs and device.type == "cuda":
+        from dfg.cudagraphs import GraphedSteps
+        graphed = GraphedSteps(METHODS["dfg"](ctx), log=print)
+        graphed.method.on_start()
+        g_stream = BatchStream(data.train, cfg.batch_size, seed=0, device=device)
+        for s in range(1, 10 * (graphed.warmup + 1) + 1):  # every key's warm-up steps and its capture
+            graphed(s, g_stream)
     flops = (gflop_per_step(timed_ours, 11), gflop_per_step(ref.step, 11)) if device.type == "cpu" else (0, 0)
     readback = lambda s: scalars(ours.train_step(s, stream))  # noqa: E731
-    a, b, c = [], [], []
+    a, b, c, d = [], [], [], []
     for _ in range(repeats):  # interleaved so machine noise hits both alike
         a.append(timed(timed_ours))
         b.append(timed(ref.step))
         if device.type == "cuda":
             c.append(timed(readback))
+        if graphed is not None:
+            d.append(timed(lambda s: graphed(s, g_stream)))
+    if graphed is not None:
+        print(f"CUDA graphs: {graphed.captured} captured" + (f"; capture FAILED: {graphed.failed}" if graphed.failed
+                                                             else ""))
     if parts:
         print_breakdown(ours, stream, steps, sync, f"{device.type}, {threads()}")
     if ops:
         print_ops(ours, stream, steps, sync, f"{device.type}, {threads()}", ops)
-    return statistics.median(a), statistics.median(b), name, flops, statistics.median(c) if c else None
+    return (statistics.median(a), statistics.median(b), name, flops, statistics.median(c) if c else None,
+            statistics.median(d) if d else None)
 
 
 class ExclusiveTimer:
@@ -217,6 +234,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--backbone", default="lenet", choices=list(PRESET))
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls/convs (the library's tf32=true)")
+    p.add_argument("--cuda-graphs", action="store_true", help="CUDA: also time ours replayed as CUDA graphs")
     p.add_argument("--breakdown", action="store_true", help="also print where ours spends an iteration")
     p.add_argument("--ops", type=int, nargs="?", const=30, default=0, metavar="N",
                    help="also print the N aten ops taking most of ours' iteration (default N: 30)")
@@ -227,8 +245,9 @@ def main() -> None:
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     last = ""
     for d in devices:
-        ours, ref, name, (f_ours, f_ref), synced = measure(torch.device(d), args.steps, args.repeats,
-                                                           args.backbone, args.tf32, args.breakdown, args.ops)
+        ours, ref, name, (f_ours, f_ref), synced, graphed = measure(
+            torch.device(d), args.steps, args.repeats, args.backbone, args.tf32, args.breakdown, args.ops,
+            args.cuda_graphs)
         where = torch.cuda.get_device_name() if d == "cuda" else threads()
         extra = (f"(GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})" if d == "cpu" else
                  f"(ours reading losses back every step: {synced:.2f} it/s; tf32 {args.tf32})")
@@ -236,6 +255,10 @@ def main() -> None:
               f"ratio {ours / ref:.2f}  {extra}")
         prefix = "" if d == "cpu" else "cuda_"
         last += f"{prefix}alg1_steps_per_s={ours:.2f} {prefix}reference_steps_per_s={ref:.2f} {prefix}ratio={ours / ref:.2f} "
+        if graphed is not None:
+            print(f"[{d}, {args.backbone}, {name}, {where}] ours as CUDA graphs {graphed:.2f} it/s  "
+                  f"ratio to the reference {graphed / ref:.2f}, to eager ours {graphed / ours:.2f}")
+            last += f"cuda_graphs_steps_per_s={graphed:.2f} cuda_graphs_ratio={graphed / ref:.2f} "
     print(last.strip())
 
 

@@ -30,21 +30,25 @@ step() {  # step NAME LIMIT_S LOGFILE CMD...
 { nvidia-smi -L; $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
   'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; } \
   2>&1 | tee "$LOG/summary.txt"
-step "CUDA tests" 150 cuda_tests.log $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step "CUDA tests" 180 cuda_tests.log $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step "Alg. 1 LeNet (fmnist preset networks), fp32, with CUDA graphs" 75 bench.log $PY bench/alg1_speed.py --device cuda \
+  --steps 100 --repeats 3 --cuda-graphs
+step "Alg. 1 VGG-16 (stl10 preset networks), fp32, with CUDA graphs" 60 bench.log $PY bench/alg1_speed.py --device cuda \
+  --backbone vgg16 --steps 30 --repeats 3 --cuda-graphs
+step "filter weights LeNet + VGG-16, fp32" 50 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3
 # the app's pages, Grad-CAM and embeddings on a run the CLI trained with device=auto (here: the GPU)
 step "app and inspectors on a GPU-trained run" 150 app_tests.log $PY -m pytest -q -p no:cacheprovider \
   tests/test_app.py tests/test_gradcam.py tests/test_embeddings.py
-step "Alg. 1 LeNet (fmnist preset networks), fp32" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 --repeats 3 \
-  --breakdown
-step "filter weights LeNet + VGG-16, fp32" 50 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3
-step "demo preset on CUDA (700 steps)" 80 demo.log $PY -m dfg train --preset demo --set device=cuda \
-  --runs-dir /tmp/gpu-runs --run-id demo-cuda --set data_root=/tmp/gpu-data
-step "Alg. 1 VGG-16 (stl10 preset networks), fp32" 50 bench.log $PY bench/alg1_speed.py --device cuda --backbone vgg16 --steps 30 --repeats 3
+step "Alg. 1 ResNet-50 (caltech256 preset networks), TF32, with CUDA graphs" 80 bench.log $PY bench/alg1_speed.py \
+  --device cuda --backbone resnet50 --steps 5 --repeats 3 --tf32 --cuda-graphs
+step "Alg. 1 LeNet, fp32, where the eager iteration goes" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 \
+  --repeats 3 --breakdown
+step "demo preset on CUDA with CUDA graphs (700 steps)" 80 demo.log $PY -m dfg train --preset demo --set device=cuda \
+  --set cuda_graphs=true --runs-dir /tmp/gpu-runs --run-id demo-cuda --set data_root=/tmp/gpu-data
 step "filter weights, TF32" 30 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3 --tf32
 step "filter weights, 50 per class, fp32" 40 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3 --per-class 50
-step "Alg. 1 ResNet-50 (caltech256 preset networks), TF32" 70 bench.log $PY bench/alg1_speed.py --device cuda --backbone resnet50 --steps 5 --repeats 3 --tf32
 step "Alg. 1 VGG-16 (stl10 preset networks), TF32" 50 bench.log $PY bench/alg1_speed.py --device cuda --backbone vgg16 --steps 30 --repeats 3 --tf32
 echo "== total $(( $(date +%s) - START ))s" | tee -a "$LOG/summary.txt"
-grep -h "^\[cuda\|^\[cuda:0" "$LOG/bench.log" 2>/dev/null
+grep -h "^\[cuda\|^CUDA graphs" "$LOG/bench.log" 2>/dev/null
 tail -3 "$LOG/cuda_tests.log" "$LOG/app_tests.log" 2>/dev/null
 cat "$LOG/summary.txt"

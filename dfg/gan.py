@@ -90,7 +90,8 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor, channel_weights: torch.Tensor | None = None):
         """z: (B, noise_dim); labels: (B,) int; channel_weights: (num_classes, C) W* or None (all ones)."""
-        onehot = F.one_hot(labels, self.num_classes).to(z.dtype)
+        # one-hot by scatter: F.one_hot reads min/max of the labels back to the host on the CPU (a sync)
+        onehot = z.new_zeros(len(labels), self.num_classes).scatter_(1, labels[:, None], 1.0)
         h = self.bn0(self.fc(torch.cat([z, onehot], 1)).view(-1, *self.fc_shape))
         h = torch.tanh(self.last(self.body(h)))  # (B, C, H, W)
         if channel_weights is None:

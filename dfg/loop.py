@@ -225,6 +225,12 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
         log(f"resumed from step {start}")
     else:
         method.on_start()
+    train_step = method.train_step
+    if cfg.cuda_graphs and device.type == "cuda":
+        from .cudagraphs import GraphedSteps
+        train_step = GraphedSteps(method, log=log)
+    elif cfg.cuda_graphs:
+        log(f"cuda_graphs=true has no effect here: this run is on {device}, not on a CUDA device")
     t_last, s_last = time.perf_counter(), start
     pending: list[tuple[int, dict]] = []  # (step, losses) not yet read back from the device
 
@@ -250,7 +256,7 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
 
     for step in range(start + 1, cfg.steps + 1):
         where["step"] = step
-        pending.append((step, method.train_step(step, stream)))
+        pending.append((step, train_step(step, stream)))
         last = step == cfg.steps
         ckpt_now = step % cfg.ckpt_every == 0 or last
         stop = run.stop_requested()

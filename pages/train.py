@@ -102,6 +102,7 @@ with st.expander("More settings"):
     c = st.columns(4)
     field(c[0], "tf32", "TF32 on CUDA (faster; ~1e-3 relative error)", "check")
     field(c[1], "deterministic", "deterministic CUDA kernels (exact repeats)", "check")
+    field(c[2], "cuda_graphs", "CUDA graphs (each step one replay; same numbers)", "check")
     c = st.columns(4)
     field(c[0], "val_fraction", "val_fraction")
     field(c[1], "transfer_reg", "transfer_reg", "select", options=["none", "delta", "l2sp"])

@@ -108,17 +108,33 @@ def test_rho_slider_recomputes_w_star_like_attention(app, runs):
     assert app.dataframe[0].value["deactivated"].tolist() == (expected == 0).sum(1).tolist()
 
 
-def test_train_page_refuses_invalid_rho_and_creates_nothing(tmp_path, monkeypatch):
+def open_train_page(tmp_path, monkeypatch):
+    """The app on its Train page, with runs and data under tmp_path."""
     monkeypatch.setenv("DFG_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("DFG_DATA_ROOT", str(tmp_path / "data"))
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     goto(at, "train")
+    return at
+
+
+def test_train_page_refuses_invalid_rho_and_creates_nothing(tmp_path, monkeypatch):
+    at = open_train_page(tmp_path, monkeypatch)
     at.number_input(key="train.demo.dfg.rho").set_value(1.5).run()
     assert [e.value for e in at.error] == ["rho=1.5 is invalid: must lie in [0, 1]"]
     at.button(key="train.start").click().run()
     assert any(e.value.startswith("Not started") and "rho" in e.value for e in at.error)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_page_offers_the_cuda_switches_with_the_config_defaults(tmp_path, monkeypatch):
+    at = open_train_page(tmp_path, monkeypatch)
+    boxes = {name: at.checkbox(key=f"train.demo.dfg.{name}") for name in ("tf32", "deterministic", "cuda_graphs")}
+    assert {name: box.value for name, box in boxes.items()} == {"tf32": False, "deterministic": False,
+                                                                "cuda_graphs": False}
+    assert "CUDA graphs" in boxes["cuda_graphs"].label
+    boxes["cuda_graphs"].check().run()
+    assert at.checkbox(key="train.demo.dfg.cuda_graphs").value and not at.error and not at.exception
 
 
 def test_live_losses_read_only_new_rows(tiny_dfg_run, tmp_path):

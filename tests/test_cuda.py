@@ -212,3 +212,61 @@ def test_the_app_offers_the_gpu_first_and_its_run_trains_there(data_root, tmp_pa
     status = run.status()
     assert status["state"] == "finished", status
     assert status["device"].startswith("cuda") and run.config()["device"] == "cuda"
+
+
+def _losses_and_params(method, stepper, stream, steps):
+    from dfg.methods import scalars
+    rows = [scalars(stepper(s, stream)) for s in range(1, steps + 1)]
+    params = torch.cat([p.detach().flatten() for net in method.nets.values() for p in net.parameters()])
+    return rows, params
+
+
+@pytest.mark.parametrize("method", ["dfg", "difa_cmwgan", "original"])
+def test_cuda_graph_steps_give_the_numbers_of_eager_steps(method, data_root):
+    """The same seeded run, eagerly and with each key's steps replayed as a CUDA graph (deterministic
+    kernels): every step's losses, the final weights and W* agree, and the graphs were really used."""
+    from dfg.cudagraphs import GraphedSteps
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, method=method, steps=26, deterministic=True, difa_phase_fraction=0.2, n_w=5)
+    results, stepper = [], None
+    for graphs in (False, True):
+        configure_backend(cfg, CUDA)
+        data, m = setup(cfg, CUDA, log=lambda msg: None)
+        m.on_start()
+        stream = BatchStream(data.train, cfg.batch_size, seed=0, device=CUDA)
+        run = m.train_step
+        if graphs:
+            run = stepper = GraphedSteps(m)
+        results.append((*_losses_and_params(m, run, stream, cfg.steps), getattr(m, "w_star", None)))
+    (eager, p_eager, w_eager), (graphed, p_graphed, w_graphed) = results
+    assert stepper.failed is None and stepper.captured >= (4 if method == "dfg" else 1), stepper.failed
+    worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-3) for a, b in zip(eager, graphed) for k in a)
+    assert [set(r) for r in eager] == [set(r) for r in graphed]
+    assert worst <= 1e-5, f"largest relative loss difference {worst:.2e}"
+    assert torch.allclose(p_eager, p_graphed, rtol=1e-5, atol=1e-6), (p_eager - p_graphed).abs().max()
+    if w_eager is not None:
+        assert torch.allclose(w_eager, w_graphed, atol=1e-5)
+
+
+def test_training_with_cuda_graphs_logs_its_captures_and_resumes(data_root, tmp_path):
+    """cuda_graphs=true through the loop: the log names each capture, the rows equal an eager run's (with
+    deterministic kernels), and a run stopped at a checkpoint and resumed ends with the same rows."""
+    base = dict(deterministic=True, steps=24, log_every=6, eval_every=24, ckpt_every=12)
+    rows, logs = {}, {}
+    for name, graphs in (("eager", False), ("graphs", True)):
+        run = Run.create(tmp_path, name, tiny(data_root, **base, cuda_graphs=graphs).to_dict())
+        logs[name] = []
+        assert train(tiny(data_root, **base, cuda_graphs=graphs), run, log=logs[name].append)["state"] == "finished"
+        rows[name] = train_rows(run)
+    assert sum("captured" in m for m in logs["graphs"]) == 4 and not any("captured" in m for m in logs["eager"])
+    assert not any("failed" in m for m in logs["graphs"])
+    for a, b in zip(rows["eager"], rows["graphs"]):
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        assert all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a if isinstance(a[k], float)), (a, b)
+    r = Run.create(tmp_path, "resumed", tiny(data_root, **base, cuda_graphs=True).to_dict())
+    assert train(tiny(data_root, **{**base, "steps": 12}, cuda_graphs=True), r, log=lambda m: None)["state"] \
+        == "finished"
+    assert train(tiny(data_root, **base, cuda_graphs=True), r, resume=True, log=lambda m: None)["state"] == "finished"
+    assert [a["step"] for a in train_rows(r)] == [a["step"] for a in rows["graphs"]]
+    for a, b in zip(train_rows(r), rows["graphs"]):
+        assert all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a if isinstance(a[k], float)), (a, b)

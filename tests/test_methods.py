@@ -209,3 +209,83 @@ def test_a_checkpoint_from_another_device_type_reseeds_the_noise_generator(data_
             method.load_state_dict(state)
         draws.append(torch.rand(4, generator=method.ctx.rng))
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every aten op with its input shapes, in call order."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.paused = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            self.ops.append((str(func), tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+
+class _Unlogged:
+    """A batch stream whose own ops (shuffling, augmentation) stay out of the log: a graphed step draws
+    its batches outside the graph."""
+
+    def __init__(self, stream):
+        self.stream, self.log = stream, None
+
+    def next(self):
+        self.log.paused = True
+        try:
+            return self.stream.next()
+        finally:
+            self.log.paused = False
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_steps_with_one_graph_key_run_the_same_ops_without_reading_back(method, data_root):
+    """What cuda_graphs relies on (dfg/cudagraphs.py): once every optimiser has its state, `update` runs the
+    same op sequence on every step with the same graph_key, and never reads a value back to the host; the
+    filter weights (every nW steps) are recomputed in after_update, outside it."""
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, method=method, steps=24, difa_phase_fraction=0.34, n_w=4)
+    _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    m.on_start()
+    stream = _Unlogged(BatchStream(load_data(cfg).train, cfg.batch_size, seed=0))
+    seqs: dict[tuple, list] = {}
+    recomputed = []
+    if hasattr(m, "recompute_weights"):
+        inner = m.recompute_weights
+        m.recompute_weights = lambda step: (recomputed.append(step), inner(step))[1]
+    for step in range(1, cfg.steps + 1):
+        with _OpLog() as log:
+            stream.log = log
+            out = m.update(step, stream)
+        m.after_update(step, out)
+        seqs.setdefault(m.graph_key(step), []).append(log.ops)
+    for key, runs in seqs.items():
+        assert all(not any("_local_scalar_dense" in op or "item" in op for op, _ in ops) for ops in runs), key
+        for later in runs[2:]:  # warm-up: the first two of each key (optimiser state appears lazily)
+            assert later == runs[1], key
+    keys = {k for k, runs in seqs.items() if len(runs) >= 3}
+    if method == "difa_cmwgan":
+        assert {k[-1] for k in keys} == {1, 2, 3}  # its three phases
+    if method == "dfg":
+        assert len(keys) == 4, seqs.keys()  # the nC1 / nC2 branches give different keys...
+        assert len({len(seqs[k][1]) for k in keys}) == len(keys)  # ...with different op sequences
+        assert recomputed == [4, 8, 12, 16, 20, 24]  # after_update, every n_w steps
+        assert seqs[(1.0, True, True)][1] != seqs[(1.0, True, False)][1]
+
+
+def test_cuda_graphs_needs_a_cuda_run_and_is_ignored_on_the_cpu(data_root, tmp_path):
+    from dfg.cudagraphs import GraphedSteps
+    cfg = tiny(data_root, cuda_graphs=True)
+    _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    with pytest.raises(ValueError, match="cuda_graphs needs the run on a CUDA device"):
+        GraphedSteps(method)
+    rows = {}
+    for graphs in (True, False):
+        run = Run.create(tmp_path, f"g-{graphs}", cfg.to_dict())
+        logged = []
+        assert train(tiny(data_root, cuda_graphs=graphs), run, log=logged.append)["state"] == "finished"
+        assert any("cuda_graphs=true has no effect here" in m for m in logged) == graphs
+        rows[graphs] = [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")}
+                        for r in run.read_metrics()[0] if r["kind"] == "train"]
+    assert rows[True] == rows[False] and rows[True]

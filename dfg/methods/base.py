@@ -93,19 +93,39 @@ class Method:
         """Freeze parameters here (fine-tuning); everything trains by default."""
 
     def train_step(self, step: int, batches) -> dict[str, torch.Tensor | float]:
-        """One iteration. Returns its losses as detached 0-dim tensors (or floats): see `scalars`."""
+        """One iteration: `update`, then `after_update`. Returns its losses as detached 0-dim tensors
+        (or floats): see `scalars`. `cudagraphs.GraphedSteps` replays `update` as a CUDA graph instead."""
+        out = self.update(step, batches)
+        self.after_update(step, out)
+        return out
+
+    def update(self, step: int, batches) -> dict[str, torch.Tensor | float]:
+        """The iteration's device work: the same ops for every step with the same `graph_key`, no read-back
+        to the host, tensors updated in place (a CUDA graph replays it). Subclasses implement it."""
         raise NotImplementedError
+
+    def after_update(self, step: int, out: dict) -> None:
+        """The iteration's host-side rest (e.g. filter weights every nW steps), given `update`'s losses;
+        runs eagerly after `update` and keeps Python-side state (a graph replay runs no Python)."""
+
+    def graph_key(self, step: int) -> tuple:
+        """What decides which ops `update(step)` runs; steps with equal keys run the same ops."""
+        return (self.lr_factor(step),)
 
     def on_start(self) -> None:
         """Called once before the first step of a fresh (not resumed) run."""
 
     # -- shared pieces ----------------------------------------------------------------------
+    def lr_factor(self, step: int) -> float:
+        """SGD (ResNet): lr ÷ 10 after lr_drop_at of the steps (App. A); 1 otherwise."""
+        cfg = self.ctx.cfg
+        return 0.1 if cfg.optimizer_ec == "sgd" and step > cfg.lr_drop_at * cfg.steps else 1.0
+
     def lr_schedule(self, step: int) -> None:
-        """SGD (ResNet): lr ÷ 10 after lr_drop_at of the steps (App. A)."""
         cfg = self.ctx.cfg
         if cfg.optimizer_ec != "sgd":
             return
-        factor = 0.1 if step > cfg.lr_drop_at * cfg.steps else 1.0
+        factor = self.lr_factor(step)
         for name, base in (("extractor", cfg.lr_extractor), ("classifier", cfg.lr_classifier)):
             if name in self.opts:
                 for g in self.opts[name].param_groups:

@@ -16,7 +16,7 @@ class Original(Method):
     name = "original"
     from_source = False
 
-    def train_step(self, step, batches):
+    def update(self, step, batches):
         self.lr_schedule(step)
         return self.update_extractor_classifier(*batches.next())
 
@@ -57,7 +57,10 @@ class DifaCMWGAN(DFG):
     def on_start(self):
         pass  # no filter weights
 
-    def train_step(self, step, batches):
+    def graph_key(self, step):
+        return (*super().graph_key(step), self.phase(step))
+
+    def update(self, step, batches):
         cfg, ctx = self.ctx.cfg, self.ctx
         phase = self.phase(step)
         self.lr_schedule(step)

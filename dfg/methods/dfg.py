@@ -57,11 +57,12 @@ class DFG(Method):
         if cfg.official_loss_gate and step > 0 and float(self.last_loss_e) >= 0.05:
             return  # official code: W only refreshed once L_E < 0.05 (DESIGN §2 item 7)
         x, y = self.ctx.fw_sample
-        self.w_target = compute_class_weights(
+        # in place: a captured step (cudagraphs.py) reads W* from this very tensor
+        self.w_target.copy_(compute_class_weights(
             self.extractor, self.classifier, x, y, self.ctx.num_classes, flip_sign=cfg.official_flip_sign,
-            keep_bias=cfg.official_keep_bias, eval_mode=not cfg.official_loss_gate)
-        self.w_star = attention(self.w_source, self.w_target, rho=cfg.rho, delta=cfg.delta,
-                                discard_rho=cfg.official_discard_rho, unscaled=cfg.official_unscaled_weights)
+            keep_bias=cfg.official_keep_bias, eval_mode=not cfg.official_loss_gate))
+        self.w_star.copy_(attention(self.w_source, self.w_target, rho=cfg.rho, delta=cfg.delta,
+                                    discard_rho=cfg.official_discard_rho, unscaled=cfg.official_unscaled_weights))
         self.ctx.log_weights(step, w_source=self.w_source.cpu().numpy(), w_target=self.w_target.cpu().numpy(),
                              w_star=self.w_star.cpu().numpy())
 
@@ -122,7 +123,12 @@ class DFG(Method):
         return {"L_G": loss_g.detach()}
 
     # -- Algorithm 1, one iteration -------------------------------------------------------------
-    def train_step(self, step: int, batches) -> dict[str, torch.Tensor | float]:
+    def graph_key(self, step: int) -> tuple:
+        cfg = self.ctx.cfg
+        return (*super().graph_key(step), step % cfg.n_c1 == 0, step % cfg.n_c2 == 0)
+
+    def update(self, step: int, batches) -> dict[str, torch.Tensor | float]:
+        """Lines 5-20 (the device work); lines 21-25 run in `after_update`."""
         cfg, ctx = self.ctx.cfg, self.ctx
         E, G = self.extractor, self.generator
         m, nz = cfg.batch_size, G.noise_dim
@@ -143,7 +149,6 @@ class DFG(Method):
             out["L_cC_G"] = loss_cg.detach()
         # lines 16-17: E (Eq. 3) then C (Eq. 4a)
         out.update(self.update_extractor_classifier(x, y))
-        self.last_loss_e = out["L_E"]
         # lines 18-20: every nC2 steps, C on the full Eq. 4
         if step % cfg.n_c2 == 0:
             z2, y2 = sample_noise(ctx, m, nz)
@@ -157,10 +162,14 @@ class DFG(Method):
             loss_c.backward()
             self._step(("classifier",))
             out.update(L_gC=l_gc.detach(), L_cC=l_cc.detach(), L_C=loss_c.detach())
-        # lines 21-25: every nW steps, W(E) and W*
-        if step % cfg.n_w == 0:
-            self.recompute_weights(step)
         return out
+
+    def after_update(self, step: int, out: dict) -> None:
+        """Lines 21-25: every nW steps, W(E) and W*."""
+        if "L_E" in out:
+            self.last_loss_e = out["L_E"]
+        if step % self.ctx.cfg.n_w == 0:
+            self.recompute_weights(step)
 
     def extra_state(self) -> dict:
         return {"w_target": self.w_target, "w_star": self.w_star,
@@ -168,6 +177,6 @@ class DFG(Method):
 
     def load_extra_state(self, state: dict) -> None:
         if state:
-            self.w_target = state["w_target"].to(self.ctx.device)
-            self.w_star = state["w_star"].to(self.ctx.device)
+            self.w_target.copy_(state["w_target"])
+            self.w_star.copy_(state["w_star"])
             self.last_loss_e = float(state["last_loss_e"])

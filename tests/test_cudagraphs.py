@@ -1,0 +1,125 @@
+"""dfg/cudagraphs.py's bookkeeping on the CPU, with torch.cuda replaced by a stand-in: its 'capture' runs
+the step and then puts every tensor of the method back (a real capture runs nothing), and its 'replay'
+runs the captured step again on the static batch buffers. That checks which steps warm up, which are
+captured, that each replay reads the step's own batches in order, that the losses come out of the packed
+tensor under the right names, and that after_update (W*) runs on every step: the graphed run must give
+the eager run's numbers exactly. The CUDA side itself is tests/test_cuda.py's (GPU only)."""
+import contextlib
+import copy
+import types
+
+import pytest
+import torch
+
+from dfg import cudagraphs
+from dfg.config import make_config
+from dfg.data import BatchStream
+from dfg.loop import setup
+from dfg.methods import scalars
+
+TINY = dict(steps=26, pretrain_steps=30, head_refit_steps=5, n_w=5, n_c1=2, n_c2=3, fw_per_class=3, threads=1,
+            batch_size=16, difa_phase_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+class StandInGraph:
+    def __init__(self):
+        self.step = None
+
+    def register_generator_state(self, generator):
+        self.generator = generator
+
+    def pool(self):
+        return "pool"
+
+    def replay(self):
+        self.step()
+
+
+def stand_in_cuda(method):
+    def state():
+        return copy.deepcopy({"nets": {k: n.state_dict() for k, n in method.nets.items()},
+                              "opts": {k: o.state_dict() for k, o in method.opts.items()},
+                              "rng": method.ctx.rng.get_state()})
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, capture_error_mode=None):
+        before = state()
+        yield
+        for k, n in method.nets.items():  # a capture runs nothing: everything as before
+            n.load_state_dict(before["nets"][k])
+        for k, o in method.opts.items():
+            o.load_state_dict(before["opts"][k])
+        method.ctx.rng.set_state(before["rng"])
+
+    side = types.SimpleNamespace(wait_stream=lambda other: None)
+    return types.SimpleNamespace(Stream=lambda device: side, stream=lambda s: contextlib.nullcontext(),
+                                 current_stream=lambda: side, synchronize=lambda: None, CUDAGraph=StandInGraph,
+                                 graph=graph, is_available=lambda: True, device=lambda d: contextlib.nullcontext())
+
+
+def graphed(method, monkeypatch):
+    """GraphedSteps over `method` (on the CPU) with the stand-in; each capture's replay re-runs its step."""
+    proxy = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    proxy.cuda = stand_in_cuda(method)
+    proxy.empty = lambda *shape, dtype=None, device=None: torch.zeros(*shape, dtype=dtype)
+    monkeypatch.setattr(cudagraphs, "torch", proxy)
+    cpu, method.ctx.device = method.ctx.device, torch.device("cuda")  # only for the device check
+    logged = []
+    steps = cudagraphs.GraphedSteps(method, log=logged.append)
+    method.ctx.device = cpu
+    capture = steps._capture
+
+    def capture_and_record(step, key):
+        g = capture(step, key)
+
+        def replay():
+            out = method.update(step, cudagraphs._Static(g.buffers))
+            names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+            assert names == g.keys
+            g.packed.copy_(torch.stack([out[k].reshape(()).float() for k in names]))
+        g.graph.step = replay
+        return g
+    steps._capture = capture_and_record
+    return steps, logged
+
+
+@pytest.mark.parametrize("method", ["dfg", "difa_cmwgan", "original"])
+def test_graphed_steps_give_the_eager_numbers(method, data_root, monkeypatch):
+    cfg = make_config("demo", {**TINY, "method": method, "data_root": data_root})
+    results = []
+    for graphs in (False, True):
+        data, m = setup(cfg, torch.device("cpu"), log=lambda msg: None)
+        m.on_start()
+        stream = BatchStream(data.train, cfg.batch_size, seed=0)
+        step_fn, logged = graphed(m, monkeypatch) if graphs else (m.train_step, [])
+        rows = [scalars(step_fn(s, stream)) for s in range(1, cfg.steps + 1)]
+        params = torch.cat([p.detach().flatten() for n in m.nets.values() for p in n.parameters()])
+        results.append((rows, params, getattr(m, "w_star", None), logged, stream.drawn))
+    (rows_e, p_e, w_e, _, drawn_e), (rows_g, p_g, w_g, logged, drawn_g) = results
+    expected = {"dfg": [7, 8, 15, 18], "difa_cmwgan": [17, 20, 24], "original": [3]}[method]
+    assert [int(m.split()[2]) for m in logged if "captured" in m] == expected  # 3rd step of each key
+    assert rows_g == rows_e and torch.equal(p_g, p_e) and drawn_g == drawn_e
+    if method == "dfg":
+        assert torch.equal(w_g, w_e) and not torch.equal(w_e, torch.ones_like(w_e))  # W* recomputed
+
+
+def test_a_capture_that_fails_leaves_the_run_going_eagerly(data_root, monkeypatch):
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    data, m = setup(cfg, torch.device("cpu"), log=lambda msg: None)
+    m.on_start()
+    steps, logged = graphed(m, monkeypatch)
+
+    def broken(step, key):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    steps._capture = broken
+    stream = BatchStream(data.train, cfg.batch_size, seed=0)
+    rows = [scalars(steps(s, stream)) for s in range(1, 10)]
+    assert steps.failed and "operation not permitted" in steps.failed and steps.captured == 0
+    assert sum("failed" in msg and "without CUDA graphs" in msg for msg in logged) == 1
+    assert len(rows) == 9 and all("L_D" in r for r in rows)
+    assert all(not g["capturable"] for o in m.opts.values() for g in o.param_groups if "capturable" in g)
