@@ -120,7 +120,8 @@ def parse_value(name: str, text: str):
             return tuple(int(t) for t in text.replace(",", " ").split()) if text else ()
         return str(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        allowed = {bool: " (true or false)", int: " (a whole number)", float: " (a number)"}.get(kind, "")
+        raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}{allowed}") from None
 
 
 def from_dict(d: dict) -> Config:
