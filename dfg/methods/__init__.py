@@ -1,5 +1,6 @@
 """Method registry: every method is a class with `train_step(step, batches) -> dict` of losses (detached
-0-dim tensors or floats; `scalars` reads them back as floats with one device sync)."""
+0-dim tensors or floats; `scalars` reads them back as floats with one device sync). A method writes
+`update` (the device work, which cudagraphs.py can replay) and, where it has host-side work, `after_update`."""
 from .base import Method, SourceModel, TrainContext, scalars
 from .baselines import Delta, DifaCMWGAN, FineTune, Original
 from .dfg import DFG

@@ -1,6 +1,6 @@
 """DFG — Algorithm 1: critic, generator, extractor and classifier updates with class-wise
-filter-weight attention (Eq. 1-9). The step below is the whole algorithm; pieces live in losses.py
-and filter_weights.py."""
+filter-weight attention (Eq. 1-9). `update` and `after_update` below are the whole algorithm; pieces
+live in losses.py and filter_weights.py."""
 from __future__ import annotations
 
 import torch
