@@ -239,13 +239,15 @@ class _Unlogged:
             self.log.paused = False
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [*METHODS, "dfg+official"])
 def test_steps_with_one_graph_key_run_the_same_ops_without_reading_back(method, data_root):
     """What cuda_graphs relies on (dfg/cudagraphs.py): once every optimiser has its state, `update` runs the
     same op sequence on every step with the same graph_key, and never reads a value back to the host; the
     filter weights (every nW steps) are recomputed in after_update, outside it."""
     from dfg.data import BatchStream
-    cfg = tiny(data_root, method=method, steps=24, difa_phase_fraction=0.34, n_w=4)
+    official = {name: True for name in OFFICIAL_SWITCHES} if method.endswith("+official") else {}
+    method = method.removesuffix("+official")  # dfg+official: every official-code switch on
+    cfg = tiny(data_root, method=method, steps=24, difa_phase_fraction=0.34, n_w=4, **official)
     _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
     m.on_start()
     stream = _Unlogged(BatchStream(load_data(cfg).train, cfg.batch_size, seed=0))
