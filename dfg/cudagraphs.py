@@ -26,6 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .methods.base import pack_losses
+
 CAPTURABLE_WARNING = ".*capturable=True.*"  # torch: a capturable optimiser stepping outside a graph (warm-up)
 
 
@@ -66,7 +68,7 @@ class _Graph:
                                        f"{tuple(static.shape)}; set cuda_graphs=false for this run")
                 static.copy_(t, non_blocking=True)
         self.graph.replay()
-        losses = self.packed.clone()
+        losses = self.packed.clone() if self.keys else None
         return {**{k: losses[i] for i, k in enumerate(self.keys)}, **self.constants}
 
 
@@ -147,8 +149,7 @@ class GraphedSteps:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), _quiet():
             static = _Static(buffers)
             out = self.method.update(step, static)
-            keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
-            packed = torch.stack([out[k].reshape(()).float() for k in keys]) if keys else torch.empty(0)
+            keys, packed = pack_losses(out)
         if static.drawn != len(buffers):
             raise RuntimeError(f"the captured step drew {static.drawn} batches, its warm-up steps {len(buffers)}")
         if self.pool is None:

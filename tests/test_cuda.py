@@ -248,6 +248,12 @@ def test_cuda_graph_steps_give_the_numbers_of_eager_steps(method, data_root):
         assert torch.allclose(w_eager, w_graphed, atol=1e-5)
 
 
+def rows_close(a: dict, b: dict) -> bool:
+    """Two metric rows with the same step and keys, every float within 1e-5 (relative above 1)."""
+    return a.keys() == b.keys() and a["step"] == b["step"] and \
+        all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a if isinstance(a[k], float))
+
+
 def test_training_with_cuda_graphs_logs_its_captures_and_resumes(data_root, tmp_path):
     """cuda_graphs=true through the loop: the log names each capture, the rows equal an eager run's (with
     deterministic kernels), and a run stopped at a checkpoint and resumed ends with the same rows."""
@@ -260,13 +266,13 @@ def test_training_with_cuda_graphs_logs_its_captures_and_resumes(data_root, tmp_
         rows[name] = train_rows(run)
     assert sum("captured" in m for m in logs["graphs"]) == 4 and not any("captured" in m for m in logs["eager"])
     assert not any("failed" in m for m in logs["graphs"])
+    assert len(rows["eager"]) == len(rows["graphs"])
     for a, b in zip(rows["eager"], rows["graphs"]):
-        assert a.keys() == b.keys() and a["step"] == b["step"]
-        assert all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a if isinstance(a[k], float)), (a, b)
+        assert rows_close(a, b), (a, b)
     r = Run.create(tmp_path, "resumed", tiny(data_root, **base, cuda_graphs=True).to_dict())
     assert train(tiny(data_root, **{**base, "steps": 12}, cuda_graphs=True), r, log=lambda m: None)["state"] \
         == "finished"
     assert train(tiny(data_root, **base, cuda_graphs=True), r, resume=True, log=lambda m: None)["state"] == "finished"
     assert [a["step"] for a in train_rows(r)] == [a["step"] for a in rows["graphs"]]
     for a, b in zip(train_rows(r), rows["graphs"]):
-        assert all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a if isinstance(a[k], float)), (a, b)
+        assert rows_close(a, b), (a, b)

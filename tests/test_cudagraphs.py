@@ -16,6 +16,7 @@ from dfg.config import make_config
 from dfg.data import BatchStream
 from dfg.loop import setup
 from dfg.methods import scalars
+from dfg.methods.base import pack_losses
 
 TINY = dict(steps=26, pretrain_steps=30, head_refit_steps=5, n_w=5, n_c1=2, n_c2=3, fw_per_class=3, threads=1,
             batch_size=16, difa_phase_fraction=0.2)
@@ -78,10 +79,9 @@ def graphed(method, monkeypatch):
         g = capture(step, key)
 
         def replay():
-            out = method.update(step, cudagraphs._Static(g.buffers))
-            names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+            names, packed = pack_losses(method.update(step, cudagraphs._Static(g.buffers)))
             assert names == g.keys
-            g.packed.copy_(torch.stack([out[k].reshape(()).float() for k in names]))
+            g.packed.copy_(packed)
         g.graph.step = replay
         return g
     steps._capture = capture_and_record

@@ -45,11 +45,17 @@ def make_optimizer(params, lr: float, cfg: Config, kind: str = "adam") -> torch.
     return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
 
 
+def pack_losses(values: dict) -> tuple[list[str], torch.Tensor | None]:
+    """The names of a step's tensor outputs and those values as one float tensor (None if there are none)."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    return keys, torch.stack([values[k].reshape(()).float() for k in keys]) if keys else None
+
+
 def scalars(values: dict) -> dict[str, float]:
     """A step's outputs as floats. Methods return their losses as detached 0-dim tensors so that a GPU
     step queues its kernels without waiting for them; this reads them all back with one device sync."""
-    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
-    read = dict(zip(keys, torch.stack([values[k].reshape(()).float() for k in keys]).tolist())) if keys else {}
+    keys, packed = pack_losses(values)
+    read = dict(zip(keys, packed.tolist())) if keys else {}
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 
 
