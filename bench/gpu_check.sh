@@ -30,7 +30,7 @@ step() {  # step NAME LIMIT_S LOGFILE CMD...
 { nvidia-smi -L; $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
   'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; } \
   2>&1 | tee "$LOG/summary.txt"
-step "CUDA tests" 180 cuda_tests.log $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step "CUDA tests" 300 cuda_tests.log $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step "Alg. 1 LeNet (fmnist preset networks), fp32, with CUDA graphs" 75 bench.log $PY bench/alg1_speed.py --device cuda \
   --steps 100 --repeats 3 --cuda-graphs
 step "Alg. 1 VGG-16 (stl10 preset networks), fp32, with CUDA graphs" 60 bench.log $PY bench/alg1_speed.py --device cuda \

@@ -22,6 +22,7 @@ from dfg.runstore import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from reference import per_filter_class_weights  # noqa: E402
+from test_cudagraphs import GRAPH_CASES  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -180,9 +181,10 @@ def test_setup_puts_every_network_on_the_gpu(data_root):
     assert method.w_star.device.type == "cuda" and method.w_source.device.type == "cuda"
 
 
-def start_from_the_train_page(runs: Path, data_root: str, monkeypatch, run_id: str):
-    """Open the app, go to the Train page, shrink the demo to a few steps and press Start. Returns the
-    AppTest and the run the page launched, after its background worker has ended."""
+def start_from_the_train_page(runs: Path, data_root: str, monkeypatch, run_id: str, tick=()):
+    """Open the app, go to the Train page, shrink the demo to a few steps, tick the checkboxes named in
+    `tick` and press Start. Returns the AppTest and the run the page launched, after its background worker
+    has ended."""
     import time
 
     from streamlit.testing.v1 import AppTest
@@ -196,6 +198,8 @@ def start_from_the_train_page(runs: Path, data_root: str, monkeypatch, run_id: s
     for name in ("steps", "pretrain_steps", "head_refit_steps", "eval_every", "log_every", "ckpt_every",
                  "limit_test", "n_w", "fw_per_class"):
         at.number_input(key=prefix + name).set_value(TINY[name])
+    for name in tick:
+        at.checkbox(key=prefix + name).check()
     at.text_input(key="train.run_id").set_value(run_id)
     at.button(key="train.start").click().run()
     assert not at.error, [e.value for e in at.error]
@@ -214,6 +218,17 @@ def test_the_app_offers_the_gpu_first_and_its_run_trains_there(data_root, tmp_pa
     assert status["device"].startswith("cuda") and run.config()["device"] == "cuda"
 
 
+def test_the_apps_background_worker_trains_with_cuda_graphs_when_ticked(data_root, tmp_path, monkeypatch):
+    """The Train page's CUDA-graphs box reaches the worker process: its run is configured with it, and the
+    worker's log (the run's log.txt) names the capture of step 5 (the 3rd odd step: demo has nC1 = 2)."""
+    pytest.importorskip("streamlit")
+    _, run = start_from_the_train_page(tmp_path / "runs", data_root, monkeypatch, "graphs", tick=["cuda_graphs"])
+    assert run.status()["state"] == "finished", run.status()
+    assert run.config()["cuda_graphs"] is True
+    log = (run.path / "log.txt").read_text()
+    assert "cuda_graphs: step 5 captured" in log and "failed" not in log, log[-2000:]
+
+
 def _losses_and_params(method, stepper, stream, steps):
     from dfg.methods import scalars
     rows = [scalars(stepper(s, stream)) for s in range(1, steps + 1)]
@@ -221,13 +236,15 @@ def _losses_and_params(method, stepper, stream, steps):
     return rows, params
 
 
-@pytest.mark.parametrize("method", ["dfg", "difa_cmwgan", "original"])
-def test_cuda_graph_steps_give_the_numbers_of_eager_steps(method, data_root):
+@pytest.mark.parametrize("method,extra,expected", GRAPH_CASES)
+def test_cuda_graph_steps_give_the_numbers_of_eager_steps(method, extra, expected, data_root):
     """The same seeded run, eagerly and with each key's steps replayed as a CUDA graph (deterministic
-    kernels): every step's losses, the final weights and W* agree, and the graphs were really used."""
+    kernels): every step's losses, the final weights and W* agree, and the graphs were really used, at
+    the steps the CPU stand-in (tests/test_cudagraphs.py) predicts. Covers every method and SGD's lr drop,
+    whose later steps are new graph keys, captured anew."""
     from dfg.cudagraphs import GraphedSteps
     from dfg.data import BatchStream
-    cfg = tiny(data_root, method=method, steps=26, deterministic=True, difa_phase_fraction=0.2, n_w=5)
+    cfg = tiny(data_root, method=method, steps=26, deterministic=True, difa_phase_fraction=0.2, n_w=5, **extra)
     results, stepper = [], None
     for graphs in (False, True):
         configure_backend(cfg, CUDA)
@@ -239,7 +256,7 @@ def test_cuda_graph_steps_give_the_numbers_of_eager_steps(method, data_root):
             run = stepper = GraphedSteps(m)
         results.append((*_losses_and_params(m, run, stream, cfg.steps), getattr(m, "w_star", None)))
     (eager, p_eager, w_eager), (graphed, p_graphed, w_graphed) = results
-    assert stepper.failed is None and stepper.captured >= (4 if method == "dfg" else 1), stepper.failed
+    assert stepper.failed is None and stepper.captured == len(expected), stepper.failed
     worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-3) for a, b in zip(eager, graphed) for k in a)
     assert [set(r) for r in eager] == [set(r) for r in graphed]
     assert worst <= 1e-5, f"largest relative loss difference {worst:.2e}"
@@ -275,4 +292,33 @@ def test_training_with_cuda_graphs_logs_its_captures_and_resumes(data_root, tmp_
     assert train(tiny(data_root, **base, cuda_graphs=True), r, resume=True, log=lambda m: None)["state"] == "finished"
     assert [a["step"] for a in train_rows(r)] == [a["step"] for a in rows["graphs"]]
     for a, b in zip(train_rows(r), rows["graphs"]):
+        assert rows_close(a, b), (a, b)
+
+
+def test_a_resnet50_folder_run_feeds_its_dataloader_batches_to_the_graphs(tmp_path):
+    """Your own images on ResNet-50 come through a DataLoader (file-backed), not device tensors: with
+    cuda_graphs each step's batch is copied into the graph's static buffers. Eager and graphed runs
+    (deterministic kernels, SGD with its lr drop) log the same rows."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    imgs = tmp_path / "data" / "imgs"  # a folder dataset lives under the data root
+    for c in ("ant", "bee"):
+        (imgs / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(imgs / c / f"{i}.png")
+    base = dict(backbone="resnet50", dataset="folder", folder=str(imgs), source="imagenet",
+                allow_random_init=True, imbalance="none", batch_size=4, steps=12, log_every=3, eval_every=12,
+                ckpt_every=12, n_w=6, n_c1=1, head_refit_steps=2, fw_per_class=2, limit_test=0, deterministic=True,
+                optimizer_ec="sgd", lr_drop_at=0.5)
+    rows, logs = {}, {}
+    for graphs in (False, True):
+        cfg = tiny(str(tmp_path / "data"), **base, cuda_graphs=graphs)
+        run = Run.create(tmp_path / "runs", f"folder-{graphs}", cfg.to_dict())
+        logs[graphs] = []
+        assert train(cfg, run, log=logs[graphs].append)["state"] == "finished"
+        rows[graphs] = train_rows(run)
+    # keys (nC1 = 1): (step % 3 == 0) x (lr dropped after step 6): steps 4 and 10 are the 3rd of theirs
+    assert [m.split()[2] for m in logs[True] if "captured" in m] == ["4", "10"] and not any("failed" in m for m in logs[True])
+    assert len(rows[True]) == len(rows[False]) == 4
+    for a, b in zip(rows[False], rows[True]):
         assert rows_close(a, b), (a, b)

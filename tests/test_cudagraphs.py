@@ -88,9 +88,17 @@ def graphed(method, monkeypatch):
     return steps, logged
 
 
-@pytest.mark.parametrize("method", ["dfg", "difa_cmwgan", "original"])
-def test_graphed_steps_give_the_eager_numbers(method, data_root, monkeypatch):
-    cfg = make_config("demo", {**TINY, "method": method, "data_root": data_root})
+SGD_DROP = {"optimizer_ec": "sgd", "lr_drop_at": 0.5}  # E/C lr ÷ 10 after step 13: every key is captured anew
+# (method, config overrides, the steps captured in a 26-step TINY run); tests/test_cuda.py runs them on a GPU
+GRAPH_CASES = [("dfg", {}, [7, 8, 15, 18]), ("difa_cmwgan", {}, [17, 20, 24]), ("original", {}, [3]),
+               ("finetune", {}, [3]), ("delta", {}, [3]), ("dfg", SGD_DROP, [7, 8, 20, 23]),
+               ("finetune", SGD_DROP, [3, 16])]
+
+
+@pytest.mark.parametrize("method,extra,expected", GRAPH_CASES)
+def test_graphed_steps_give_the_eager_numbers(method, extra, expected, data_root, monkeypatch):
+    """Captures at the 3rd step of each graph key (with SGD's lr drop, the keys after step 13 are new)."""
+    cfg = make_config("demo", {**TINY, "method": method, "data_root": data_root, **extra})
     results = []
     for graphs in (False, True):
         data, m = setup(cfg, torch.device("cpu"), log=lambda msg: None)
@@ -101,8 +109,7 @@ def test_graphed_steps_give_the_eager_numbers(method, data_root, monkeypatch):
         params = torch.cat([p.detach().flatten() for n in m.nets.values() for p in n.parameters()])
         results.append((rows, params, getattr(m, "w_star", None), logged, stream.drawn))
     (rows_e, p_e, w_e, _, drawn_e), (rows_g, p_g, w_g, logged, drawn_g) = results
-    expected = {"dfg": [7, 8, 15, 18], "difa_cmwgan": [17, 20, 24], "original": [3]}[method]
-    assert [int(m.split()[2]) for m in logged if "captured" in m] == expected  # 3rd step of each key
+    assert [int(m.split()[2]) for m in logged if "captured" in m] == expected
     assert rows_g == rows_e and torch.equal(p_g, p_e) and drawn_g == drawn_e
     if method == "dfg":
         assert torch.equal(w_g, w_e) and not torch.equal(w_e, torch.ones_like(w_e))  # W* recomputed
