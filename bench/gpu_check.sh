@@ -41,6 +41,7 @@ step "app and inspectors on a GPU-trained run" 150 app_tests.log $PY -m pytest -
   tests/test_app.py tests/test_gradcam.py tests/test_embeddings.py
 step "Alg. 1 ResNet-50 (caltech256 preset networks), TF32, with CUDA graphs" 80 bench.log $PY bench/alg1_speed.py \
   --device cuda --backbone resnet50 --steps 5 --repeats 3 --tf32 --cuda-graphs
+step "peak GPU memory, eager vs CUDA graphs" 180 bench.log $PY bench/cuda_graphs_memory.py
 step "Alg. 1 LeNet, fp32, where the eager iteration goes" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 \
   --repeats 3 --breakdown
 step "demo preset on CUDA with CUDA graphs (700 steps)" 80 demo.log $PY -m dfg train --preset demo --set device=cuda \
