@@ -42,7 +42,7 @@ class Config:
     threads: int = 0                # CPU threads for torch (0 = torch's default); sweeps set cores/parallel
     tf32: bool = False              # CUDA: matmuls/convs in TF32 (Ampere+): faster, ~1e-3 relative error
     deterministic: bool = False     # CUDA: deterministic kernels, so a seeded GPU run repeats exactly
-    cuda_graphs: bool = False       # CUDA: replay each iteration as a CUDA graph (cudagraphs.py); same numbers
+    cuda_graphs: bool = True        # CUDA: replay each iteration as a CUDA graph (cudagraphs.py); same numbers
     log_every: int = 10             # steps between loss rows in metrics
     eval_every: int = 250           # steps between test evaluations (and the final step)
     ckpt_every: int = 250           # steps between checkpoints (and the final step)

@@ -13,6 +13,13 @@ nC1/nC2 branches, the lr factor, DIFA's phase). For each key:
 `method.after_update(step, out)` (filter weights every nW steps, Python-side state) runs eagerly after
 every step, graphed or not.
 
+No eager step runs while graphs hold their memory pool: a key that still needs a warm-up step first
+releases every graph (each is captured again at its key's next step, as it is already warmed up). An
+eager step's memory and the graphs' pool are never needed at once, so a graphed run needs about the GPU
+memory of an eager one (bench/cuda_graphs_memory.py). Once every key is warmed up, nothing is released:
+a run warms up in its first few dozen steps, and again after SGD's lr drop or DIFA's phase change, whose
+steps are new keys.
+
 The numbers are those of eager steps: the same kernels on the same data, and the same random draws
 (capture draws nothing; each replay advances the noise generator by exactly what the step draws). Graphs
 of different keys share one memory pool: they never run at the same time, every tensor a graph reads
@@ -80,7 +87,8 @@ class GraphedSteps:
             raise ValueError(f"cuda_graphs needs the run on a CUDA device; this one is on {method.ctx.device}")
         self.method, self.warmup, self.log = method, max(1, int(warmup)), log
         self.failed: str | None = None  # why capture failed: every later step then runs eagerly
-        self.graphs: dict[tuple, _Graph] = {}
+        self.graphs: dict[tuple, _Graph] = {}  # the live graphs (all released before an eager warm-up step)
+        self.captures = 0                        # graphs captured so far, recaptures included
         self.layouts: dict[tuple, list] = {}
         self.seen: Counter = Counter()
         self.buffers: list[tuple[torch.Tensor, ...]] = []  # static batches, shared by every key's graph
@@ -96,7 +104,7 @@ class GraphedSteps:
 
     @property
     def captured(self) -> int:
-        return len(self.graphs)
+        return self.captures
 
     def __call__(self, step: int, batches) -> dict:
         with torch.cuda.device(self.method.ctx.device):  # capture records the current device's stream only
@@ -116,14 +124,30 @@ class GraphedSteps:
                          "without CUDA graphs")
                 torch.cuda.synchronize()
                 return self.method.train_step(step, batches)
-            self.log(f"cuda_graphs: step {step} captured (graph {len(self.graphs)}, key {key})")
+            self.captures += 1
+            self.log(f"cuda_graphs: step {step} captured (capture {self.captures}, key {key})")
         if key in self.graphs:
             out = self.graphs[key].run(batches)
         else:
+            self._release(step, key)
             self.seen[key] += 1
             out = self._eager(step, key, batches)
         self.method.after_update(step, out)
         return out
+
+    def _release(self, step: int, key: tuple) -> None:
+        """Free every graph and their pool before an eager warm-up step, so the two never hold memory at once."""
+        if not self.graphs:
+            return
+        n = len(self.graphs)
+        for g in self.graphs.values():
+            g.graph.reset()
+        self.graphs.clear()
+        self.pool = None
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        self.log(f"cuda_graphs: released {n} graph(s) before step {step}, a warm-up step of key {key}; "
+                 "their keys' next steps capture them again")
 
     def _eager(self, step: int, key: tuple, batches) -> dict:
         recording = _Recording(batches)

@@ -226,11 +226,9 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
     else:
         method.on_start()
     train_step = method.train_step
-    if cfg.cuda_graphs and device.type == "cuda":
+    if cfg.cuda_graphs and device.type == "cuda":  # on the CPU the switch does nothing
         from .cudagraphs import GraphedSteps
         train_step = GraphedSteps(method, log=log)
-    elif cfg.cuda_graphs:
-        log(f"cuda_graphs=true has no effect here: this run is on {device}, not on a CUDA device")
     t_last, s_last = time.perf_counter(), start
     pending: list[tuple[int, dict]] = []  # (step, losses) not yet read back from the device
 

@@ -131,10 +131,10 @@ def test_train_page_offers_the_cuda_switches_with_the_config_defaults(tmp_path, 
     at = open_train_page(tmp_path, monkeypatch)
     boxes = {name: at.checkbox(key=f"train.demo.dfg.{name}") for name in ("tf32", "deterministic", "cuda_graphs")}
     assert {name: box.value for name, box in boxes.items()} == {"tf32": False, "deterministic": False,
-                                                                "cuda_graphs": False}
+                                                                "cuda_graphs": True}
     assert "CUDA graphs" in boxes["cuda_graphs"].label
-    boxes["cuda_graphs"].check().run()
-    assert at.checkbox(key="train.demo.dfg.cuda_graphs").value and not at.error and not at.exception
+    boxes["cuda_graphs"].uncheck().run()
+    assert not at.checkbox(key="train.demo.dfg.cuda_graphs").value and not at.error and not at.exception
 
 
 def test_live_losses_read_only_new_rows(tiny_dfg_run, tmp_path):

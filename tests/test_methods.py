@@ -287,7 +287,7 @@ def test_cuda_graphs_needs_a_cuda_run_and_is_ignored_on_the_cpu(data_root, tmp_p
         run = Run.create(tmp_path, f"g-{graphs}", cfg.to_dict())
         logged = []
         assert train(tiny(data_root, cuda_graphs=graphs), run, log=logged.append)["state"] == "finished"
-        assert any("cuda_graphs=true has no effect here" in m for m in logged) == graphs
+        assert not any("cuda_graphs" in m for m in logged)
         rows[graphs] = [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")}
                         for r in run.read_metrics()[0] if r["kind"] == "train"]
     assert rows[True] == rows[False] and rows[True]
