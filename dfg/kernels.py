@@ -153,6 +153,60 @@ class DenseConv:
         return taps[:, :kh * kw].reshape(o, kh, kw, c).permute(0, 3, 1, 2)
 
 
+def _phases(k: int, s: int, pad: int) -> tuple[list[tuple[int, int, int]], int, int]:
+    """One dimension of a stride-s conv's input gradient split by output phase p = t mod s: gx[s·m + p] =
+    Σ_u go[m + q − u]·w[s·u + r] for u < U. Returns ([(r, q, U) per phase], c, K): tap u of phase p sits
+    at position q − u + c of a common K-tap correlation over go left-padded by c."""
+    ph = [((p + pad) % s, (p + pad) // s, -(-(k - (p + pad) % s) // s)) for p in range(s)]
+    c = max(u - 1 - q for r, q, u in ph if u > 0)
+    return ph, c, max(q for r, q, u in ph if u > 0) + c + 1
+
+
+@functools.lru_cache(maxsize=16)
+def _phase_index(kernel: tuple[int, int], stride: int, padding: tuple[int, int]) -> torch.Tensor:
+    """Flat tap index (kh·kw = a zero tap) for each (phase y, phase x, position y, position x)."""
+    (kh, kw), s = kernel, stride
+    (py, cy, ky), (px, cx, kx) = _phases(kh, s, padding[0]), _phases(kw, s, padding[1])
+    idx = torch.full((s, s, ky, kx), kh * kw, dtype=torch.long)
+    for i, (ry, qy, uy_n) in enumerate(py):
+        for j, (rx, qx, ux_n) in enumerate(px):
+            for uy in range(uy_n):
+                for ux in range(ux_n):
+                    idx[i, j, qy - uy + cy, qx - ux + cx] = (s * uy + ry) * kw + s * ux + rx
+    return idx.view(-1)
+
+
+def phase_worthwhile(layer: nn.Module, grad_out: torch.Tensor) -> bool:
+    """Whether `phase_input_grad` should give this conv's input gradient: a stride-2 (or more) zero-padding
+    conv with few input channels (D's first conv on LeNet's 6-channel features), in CPU float32. There,
+    oneDNN's backward-data writes 6 channels per pixel and ran at ~65 GFLOP/s; one conv with s²·6 outputs
+    per pixel took 0.29 against 0.53 ms (64 samples, 2 threads)."""
+    return (isinstance(layer, nn.Conv2d) and _onednn(grad_out) and layer.in_channels <= 8 and layer.groups == 1
+            and layer.stride[0] == layer.stride[1] > 1 and layer.dilation == (1, 1)
+            and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+            and all(p < k for p, k in zip(layer.padding, layer.kernel_size)))
+
+
+def phase_input_grad(grad_out: torch.Tensor, layer: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
+    """The input gradient (N, C, *size) of a stride-s `layer` for grad_out (N, O, h, w), as one stride-1 conv
+    of grad_out whose s²·C output channels are the s² phases of the result, then a pixel shuffle. The same
+    products and sums as the transposed conv (the phases' zero taps add exact zeros)."""
+    o, c, kh, kw = layer.weight.shape
+    s, (n, _, h, w) = layer.stride[0], grad_out.shape
+    (_, cy, ky), (_, cx, kx) = _phases(kh, s, layer.padding[0]), _phases(kw, s, layer.padding[1])
+    my, mx = -(-size[0] // s), -(-size[1] // s)
+    flat = torch.cat([layer.weight.detach().reshape(o, c, kh * kw), layer.weight.new_zeros(o, c, 1)], 2)
+    weight = flat[:, :, _phase_index((kh, kw), s, tuple(layer.padding))].view(o, c, s, s, ky, kx)
+    weight = weight.permute(2, 3, 1, 0, 4, 5).reshape(s * s * c, o, ky, kx)
+    ry, rx = max(0, my - h - cy + ky - 1), max(0, mx - w - cx + kx - 1)
+    if (ry, rx) == (cy, cx):
+        res = F.conv2d(grad_out, weight, padding=(cy, cx))
+    else:
+        res = F.conv2d(F.pad(grad_out, (cx, rx, cy, ry)), weight)
+    res = res[:, :, :my, :mx].reshape(n, s, s, c, my, mx).permute(0, 3, 4, 1, 5, 2).reshape(n, c, my * s, mx * s)
+    return res[:, :, :size[0], :size[1]]
+
+
 def product_worthwhile(layer: nn.ConvTranspose2d) -> bool:
     """Whether `transposed_conv_product` should run this transposed conv: no groups, dilation or output
     padding, zero padding, and at most PRODUCT_MAX_TAPS taps summed into each output pixel on average. G's

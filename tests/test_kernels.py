@@ -144,6 +144,31 @@ def test_product_form_only_where_few_taps_overlap():
     assert not worth(2, 2, groups=2)
 
 
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w", [
+    (6, 32, 5, 2, 2, 14, 14),   # D's first conv on LeNet's features: 14x14 -> 7x7
+    (3, 8, 3, 2, 1, 9, 8),      # odd and even sides
+    (4, 5, 4, 3, 1, 10, 11),    # stride 3
+    (2, 3, (5, 2), 2, (2, 0), 7, 6),  # uneven kernel: a phase with taps on one side only
+])
+def test_phase_input_gradient_equals_the_transposed_conv(cin, cout, k, s, p, h, w):
+    layer = nn.Conv2d(cin, cout, k, stride=s, padding=p).double()
+    x = torch.randn(3, cin, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(cin))
+    go = torch.randn_like(layer(x))
+    ref = torch.ops.aten.convolution_backward(go, x, layer.weight, None, layer.stride, layer.padding, (1, 1),
+                                              False, (0, 0), 1, (True, False, False))[0]
+    got = kernels.phase_input_grad(go, layer, (h, w))
+    assert got.shape == ref.shape and (got - ref).abs().max() <= 1e-12 * ref.abs().max()
+
+
+def test_phase_form_only_for_strided_convs_with_few_input_channels():
+    first, second = Critic("lenet").net[0], Critic("lenet").net[2]
+    go = torch.randn(2, 32, 7, 7)
+    assert kernels.phase_worthwhile(first, go)                       # 6 -> 32 channels, stride 2
+    assert not kernels.phase_worthwhile(second, torch.randn(2, 64, 4, 4))  # 32 input channels
+    assert not kernels.phase_worthwhile(first, go.double())           # float64: the plain op
+    assert not kernels.phase_worthwhile(nn.Conv2d(6, 32, 5, padding=2), go)  # stride 1
+
+
 @pytest.mark.parametrize("backbone,batch", [("lenet", 64), ("resnet50", 2)])
 def test_generator_no_grad_forward_equals_its_autograd_forward(backbone, batch, threads, monkeypatch):
     """G's no-grad CPU forward (product-form and backward-data transposed convs) gives the same features
