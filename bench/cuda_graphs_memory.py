@@ -4,8 +4,8 @@ process, so one's caches do not count against the other. The peaks are taken aft
 computed at the start, over the training steps only (graph captures included).
 
     python bench/cuda_graphs_memory.py [--backbones lenet,vgg16,resnet50] [--steps 32] [--tf32]
-Last line: cuda_graphs_memory <backbone>_eager_gib=… <backbone>_graphs_gib=… <backbone>_ratio=… (peak
-allocated; the table also gives what the caching allocator reserved)"""
+Last line: cuda_graphs_memory <backbone>_eager_gib=… <backbone>_graphs_gib=… <backbone>_ratio=…
+<backbone>_reserved_ratio=… (peak allocated, and the ratio of what the caching allocator reserved)"""
 from __future__ import annotations
 
 import argparse
@@ -79,7 +79,8 @@ def main():
               f"({g['allocated'] / e['allocated']:.2f}x); reserved {e['reserved']:.2f} vs {g['reserved']:.2f} GiB; "
               f"{g['captured']} graphs captured" + (f", capture FAILED: {g['failed']}" if g["failed"] else ""))
         line.append(f"{backbone}_eager_gib={e['allocated']:.3f} {backbone}_graphs_gib={g['allocated']:.3f} "
-                    f"{backbone}_ratio={g['allocated'] / e['allocated']:.2f}")
+                    f"{backbone}_ratio={g['allocated'] / e['allocated']:.2f} "
+                    f"{backbone}_reserved_ratio={g['reserved'] / e['reserved']:.2f}")
     print("cuda_graphs_memory " + " ".join(line))
 
 
