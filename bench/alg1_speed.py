@@ -60,10 +60,11 @@ def load(backbone: str):
         return build_data("mnist5k", backbone="lenet", ratio=10, seed=0), "mnist5k"
 
 
-def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
-            parts: bool = False, ops: int = 0, graphs: bool = False):
+def setup_dfg(backbone: str, device: torch.device, tf32: bool = False, fw_per_class: int = 10):
+    """The library's DFG on the backbone's preset networks and data (`load`), seeded, with W* computed and
+    a batch stream: (cfg, data, data name, context, method, stream)."""
     cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": str(device), "tf32": tf32,
-                                         "fw_per_class": 10})
+                                         "fw_per_class": fw_per_class})
     configure_backend(cfg, device)  # CUDA: full fp32 unless --tf32 (torch's default would use TF32 convs)
     data, name = load(backbone)
     torch.manual_seed(0)
@@ -71,9 +72,14 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
     rng.manual_seed(0)
     ctx = TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, in_channels=data.in_channels, rng=rng,
                        fw_sample=fw_sample(data, cfg, device))
-    ours = METHODS["dfg"](ctx)
-    ours.on_start()
-    stream = BatchStream(data.train, cfg.batch_size, seed=0, device=device)
+    method = METHODS["dfg"](ctx)
+    method.on_start()
+    return cfg, data, name, ctx, method, BatchStream(data.train, cfg.batch_size, seed=0, device=device)
+
+
+def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
+            parts: bool = False, ops: int = 0, graphs: bool = False):
+    cfg, data, name, ctx, ours, stream = setup_dfg(backbone, device, tf32)
     nets = [copy.deepcopy(n).to(memory_format=torch.contiguous_format)  # the reference is plain NCHW
             for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
     ref = EagerAlgorithm1(*nets, data.train, cfg, data.num_classes, ours.w_star.clone(), device=str(device))

@@ -12,37 +12,21 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alg1_speed import PRESET, load  # noqa: E402
+from alg1_speed import PRESET, setup_dfg  # noqa: E402
 
 GIB = 1 << 30
 
 
 def child(backbone: str, graphs: bool, steps: int, tf32: bool) -> dict:
-    from dfg.config import make_config
     from dfg.cudagraphs import GraphedSteps
-    from dfg.data import BatchStream
-    from dfg.loop import configure_backend, fw_sample
-    from dfg.methods import METHODS, TrainContext
 
-    device = torch.device("cuda")
-    cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": "cuda", "tf32": tf32,
-                                         "fw_per_class": 2, "cuda_graphs": graphs})
-    configure_backend(cfg, device)
-    data, _ = load(backbone)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(0)
-    ctx = TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, in_channels=data.in_channels, rng=rng,
-                       fw_sample=fw_sample(data, cfg, device))
-    method = METHODS["dfg"](ctx)
-    method.on_start()
-    stream = BatchStream(data.train, cfg.batch_size, seed=0, device=device)
+    cfg, _, _, _, method, stream = setup_dfg(backbone, torch.device("cuda"), tf32, fw_per_class=2)
     step = GraphedSteps(method, log=lambda m: None) if graphs else method.train_step
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
