@@ -123,6 +123,7 @@ class GraphedSteps:
                 self._capturable(False)
                 self.log(f"cuda_graphs: capturing step {step} failed ({self.failed}); this run continues "
                          "without CUDA graphs")
+                self._release("captured before; the run goes on without them")
                 torch.cuda.synchronize()
                 return self.method.train_step(step, batches)
             self.captures += 1
@@ -130,14 +131,16 @@ class GraphedSteps:
         if key in self.graphs:
             out = self.graphs[key].run(batches)
         else:
-            self._release(step, key)
+            self._release(f"before step {step}, a warm-up step of key {key}; their keys' next steps capture "
+                          "them again")
             self.seen[key] += 1
             out = self._eager(step, key, batches)
         self.method.after_update(step, out)
         return out
 
-    def _release(self, step: int, key: tuple) -> None:
-        """Free every graph and their pool before an eager warm-up step, so the two never hold memory at once."""
+    def _release(self, why: str) -> None:
+        """Free every graph and their pool: before an eager warm-up step, so the two never hold memory at once,
+        and once a capture failed."""
         if not self.graphs:
             return
         n = len(self.graphs)
@@ -147,8 +150,7 @@ class GraphedSteps:
         self.pool = None
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        self.log(f"cuda_graphs: released {n} graph(s) before step {step}, a warm-up step of key {key}; "
-                 "their keys' next steps capture them again")
+        self.log(f"cuda_graphs: released {n} graph(s) {why}")
 
     def _eager(self, step: int, key: tuple, batches) -> dict:
         recording = _Recording(batches)
