@@ -89,7 +89,7 @@ class GraphedSteps:
         self.method, self.warmup, self.log = method, max(1, int(warmup)), log
         self.failed: str | None = None  # why capture failed: every later step then runs eagerly
         self.graphs: dict[tuple, _Graph] = {}  # the live graphs (all released before an eager warm-up step)
-        self.captures = 0                        # graphs captured so far, recaptures included
+        self.captured = 0                        # graphs captured so far, recaptures included
         self.layouts: dict[tuple, list] = {}
         self.seen: Counter = Counter()
         self.buffers: list[tuple[torch.Tensor, ...]] = []  # static batches, shared by every key's graph
@@ -102,10 +102,6 @@ class GraphedSteps:
             for group in opt.param_groups:
                 if "capturable" in group:  # Adam: step counts on the device, no host-side bias correction
                     group["capturable"] = on
-
-    @property
-    def captured(self) -> int:
-        return self.captures
 
     def __call__(self, step: int, batches) -> dict:
         with torch.cuda.device(self.method.ctx.device):  # capture records the current device's stream only
@@ -126,8 +122,8 @@ class GraphedSteps:
                 self._release("captured before; the run goes on without them")
                 torch.cuda.synchronize()
                 return self.method.train_step(step, batches)
-            self.captures += 1
-            self.log(f"cuda_graphs: step {step} captured (capture {self.captures}, key {key})")
+            self.captured += 1
+            self.log(f"cuda_graphs: step {step} captured (capture {self.captured}, key {key})")
         if key in self.graphs:
             out = self.graphs[key].run(batches)
         else:

@@ -139,7 +139,7 @@ def test_a_capture_that_fails_leaves_the_run_going_eagerly(good, data_root, monk
     capture = steps._capture
 
     def broken(step, key):
-        if steps.captures < good:
+        if steps.captured < good:
             return capture(step, key)
         raise RuntimeError("operation not permitted when stream is capturing")
     steps._capture = broken
