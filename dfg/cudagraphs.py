@@ -13,13 +13,18 @@ nC1/nC2 branches, the lr factor, DIFA's phase). For each key:
 `method.after_update(step, out)` (filter weights every nW steps, Python-side state) runs eagerly after
 every step, graphed or not.
 
-No eager step runs while graphs hold their memory pool: a key that still needs a warm-up step first
-releases every graph (each is captured again at its key's next step, as it is already warmed up). An
-eager step's memory and the graphs' pool are never needed at once (bench/cuda_graphs_memory.py, H100:
-ResNet-50 reserves 1.20x the eager run's GPU memory with graphs, 1.90x before this rule; the peak of live
-tensors is 1.03x). Once every key is warmed up, nothing is released:
-a run warms up in its first few dozen steps, and again after SGD's lr drop or DIFA's phase change, whose
-steps are new keys.
+GPU memory: graphs should cost about what eager steps cost (bench/cuda_graphs_memory.py, README). Three rules:
+- No eager step runs while graphs hold their memory pool: a key that still needs a warm-up step first
+  releases every graph (each is captured again at its key's next step, as it is already warmed up), the
+  gradients that live in their pool, and every cached block. Once every key is warmed up, nothing is
+  released: a run warms up in its first few dozen steps, and again after SGD's lr drop or DIFA's phase
+  change, whose steps are new keys.
+- After a warm-up step, the tensors it leaves behind are settled: the optimiser state its first step
+  created is copied into fresh tensors on the current stream and the gradients are dropped (every step
+  sets them to None before its backward), so no lasting tensor pins the side stream's blocks, which
+  then go back to the driver (the captured steps allocate in their own pool and could not reuse them).
+- Cached blocks that an eager `after_update` (a filter-weight pass every nW steps) leaves beside live
+  graphs go back to the driver at once.
 
 The numbers are those of eager steps: the same kernels on the same data, and the same random draws
 (capture draws nothing; each replay advances the noise generator by exactly what the step draws). Graphs
@@ -131,22 +136,45 @@ class GraphedSteps:
                           "them again")
             self.seen[key] += 1
             out = self._eager(step, key, batches)
+            self._settle()
+        reserved = torch.cuda.memory_reserved()
         self.method.after_update(step, out)
+        if self.graphs and torch.cuda.memory_reserved() > reserved:  # e.g. W(E) every nW steps
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
         return out
 
     def _release(self, why: str) -> None:
-        """Free every graph and their pool: before an eager warm-up step, so the two never hold memory at once,
-        and once a capture failed."""
-        if not self.graphs:
-            return
+        """Free every graph, their pool and every cached block: before an eager warm-up step, so the two never
+        hold memory at once (nor the blocks a filter-weight pass left cached), and once a capture failed."""
         n = len(self.graphs)
         for g in self.graphs.values():
             g.graph.reset()
         self.graphs.clear()
         self.pool = None
+        if n:  # the gradients of the last captured steps live in the pool and would pin it
+            self._drop_grads()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        self.log(f"cuda_graphs: released {n} graph(s) {why}")
+        if n:
+            self.log(f"cuda_graphs: released {n} graph(s) {why}")
+
+    def _drop_grads(self) -> None:
+        for opt in self.method.opts.values():
+            opt.zero_grad(set_to_none=True)
+
+    def _settle(self) -> None:
+        """After an eager warm-up step (no graph is alive): copy the optimiser state into fresh tensors on the
+        current stream and drop the gradients, then give the side stream's blocks back (see the module's
+        docstring). The copies hold the same values, so the numbers do not change."""
+        self._drop_grads()
+        for opt in self.method.opts.values():
+            for state in opt.state.values():
+                for name, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        state[name] = value.clone()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
     def _eager(self, step: int, key: tuple, batches) -> dict:
         recording = _Recording(batches)

@@ -63,6 +63,7 @@ def stand_in_cuda(method):
     side = types.SimpleNamespace(wait_stream=lambda other: None)
     return types.SimpleNamespace(Stream=lambda device: side, stream=lambda s: contextlib.nullcontext(),
                                  current_stream=lambda: side, synchronize=lambda: None, empty_cache=lambda: None,
+                                 memory_reserved=lambda: 0,
                                  CUDAGraph=StandInGraph,
                                  graph=graph, is_available=lambda: True, device=lambda d: contextlib.nullcontext())
 
@@ -150,3 +151,35 @@ def test_a_capture_that_fails_leaves_the_run_going_eagerly(good, data_root, monk
     assert not steps.graphs and sum("released 1 graph(s) captured before" in msg for msg in logged) == good
     assert len(rows) == 9 and all("L_D" in r for r in rows)
     assert all(not g["capturable"] for o in m.opts.values() for g in o.param_groups if "capturable" in g)
+
+
+def test_each_warm_up_step_is_settled_no_gradient_and_fresh_optimiser_state(data_root, monkeypatch):
+    """After every eager warm-up step (DFG: steps 1-6, then 9, whose key releases the graphs of 7 and 8) the
+    parameters hold no gradient and each optimiser state tensor is a copy: new storage, the same values
+    (on a GPU, so that no lasting tensor pins the side stream's blocks)."""
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    data, m = setup(cfg, torch.device("cpu"), log=lambda msg: None)
+    m.on_start()
+    steps, logged = graphed(m, monkeypatch)
+    settle, settled = steps._settle, []
+
+    def checked():
+        params = [p for o in m.opts.values() for g in o.param_groups for p in g["params"]]
+        state = {(id(o), id(p), k): v for o in m.opts.values() for p, st in o.state.items() for k, v in st.items()
+                 if isinstance(v, torch.Tensor)}
+        before = {k: (v.data_ptr(), v.clone()) for k, v in state.items()}
+        assert any(p.grad is not None for p in params) and before  # the warm-up step left both behind
+        settle()
+        assert all(p.grad is None for p in params)
+        after = {(id(o), id(p), k): v for o in m.opts.values() for p, st in o.state.items() for k, v in st.items()
+                 if isinstance(v, torch.Tensor)}
+        assert after.keys() == before.keys()
+        assert all(v.data_ptr() != before[k][0] and torch.equal(v, before[k][1]) for k, v in after.items())
+        settled.append(steps.seen.total())
+    steps._settle = checked
+    stream = BatchStream(data.train, cfg.batch_size, seed=0)
+    for s in range(1, 10):
+        steps(s, stream)
+    assert settled == [1, 2, 3, 4, 5, 6, 7]
+    assert [int(msg.split()[2]) for msg in logged if "captured" in msg] == [7, 8]
+    assert sum("released 2 graph(s) before step 9" in msg for msg in logged) == 1
