@@ -152,8 +152,7 @@ class GraphedSteps:
             g.graph.reset()
         self.graphs.clear()
         self.pool = None
-        if n:  # the gradients of the last captured steps live in the pool and would pin it
-            self._drop_grads()
+        self._drop_grads()  # the gradients of the last captured steps live in the pool and would pin it
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         if n:
@@ -165,8 +164,9 @@ class GraphedSteps:
 
     def _settle(self) -> None:
         """After an eager warm-up step (no graph is alive): copy the optimiser state into fresh tensors on the
-        current stream and drop the gradients, then give the side stream's blocks back (see the module's
-        docstring). The copies hold the same values, so the numbers do not change."""
+        current stream and drop the gradients (see the module's docstring). The copies hold the same values,
+        so the numbers do not change. Then the side stream's blocks, now unused, go back to the driver (the
+        synchronisation also keeps them from being reused while the copies still read them)."""
         self._drop_grads()
         for opt in self.method.opts.values():
             for state in opt.state.values():
