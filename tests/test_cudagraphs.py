@@ -163,16 +163,17 @@ def test_each_warm_up_step_is_settled_no_gradient_and_fresh_optimiser_state(data
     steps, logged = graphed(m, monkeypatch)
     settle, settled = steps._settle, []
 
+    def state_tensors():
+        return {(id(o), id(p), k): v for o in m.opts.values() for p, st in o.state.items() for k, v in st.items()
+                if isinstance(v, torch.Tensor)}
+
     def checked():
         params = [p for o in m.opts.values() for g in o.param_groups for p in g["params"]]
-        state = {(id(o), id(p), k): v for o in m.opts.values() for p, st in o.state.items() for k, v in st.items()
-                 if isinstance(v, torch.Tensor)}
-        before = {k: (v.data_ptr(), v.clone()) for k, v in state.items()}
+        before = {k: (v.data_ptr(), v.clone()) for k, v in state_tensors().items()}
         assert any(p.grad is not None for p in params) and before  # the warm-up step left both behind
         settle()
         assert all(p.grad is None for p in params)
-        after = {(id(o), id(p), k): v for o in m.opts.values() for p, st in o.state.items() for k, v in st.items()
-                 if isinstance(v, torch.Tensor)}
+        after = state_tensors()
         assert after.keys() == before.keys()
         assert all(v.data_ptr() != before[k][0] and torch.equal(v, before[k][1]) for k, v in after.items())
         settled.append(steps.seen.total())
