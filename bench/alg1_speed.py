@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import copy
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import OpTimes, gflop  # noqa: E402
-from reference import EagerAlgorithm1  # noqa: E402
+from reference import EagerAlgorithm1, plain_copy  # noqa: E402
 
 from dfg import wgan_gp  # noqa: E402
 from dfg.config import make_config  # noqa: E402
@@ -80,7 +79,7 @@ def setup_dfg(backbone: str, device: torch.device, tf32: bool = False, fw_per_cl
 def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
             parts: bool = False, ops: int = 0, graphs: bool = False):
     cfg, data, name, ctx, ours, stream = setup_dfg(backbone, device, tf32)
-    nets = [copy.deepcopy(n).to(memory_format=torch.contiguous_format)  # the reference is plain NCHW
+    nets = [plain_copy(n).to(memory_format=torch.contiguous_format)  # the reference: torch's layers, NCHW
             for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
     ref = EagerAlgorithm1(*nets, data.train, cfg, data.num_classes, ours.w_star.clone(), device=str(device))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

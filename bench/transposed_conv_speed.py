@@ -1,12 +1,14 @@
-"""G's transposed convs without grad on the CPU: oneDNN's backward-data kernel vs kernels.transposed_conv_product
+"""G's transposed convs on the CPU: oneDNN's backward-data kernel vs kernels.transposed_conv_product
 (one product and a strided add per tap), layer by layer and for G's whole no-grad forward, for the
 generators of LeNet (batch 64), VGG-16 (batch 64) and ResNet-50 (batch 16). `kernels.product_worthwhile`
 picks the product for layers with at most PRODUCT_MAX_TAPS taps per output pixel; every layer is timed
-both ways here, so the figures show both sides of that rule.
+both ways here, so the figures show both sides of that rule. Then G's forward and backward with grad:
+torch's nn.ConvTranspose2d (bench/reference.plain_copy) vs the library's fast forward (dfg.gan).
 
     python bench/transposed_conv_speed.py [--repeats 5] [--threads N] [--backbones lenet,vgg16,resnet50]
 Medians of interleaved repeats, after kernels.tune_allocator() as in a training process.
-Last line: <backbone>_g_ms=… <backbone>_g_product_ms=… <backbone>_g_speedup=… for each backbone."""
+Last line: <backbone>_g_ms=… <backbone>_g_product_ms=… <backbone>_g_speedup=… <backbone>_g_grad_speedup=…
+for each backbone."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import plain_copy  # noqa: E402
+
 from dfg import kernels  # noqa: E402
 from dfg.gan import ConvTranspose2d, Generator  # noqa: E402
 
@@ -71,6 +76,25 @@ def measure(backbone: str, repeats: int) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
+def measure_with_grad(backbone: str, repeats: int) -> tuple[float, float]:
+    """ms of G's forward + backward (a random probe of its output) with torch's transposed convs and with
+    the library's, interleaved: (plain, library)."""
+    torch.manual_seed(0)
+    g = Generator(backbone, num_classes=10)
+    plain = plain_copy(g)
+    n = BATCH[backbone]
+    z, y, w = torch.rand(n, g.noise_dim) * 2 - 1, torch.arange(n) % 10, torch.rand(10, g.last.out_channels)
+    probe = torch.randn_like(g(z, y, w))
+
+    def step(net):
+        def run():
+            net.zero_grad(set_to_none=True)
+            (net(z, y, w) * probe).sum().backward()
+        return run
+    a, b = zip(*[(ms(step(plain)), ms(step(g))) for _ in range(repeats)])
+    return statistics.median(a), statistics.median(b)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
@@ -86,8 +110,11 @@ def main() -> None:
         plain, ruled = measure(backbone, args.repeats)
         print(f"  {backbone} G forward, no grad: backward-data everywhere {plain:.2f} ms, library's rule "
               f"{ruled:.2f} ms ({plain / ruled:.2f}x)")
+        torch_grad, ours_grad = measure_with_grad(backbone, args.repeats)
+        print(f"  {backbone} G forward + backward, with grad: torch's transposed convs {torch_grad:.2f} ms, "
+              f"library's {ours_grad:.2f} ms ({torch_grad / ours_grad:.2f}x)")
         last.append(f"{backbone}_g_ms={plain:.3f} {backbone}_g_product_ms={ruled:.3f} "
-                    f"{backbone}_g_speedup={plain / ruled:.2f}")
+                    f"{backbone}_g_speedup={plain / ruled:.2f} {backbone}_g_grad_speedup={torch_grad / ours_grad:.2f}")
     print(" ".join(last))
 
 

@@ -36,18 +36,25 @@ GAN_ARCHS: dict[str, GanArch] = {
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d whose no-grad CPU forward is faster: as one product and strided adds when few
-    taps overlap (kernels.transposed_conv_product: G's k3 s2 and k2 s2 layers), else as the input-gradient
-    of the matching conv (the same operator: ConvTranspose is that adjoint). This torch build's CPU
-    transposed-conv path is 1.3-1.6x slower than oneDNN's backward-data for G's shapes, and the critic
-    updates call G without grad five times per iteration. With grad, or off the CPU, it is
+    """nn.ConvTranspose2d whose CPU forward is faster: as one product and strided adds when few taps
+    overlap (kernels.transposed_conv_product: G's k3 s2 and k2 s2 layers), else as the input-gradient of
+    the matching conv (the same operator: ConvTranspose is that adjoint). This torch build's CPU
+    transposed-conv path is 1.3-1.6x slower than oneDNN's backward-data for G's shapes. With grad, the
+    backward is nn.ConvTranspose2d's own (`_FastForward`), so only the forward's summation order changes.
+    Off the CPU, or with groups, output padding, an output size or non-zero padding modes, it is
     nn.ConvTranspose2d."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if needs_grad or output_size is not None or x.device.type != "cpu" or self.groups != 1 \
+        if output_size is not None or x.device.type != "cpu" or self.groups != 1 \
                 or any(self.output_padding) or self.padding_mode != "zeros":
             return super().forward(x, output_size)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                        or (self.bias is not None and self.bias.requires_grad)):
+            return _FastForward.apply(x, self.weight, self.bias, self)
+        return self.fast_forward(x)
+
+    def fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output without autograd: a product (few taps) or oneDNN's backward-data."""
         if product_worthwhile(self):
             return transposed_conv_product(x, self)
         x = x.contiguous()  # backward-data ran faster from NCHW than from a product's channels-last output
@@ -58,6 +65,27 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         out = torch.ops.aten.convolution_backward(x, shape_only, self.weight, None, self.stride, self.padding,
                                                   self.dilation, False, (0, 0), 1, (True, False, False))[0]
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+class _FastForward(torch.autograd.Function):
+    """ConvTranspose2d.fast_forward with autograd: the backward is the one autograd runs for
+    nn.ConvTranspose2d (aten.convolution_backward, transposed), so gradients are computed the same way."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer):
+        ctx.save_for_backward(x, weight)
+        ctx.layer, ctx.has_bias = layer, bias is not None
+        return layer.fast_forward(x)  # autograd does not record inside a Function's forward
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        layer = ctx.layer
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, [layer.out_channels] if ctx.has_bias else None, layer.stride, layer.padding,
+            layer.dilation, True, layer.output_padding, layer.groups, mask)
+        return gx, gw, gb if mask[2] else None, None
 
 
 class Generator(nn.Module):

@@ -1,16 +1,21 @@
 """The CPU fast paths (dfg/kernels.py): oneDNN products, the dense form of tiny-output convs and the product
 form of transposed convs, against torch's own ops and autograd; and that the critic's written-out gradients
-and G's no-grad forward are unchanged when they are used."""
+and G's forward (with and without grad) are unchanged when they are used."""
 import platform
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dfg import kernels, wgan_gp
+from dfg import gan, kernels, wgan_gp
 from dfg.gan import Critic, Generator
 from dfg.kernels import DenseConv, mm_nn, mm_nt, product_worthwhile, transposed_conv_product
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from reference import plain_copy  # noqa: E402
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
@@ -170,25 +175,53 @@ def test_phase_form_only_for_strided_convs_with_few_input_channels():
 
 
 @pytest.mark.parametrize("backbone,batch", [("lenet", 64), ("resnet50", 2)])
-def test_generator_no_grad_forward_equals_its_autograd_forward(backbone, batch, threads, monkeypatch):
-    """G's no-grad CPU forward (product-form and backward-data transposed convs) gives the same features
-    and BatchNorm statistics as the plain autograd forward, in float32."""
-    import dfg.gan as gan
+def test_generator_fast_forward_equals_torch_with_and_without_grad(backbone, batch, threads, monkeypatch):
+    """G's CPU transposed convs (product form and backward-data) give torch's features and BatchNorm
+    statistics without grad; with grad, also torch's gradients for every parameter (float32)."""
     torch.manual_seed(0)
     g = Generator(backbone, num_classes=10)
-    twin = Generator(backbone, num_classes=10)
-    twin.load_state_dict(g.state_dict())
+    twin = plain_copy(g)
     z, y, w = torch.rand(batch, g.noise_dim) * 2 - 1, torch.arange(batch) % 10, torch.rand(10, g.last.out_channels)
-    ref = g(z, y, w).detach()  # weights require grad: nn.ConvTranspose2d's own forward
     products = []
     monkeypatch.setattr(gan, "transposed_conv_product",
                         lambda x, layer: (products.append(layer), transposed_conv_product(x, layer))[1])
     with torch.no_grad():
-        got = twin(z, y, w)
-    assert products  # the product path ran (LeNet's k3 s2 layer, ResNet-50's two k2 s2 layers)
+        got, ref = g(z, y, w), twin(z, y, w)
+    assert products  # the product path ran (LeNet's k3 s2, ResNet-50's k2 s2 layers)
     assert (got - ref).abs().max() <= 1e-4
     for a, b in zip(g.buffers(), twin.buffers()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+    products.clear()
+    backward_fns = []
+    for m in g.modules():
+        if isinstance(m, gan.ConvTranspose2d):
+            m.register_forward_hook(lambda m, args, out: backward_fns.append(type(out.grad_fn).__name__))
+    got, ref = g(z, y, w), twin(z, y, w)
+    assert products  # with grad too, and every layer's backward is the fast form's
+    assert backward_fns and set(backward_fns) == {"_FastForwardBackward"}
+    assert (got - ref).abs().max() <= 1e-4
+    probe = torch.randn_like(ref)
+    (got * probe).sum().backward()
+    (ref * probe).sum().backward()
+    for (name, a), b in zip(g.named_parameters(), twin.parameters()):
+        assert a.grad is not None and b.grad is not None, name
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * b.grad.abs().max(), name
+
+
+def test_fast_transposed_conv_gives_the_input_gradient_and_no_bias_gradient_without_bias():
+    """The autograd form's backward in float64 (exact to rounding): the input gradient when the input
+    needs one, and a bias-free layer."""
+    torch.manual_seed(1)
+    layer = gan.ConvTranspose2d(5, 3, 3, stride=2, bias=False).double()
+    plain = plain_copy(layer)
+    x = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    probe = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    (layer(x) * probe).sum().backward()
+    (plain(x2) * probe).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(layer.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_allocator_tuning_takes_on_glibc():
