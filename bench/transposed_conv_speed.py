@@ -49,12 +49,17 @@ def with_taps(limit: float, fn):
     return run
 
 
-@torch.no_grad()
-def measure(backbone: str, repeats: int) -> tuple[float, float]:
+def seeded_generator(backbone: str) -> tuple[Generator, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The backbone's G (seed 0) and one batch of its inputs (z, ŷ, W*)."""
     torch.manual_seed(0)
     g = Generator(backbone, num_classes=10)
     n = BATCH[backbone]
-    z, y, w = torch.rand(n, g.noise_dim) * 2 - 1, torch.arange(n) % 10, torch.rand(10, g.last.out_channels)
+    return g, (torch.rand(n, g.noise_dim) * 2 - 1, torch.arange(n) % 10, torch.rand(10, g.last.out_channels))
+
+
+@torch.no_grad()
+def measure(backbone: str, repeats: int) -> tuple[float, float]:
+    g, (z, y, w) = seeded_generator(backbone)
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].contiguous()))
              for m in g.modules() if isinstance(m, ConvTranspose2d)]
@@ -79,11 +84,8 @@ def measure(backbone: str, repeats: int) -> tuple[float, float]:
 def measure_with_grad(backbone: str, repeats: int) -> tuple[float, float]:
     """ms of G's forward + backward (a random probe of its output) with torch's transposed convs and with
     the library's, interleaved: (plain, library)."""
-    torch.manual_seed(0)
-    g = Generator(backbone, num_classes=10)
+    g, (z, y, w) = seeded_generator(backbone)
     plain = plain_copy(g)
-    n = BATCH[backbone]
-    z, y, w = torch.rand(n, g.noise_dim) * 2 - 1, torch.arange(n) % 10, torch.rand(10, g.last.out_channels)
     probe = torch.randn_like(g(z, y, w))
 
     def step(net):
