@@ -81,11 +81,11 @@ class _FastForward(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         layer = ctx.layer
-        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        # a None bias never needs a gradient; outputs left out of the mask come back as None
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad_out, x, weight, [layer.out_channels] if ctx.has_bias else None, layer.stride, layer.padding,
-            layer.dilation, True, layer.output_padding, layer.groups, mask)
-        return gx, gw, gb if mask[2] else None, None
+            layer.dilation, True, layer.output_padding, layer.groups, tuple(ctx.needs_input_grad[:3]))
+        return gx, gw, gb, None
 
 
 class Generator(nn.Module):
