@@ -61,9 +61,11 @@ def load(backbone: str):
 
 def setup_dfg(backbone: str, device: torch.device, tf32: bool = False, fw_per_class: int = 10, **overrides):
     """The library's DFG on the backbone's preset networks and data (`load`), seeded, with W* computed and
-    a batch stream: (cfg, data, data name, context, method, stream). `overrides`: further config fields."""
+    a batch stream: (cfg, data, data name, context, method, stream). `overrides`: further config fields.
+    Algorithm 1 alone, as the reference runs it: without the transfer regulariser DFG adds by default
+    (transfer_reg=none), which needs a source model this set-up does not build."""
     cfg = make_config(PRESET[backbone], {"data_root": tempfile.mkdtemp(), "device": str(device), "tf32": tf32,
-                                         "fw_per_class": fw_per_class, **overrides})
+                                         "fw_per_class": fw_per_class, "transfer_reg": "none", **overrides})
     configure_backend(cfg, device)  # CUDA: full fp32 unless --tf32 (torch's default would use TF32 convs)
     data, name = load(backbone)
     torch.manual_seed(0)

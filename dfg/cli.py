@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -23,17 +24,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> Config:
+    """The preset with the command line's values. A field given twice (two --set, or --set and its --flag)
+    is refused rather than silently resolved. A relative data_root is made absolute, so `eval` and `resume`
+    find the same data and source cache from any folder."""
     overrides = {}
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set rho=0.5")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
+        k, v = (t.strip() for t in item.split("=", 1))
+        if k in overrides:
+            raise ConfigError(f"{k} is set twice ({overrides[k]!r} and {v!r}); give it once")
+        overrides[k] = v
     for name in FIELD_TYPES:
         v = getattr(args, "cfg_" + name, None)
         if v is not None:
+            if name in overrides:
+                raise ConfigError(f"{name} is set twice (--set {name}={overrides[name]} and "
+                                  f"--{name.replace('_', '-')} {v}); give it once")
             overrides[name] = v
-    return make_config(args.preset, overrides)
+    cfg = make_config(args.preset, overrides)
+    return dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve())) if cfg.data_root else cfg
 
 
 class ProgressBar:
@@ -71,8 +81,18 @@ def cmd_train(args) -> int:
         pid = launch(run)
         print(f"training in the background (pid {pid}); follow with `python -m dfg runs --runs-dir {args.runs_dir}`")
         return 0
-    status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr), data=data)
+    try:
+        status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr), data=data)
+    except KeyboardInterrupt:
+        return _interrupted(run, args.runs_dir)
     return _report(run, status)
+
+
+def _interrupted(run, runs_dir) -> int:
+    """Ctrl-C: the loop has recorded the run as interrupted; say how to continue it (exit code 130)."""
+    print(f"\ninterrupted at step {run.status().get('step', 0)}; continue with "
+          f"`python -m dfg resume {run.id} --runs-dir {runs_dir}`", file=sys.stderr)
+    return 130
 
 
 def _report(run, status: dict) -> int:
@@ -90,7 +110,10 @@ def cmd_resume(args) -> int:
 
     run = Run(args.runs_dir, args.run).require()
     cfg = from_dict(run.config())
-    status = train(cfg, run, resume=True, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
+    try:
+        status = train(cfg, run, resume=True, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
+    except KeyboardInterrupt:
+        return _interrupted(run, args.runs_dir)
     return _report(run, status)
 
 
@@ -151,8 +174,10 @@ def cmd_presets(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runstore import list_runs
+    from .runstore import RunError, list_runs
 
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise RunError(f"--runs-dir {args.runs_dir} is a file, not a folder of runs")
     for run in list_runs(args.runs_dir):
         s = run.status()
         print(f"{run.id:50s} {s.get('state', '?'):12s} step {s.get('step', 0)}/{s.get('total_steps', '?')}"
@@ -175,8 +200,11 @@ def cmd_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dfg", description="Discriminative Feature Generation (DFG)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="python -m dfg", description="Discriminative Feature Generation (DFG)",
+                                allow_abbrev=False)
+    shown = "{train,resume,eval,pretrain,presets,runs,data,sweep}"  # `worker` is internal: not listed
+    sub = p.add_subparsers(dest="cmd", required=True, metavar=shown)
+    sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # --rh must not mean --rho
     t = sub.add_parser("train", help="train a run (DFG or a baseline) from a preset")
     _add_config_flags(t)
     t.add_argument("--runs-dir", default="runs")
@@ -185,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
     for name, fn, hlp in (("resume", cmd_resume, "continue a run from its last checkpoint"),
                           ("eval", cmd_eval, "re-evaluate a run's checkpoint on the test set"),
-                          ("worker", cmd_worker, argparse.SUPPRESS)):
-        s = sub.add_parser(name, help=hlp)
+                          ("worker", cmd_worker, None)):
+        s = sub.add_parser(name, **({"help": hlp} if hlp else {}))  # no help: left out of the listing
         s.add_argument("run")
         s.add_argument("--runs-dir", default="runs")
         if name == "eval":
@@ -217,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: an unwritable folder, a file where one is expected
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -69,13 +69,17 @@ class Config:
     delta: float = 0.95             # threshold on W (rows average 1)
     fw_per_class: int = 10          # samples per class for the filter-weight pass
     # -- transfer regularisers on E/C ---------------------------------------------------------
-    transfer_reg: str = "none"      # none | delta | l2sp  (DFG "+ optional transfer regularizer")
+    transfer_reg: str = "auto"      # auto | none | delta | l2sp. auto: the method's own — DFG and DELTA: delta
+                                    # (§3: E and C "regularized ... similar to DELTA"); the others: none
     reg_alpha: float = 0.01         # weight of the feature-map (DELTA) or L2-SP distance
     reg_beta: float = 0.01          # weight of the L2 penalty on the classifier head
     # -- source model -------------------------------------------------------------------------
     pretrain_steps: int = 1500      # source training steps (Adam 1e-3, batch 64); cached by key
-    source_per_class: int = 1000    # source images per class (glyphs / subsampled sources)
-    head_refit_steps: int = 200     # re-fit C_S's last layer on the target with E_S frozen
+    source_per_class: int = 1000    # source images per class; 0 = all (the paper presets: all of EMNIST / CIFAR-10;
+                                    # glyph sources are made to order: 0 gives their default 1,000 per class)
+    head_refit: str = "auto"        # auto: re-fit C_S's last layer on the target when the target's classes differ
+                                    # from the source's (names, order), keep it when they match | always | never
+    head_refit_steps: int = 200     # steps of that re-fit (E_S and the rest of C_S frozen)
     allow_random_init: bool = False # resnet50 without ImageNet weights in the torch cache
     # -- baselines ----------------------------------------------------------------------------
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
@@ -140,7 +144,12 @@ def from_dict(d: dict) -> Config:
             raise ConfigError(f"config field {k}={v!r} has the wrong type: expected "
                               f"{getattr(kind, '__name__', 'a list of ints')}")
     d = {k: tuple(v) if FIELD_TYPES[k] == tuple[int, ...] else v for k, v in d.items()}
-    return Config(**d)
+    return Config(**{**LEGACY_DEFAULTS, **d})
+
+
+# What a config.json written before a field existed meant: runs made before 2026-11-28 always re-fit the
+# source head, so they resume and re-evaluate as they started.
+LEGACY_DEFAULTS = {"head_refit": "always"}
 
 
 def _paper(**kw) -> Config:
@@ -151,8 +160,9 @@ def _paper(**kw) -> Config:
     return Config(**base)
 
 
-_LENET = dict(backbone="lenet", source="emnist", steps=20000, n_c1=2, n_c2=10, n_w=5000, pretrain_steps=10000)
-_VGG = dict(backbone="vgg16", source="cifar10", n_c1=2, n_c2=10, n_w=5000, pretrain_steps=30000)
+_LENET = dict(backbone="lenet", source="emnist", steps=20000, n_c1=2, n_c2=10, n_w=5000, pretrain_steps=10000,
+              source_per_class=0)
+_VGG = dict(backbone="vgg16", source="cifar10", n_c1=2, n_c2=10, n_w=5000, pretrain_steps=30000, source_per_class=0)
 _RESNET = dict(backbone="resnet50", source="imagenet", steps=40000, n_c1=1, n_c2=5, n_w=2000, optimizer_ec="sgd",
                lr_extractor=0.01, lr_classifier=0.01, lr_generator=1e-4, lr_critic=1e-4, lr_drop_at=0.5,
                pretrain_steps=0)
@@ -191,6 +201,9 @@ def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
     for k in vals:
         if k not in FIELD_TYPES:
             raise ConfigError(f"unknown config field {k!r}")
+    if "preset" in vals:
+        raise ConfigError(f"preset={vals['preset']!r} cannot be overridden: choose the preset with --preset NAME "
+                          "(the app: the preset box)")
     from .methods import METHOD_DEFAULTS  # lazy: methods import torch
     base = PRESETS[preset]
     # the method's own defaults (e.g. baselines' learning rates) first, then the user's overrides win
@@ -223,17 +236,19 @@ def validate(cfg: Config) -> Config:
     for f in fields(cfg):  # NaN/inf slip through range checks (nan compares False, inf >= 0)
         v = getattr(cfg, f.name)
         _need(not isinstance(v, float) or v == v and abs(v) != float("inf"), f.name, v, "must be a finite number")
+    _need(0 <= cfg.seed < 2 ** 63, "seed", cfg.seed, "must be a whole number in [0, 2^63)")
     _need(0.0 <= cfg.rho <= 1.0, "rho", cfg.rho, "must lie in [0, 1]")
     _need(cfg.delta >= 0.0, "delta", cfg.delta, "must be >= 0 (rows of W average 1; the paper uses 0.95)")
     for name in ("alpha", "beta", "gamma"):
         _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
     total = cfg.alpha + cfg.beta + cfg.gamma
-    _need(abs(total - 1.0) < 1e-6, "alpha+beta+gamma", round(total, 6), "must sum to 1 (Eq. 4)")
+    # within 0.01: the paper prints α = β = γ = 0.333
+    _need(abs(total - 1.0) <= 0.01, "alpha+beta+gamma", round(total, 6), "must sum to 1 (Eq. 4), within 0.01")
     for name in ("steps", "batch_size", "n_critic", "n_c1", "n_c2", "n_w", "log_every", "eval_every",
-                 "ckpt_every", "fw_per_class", "source_per_class"):
+                 "ckpt_every", "fw_per_class"):
         _need(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be a positive integer")
-    for name in ("pretrain_steps", "head_refit_steps", "n_max", "limit_test", "image_size", "num_majority",
-                 "threads"):
+    for name in ("pretrain_steps", "head_refit_steps", "source_per_class", "n_max", "limit_test", "image_size",
+                 "num_majority", "threads"):
         _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
     for name in ("lr_extractor", "lr_classifier", "lr_generator", "lr_critic"):
         v = getattr(cfg, name)
@@ -244,8 +259,10 @@ def validate(cfg: Config) -> Config:
     _need(0.0 <= cfg.val_fraction < 0.9, "val_fraction", cfg.val_fraction, "must lie in [0, 0.9)")
     _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
+    _need(cfg.head_refit in ("auto", "always", "never"), "head_refit", cfg.head_refit, "choose auto, always or never")
     _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
-    _need(cfg.transfer_reg in ("none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg, "choose none, delta or l2sp")
+    _need(cfg.transfer_reg in ("auto", "none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg,
+          "choose auto, none, delta or l2sp")
     _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
           "must lie in [0, 1)")
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,

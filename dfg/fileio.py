@@ -74,6 +74,20 @@ def jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def writable_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into `folder` (made if missing), or None when they can: checked with a
+    real probe file, since permissions alone miss read-only mounts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

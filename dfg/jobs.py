@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .fileio import writable_problem
 from .runstore import Run, RunBusyError, pid_alive
 
 
@@ -46,6 +47,10 @@ def create_checked(cfg, runs_dir: str | Path, run_id: str):
     run = Run(runs_dir, run_id)  # checks the id
     if run.path.exists():
         raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
+    problem = writable_problem(run.root)
+    if problem:
+        raise RunError(f"cannot write runs into {run.root} ({problem}); choose a runs folder you can write to "
+                       "(--runs-dir)")
     data = preflight(cfg)
     return Run.create(runs_dir, run_id, cfg.to_dict()), data
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
-from .config import Config, validate
+from .config import Config, ConfigError, validate
+from .fileio import writable_problem
 from .filter_weights import balanced_sample, compute_class_weights
 from .kernels import tune_allocator
 from .methods import METHODS, SourceModel, TrainContext, scalars
@@ -28,7 +29,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} requested but CUDA is not available here; use device=cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def configure_backend(cfg: Config, device: torch.device) -> None:
@@ -73,13 +77,16 @@ def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
-    from .source import pretrain_source, refit_head
+    from .source import pretrain_source, refit_head, refit_needed
 
     e, c = pretrain_source(cfg, data.in_channels, device,
                            progress=lambda s, n, l: log(f"pretrain source {s}/{n} loss {l:.3f}") if s == n else None)
-    torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
-    loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
-    log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
+    if refit_needed(cfg, data.class_names):
+        torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
+        loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
+        log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
+    else:
+        log(f"source head kept: the target's classes are the source's ({cfg.source} -> {cfg.dataset})")
     for p in list(e.parameters()) + list(c.parameters()):
         p.requires_grad_(False)
     x, y = sample
@@ -116,6 +123,7 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     from .config import from_dict
 
     cfg = from_dict(run.require().config())
+    validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
     device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
     data, method = setup(cfg, device, log)
@@ -139,11 +147,19 @@ def _finite(values: dict[str, float]) -> str | None:
     return next((k for k, v in values.items() if not math.isfinite(v)), None)
 
 
-def _params_finite(method) -> str | None:
+def _state_finite(method) -> str | None:
+    """The first non-finite tensor a checkpoint would hold: a weight, a buffer (BN statistics) or an
+    optimizer's state (Adam's moments overflow before the weights do); None when all are finite."""
     for name, net in method.nets.items():
-        for pname, p in net.named_parameters():
-            if not torch.isfinite(p).all():
-                return f"{name}.{pname}"
+        for kind, named in (("weight", net.named_parameters()), ("buffer", net.named_buffers())):
+            for pname, p in named:
+                if p.is_floating_point() and not torch.isfinite(p).all():
+                    return f"{kind} {name}.{pname}"
+    for name, opt in method.opts.items():
+        for i, state in enumerate(opt.state.values()):
+            for key, t in state.items():
+                if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+                    return f"{name} optimizer state {key} of parameter {i}"
     return None
 
 
@@ -151,20 +167,28 @@ def preflight(cfg: Config):
     """Every check that can fail before a run folder exists: the config, the device, the target's data
     files and the source model (cached, or its weights/data present). Returns the data bundle."""
     from .data import DATASETS, build_source_data
-    from .source import IMAGENET_FILES, imagenet_state_dict, source_key
+    from .source import imagenet_state_dict, refit_needed, source_key
 
     validate(cfg)
     resolve_device(cfg.device)
+    if os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root):
+        raise ConfigError(f"data_root={cfg.data_root!r} is a file; it must be a folder (datasets and the source "
+                          "model cache live there)")
     data = load_data(cfg)
     if METHODS[cfg.method].from_source:
+        refit_needed(cfg, data.class_names)  # head_refit=never with other class counts: SourceError
         if cfg.source == "imagenet":
-            hub = os.path.join(torch.hub.get_dir(), "checkpoints")
-            if not any(os.path.exists(os.path.join(hub, f)) for f in IMAGENET_FILES):
-                imagenet_state_dict(cfg.allow_random_init)  # raises SourceError saying where the weights go
-        elif not DATASETS[cfg.source].offline and not os.path.exists(
-                os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")):
-            build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, download=cfg.download,
-                              n_per_class=1)  # raises DataError naming the missing files
+            imagenet_state_dict(cfg.allow_random_init)  # SourceError: missing (says where it goes) or damaged
+        else:
+            cache = os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")
+            if not os.path.exists(cache):
+                problem = writable_problem(os.path.dirname(cache))
+                if problem:
+                    raise ConfigError(f"data_root={cfg.data_root!r}: the source model cannot be cached in "
+                                      f"{os.path.dirname(cache)} ({problem}); choose a data_root you can write to")
+                if not DATASETS[cfg.source].offline:
+                    build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, download=cfg.download,
+                                      n_per_class=1)  # raises DataError naming the missing files
     return data
 
 
@@ -208,6 +232,8 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
     run.write_json("data.json", {"class_counts": data.class_counts, "class_names": list(data.class_names),
                                  "majority": list(data.majority), "minority": list(_minority(data)),
                                  "warnings": list(data.warnings), "num_classes": data.num_classes})
+    for warning in data.warnings:
+        log(f"warning: {warning}")
     stream = BatchStream(data.train, cfg.batch_size, seed=cfg.seed, device=device)
     start, best = 0, {"val_top1": -1.0, "step": 0}
     sums: dict[str, float] = {}   # loss sums since the last train row (checkpointed: a row spans a resume)
@@ -260,6 +286,10 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
         stop = run.stop_requested()
         if step % cfg.log_every == 0 or ckpt_now or step % cfg.eval_every == 0 or stop:
             flush()
+        if ckpt_now or stop:  # a checkpoint follows: nothing of this step is written unless all of it is finite
+            bad = _state_finite(method)
+            if bad:
+                raise Diverged(f"{bad} became non-finite at step {step}; the last good checkpoint is kept")
         if step % cfg.log_every == 0 or ckpt_now:
             now = time.perf_counter()
             rate = (step - s_last) / max(now - t_last, 1e-9)
@@ -282,9 +312,6 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
                     best = {"val_top1": val["top1"], "step": step, "test": row}
             run.append_metrics(rows, skip=on_file)
         if ckpt_now or stop:
-            bad = _params_finite(method)
-            if bad:
-                raise Diverged(f"weight {bad} became non-finite at step {step}; the last good checkpoint is kept")
             save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
                                                   "best": best, "loop": {"sums": sums, "counts": counts}},
                             backbone=cfg.backbone, method=cfg.method, step=step)

@@ -53,27 +53,30 @@ def classifier_loss(l_real: torch.Tensor, l_gen: torch.Tensor, l_concat: torch.T
 
 
 def delta_attention(loss_increase: torch.Tensor, temperature: float = 5.0) -> torch.Tensor:
-    """DELTA's channel weights (Li et al. 2019): softmax(z-score(Δloss_j) / T) over the nf channels.
+    """DELTA's channel weights (Li et al. 2019): softmax(z-score(Δloss_j) / T) over the nf channels, the
+    z-score with the population std (ddof 0), as DELTA's code computes it.
 
     loss_increase: (nf,) mean loss increase when channel j is removed. Returns (nf,) summing to 1."""
-    z = (loss_increase - loss_increase.mean()) / (loss_increase.std() + 1e-12)
+    z = (loss_increase - loss_increase.mean()) / (loss_increase.std(correction=0) + 1e-12)
     return torch.softmax(z / temperature, dim=0)
 
 
 def delta_feature_distance(fm_target: torch.Tensor, fm_source: torch.Tensor, channel_weights: torch.Tensor) -> torch.Tensor:
-    """DELTA behaviour regulariser Ω' = Σ_j w_j · ‖FM_j^t − FM_j^s‖² / (h·w), averaged over the batch.
+    """DELTA behaviour regulariser Ω' = ½ Σ_i Σ_j nf·w_j · ‖FM_j^t(x_i) − FM_j^s(x_i)‖² / (h·w), summed
+    over the batch's samples i: the scale of DELTA's code, where its α = 0.01 was chosen. The weights w
+    sum to 1, so nf·w_j averages 1 over the channels.
 
     fm_*: (B, nf, h, w) feature maps of target and (frozen) source extractor; channel_weights: (nf,).
     Zero when the two extractors agree; grows with their squared distance."""
     per_channel = (fm_target - fm_source.detach()).pow(2).flatten(2).mean(2)  # (B, nf): ‖·‖²/(h·w)
-    return (per_channel * channel_weights).sum(1).mean()
+    return 0.5 * (per_channel * (per_channel.shape[1] * channel_weights)).sum()
 
 
 def l2_sp(params: list[torch.Tensor], source_params: list[torch.Tensor]) -> torch.Tensor:
-    """L2-SP (Li et al. 2018): Σ ‖θ − θ_S‖² over parameters that have a source counterpart."""
-    return sum(((p - s.detach()) ** 2).sum() for p, s in zip(params, source_params))
+    """L2-SP (Li et al. 2018): ½ Σ ‖θ − θ_S‖² over parameters that have a source counterpart."""
+    return 0.5 * sum(((p - s.detach()) ** 2).sum() for p, s in zip(params, source_params))
 
 
 def l2(params: list[torch.Tensor]) -> torch.Tensor:
-    """Plain ‖θ‖² (DELTA's penalty on the new head)."""
-    return sum((p ** 2).sum() for p in params)
+    """½ ‖θ‖² (DELTA's penalty on the new head)."""
+    return 0.5 * sum((p ** 2).sum() for p in params)

@@ -36,7 +36,14 @@ def imagenet_state_dict(allow_random_init: bool) -> dict | None:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for name in IMAGENET_FILES:
         if (hub / name).exists():
-            return torch.load(hub / name, map_location="cpu", weights_only=True)
+            try:
+                return torch.load(hub / name, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated download, another file under that name
+                raise SourceError(
+                    f"ResNet-50 ImageNet weights at {hub / name} cannot be read ({type(e).__name__}: {e}); the file "
+                    "is damaged or not a torch checkpoint. Delete it and fetch it again on an online machine with "
+                    "`python -c \"import torchvision; torchvision.models.resnet50(weights='IMAGENET1K_V2')\"`."
+                ) from None
     if allow_random_init:
         return None
     raise SourceError(
@@ -86,6 +93,32 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
                            "num_classes": data.num_classes}, backbone=cfg.backbone, method="source",
                     step=cfg.pretrain_steps)
     return e, c
+
+
+def source_classes(cfg: Config) -> tuple[str, ...] | int:
+    """The source task's class names, or (ImageNet, whose names are not needed) its class count."""
+    if cfg.source == "imagenet":
+        return 1000
+    from .data.registry import get_spec
+    return get_spec(cfg.source).class_names
+
+
+def refit_needed(cfg: Config, target_classes: tuple[str, ...]) -> bool:
+    """Whether C_S's last layer is replaced and re-fit on the target (cfg.head_refit). auto: when the
+    target's classes are not the source's (names in the same order; ImageNet's 1000 never match), as for
+    EMNIST -> Fashion-MNIST or CIFAR-10 -> STL-10; EMNIST -> SVHN and CIFAR-10 -> CINIC-10 keep the trained
+    head, as the paper does (it replaces the last layer for ResNet-50 only). never: keep it; the class
+    counts must then agree, else a SourceError says what to set."""
+    source = source_classes(cfg)
+    if cfg.head_refit == "always":
+        return True
+    if cfg.head_refit == "auto":
+        return source != tuple(target_classes)
+    count = source if isinstance(source, int) else len(source)
+    if count != len(target_classes):
+        raise SourceError(f"head_refit=never keeps the source head's {count} classes, but the target "
+                          f"{cfg.dataset!r} has {len(target_classes)}: set head_refit=auto (or always)")
+    return False
 
 
 def refit_head(extractor, classifier, train_set, num_classes: int, cfg: Config, device: torch.device) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +59,21 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
 
 
 def parse_seeds(text: str | int) -> list[int]:
-    """'10' -> seeds 0..9; '0,3,7' -> those seeds."""
+    """'10' -> seeds 0..9; '0,3,7' -> those seeds. An empty grid, a count below 1 or a negative seed is
+    a ConfigError: a sweep with no seeds would only rewrite the tables as empty ones."""
+    how = "give a count >= 1 (10 = seeds 0..9) or a list of seeds >= 0 (0,3,7)"
+    s = str(text).strip()
     try:
-        return [int(t) for t in str(text).split(",") if t.strip()] if "," in str(text) else list(range(int(text)))
+        seeds = [int(t) for t in s.split(",") if t.strip()] if "," in s else list(range(int(s)))
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: give a count (10 = seeds 0..9) or a list (0,3,7)") from None
+        raise ConfigError(f"--seeds {text!r}: {how}") from None
+    if "," not in s and int(s) < 1:
+        raise ConfigError(f"--seeds {text!r}: a count of {int(s)} gives no runs; {how}")
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: the list is empty; {how}")
+    if any(x < 0 for x in seeds):
+        raise ConfigError(f"--seeds {text!r}: seed {min(seeds)} is negative; {how}")
+    return seeds
 
 
 def _short_hash(obj) -> str:
@@ -93,6 +104,19 @@ def _majority_sets(preset: str, sets: dict, combos: str | None) -> list[tuple[in
 def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[int], *,
                 majority_combos: str | None = None, sets: dict[str, list[str]] | None = None) -> list[Cell]:
     """Every cell of the grid, in order, with its run id; every config is validated before any work."""
+    from .methods import METHODS  # lazy: methods import torch
+
+    for flag, items, valid in (("--presets", presets, sorted(PRESETS)), ("--methods", methods, sorted(METHODS))):
+        if not items:
+            raise ConfigError(f"{flag} is empty: give one or more of {', '.join(valid)} (comma-separated)")
+        unknown = [x for x in items if x not in valid]
+        if unknown:
+            what = f"{flag[2:-1]}{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}"
+            raise ConfigError(f"{flag}: unknown {what}; choose from {', '.join(valid)}")
+    if not seeds:
+        raise ConfigError("--seeds gives no seeds: give a count >= 1 (10 = seeds 0..9) or a list (0,3,7)")
+    if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 0 for x in seeds):
+        raise ConfigError(f"--seeds {list(seeds)}: seeds must be integers >= 0, e.g. --seeds 3 or --seeds 0,3,7")
     if not RUN_ID.match(name or ""):
         raise ConfigError(f"--name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
     sets = sets or {}
@@ -153,6 +177,9 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     """Expand, run what is not done yet (finished runs are skipped, others resumed), write the tables."""
     from .executors import DONE, action_for, make_executor, preflight_all, reporter
 
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1 (got {parallel}): the number of runs at a time on CPU; "
+                          "leave it out for 1")
     name = name or "-".join(presets)
     parsed = parse_sets(list(sets) + ([f"num_majority={num_majority}"] if num_majority is not None else []))
     if len(parsed.get("num_majority", [])) > 1 and num_majority is not None:
@@ -161,22 +188,30 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     by, out = varied(parsed), Path(runs_dir) / "sweeps" / name
     args = {"presets": presets, "methods": methods, "seeds": seeds, "majority_combos": majority_combos,
             "sets": parsed}
-    old = _read_json(out / "grid.json")
-    if old and old.get("args") != args:
-        log(f"note: sweep {name!r} existed with another grid; its tables now follow this one")
-    out.mkdir(parents=True, exist_ok=True)
-    grid = _grid_json(name, cells, args, by)
-    grid["created"] = (old or {}).get("created", grid["created"])  # a re-launch keeps the sweep's age
-    atomic_write_json(out / "grid.json", grid)
     actions = {c.run_id: action_for(Run(runs_dir, c.run_id)) for c in cells}
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
+    # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
+    grid = _grid_json(name, cells, args, by)
+    ex = None
+    if todo:
+        preflight_all([(c.run_id, c.config()) for c in todo], log)
+        ex = make_executor(executor, address, parallel)
+    try:
+        old = _read_json(out / "grid.json")
+        if old and old.get("args") != args:
+            log(f"note: sweep {name!r} existed with another grid; its tables now follow this one")
+        out.mkdir(parents=True, exist_ok=True)
+        grid["created"] = (old or {}).get("created", grid["created"])  # a re-launch keeps the sweep's age
+        atomic_write_json(out / "grid.json", grid)
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     count = {a: sum(v == a for v in actions.values()) for a in ("new", "resume", "skip", "busy")}
     log(f"sweep {name}: {len(cells)} runs: {count['skip']} done (skipped), {count['busy']} running elsewhere, "
         f"{count['new']} new, {count['resume']} to resume")
     results = []
-    if todo:
-        preflight_all([(c.run_id, c.config()) for c in todo], log)
-        ex = make_executor(executor, address, parallel)
+    if ex is not None:
         try:
             log(ex.describe())
             runs = [_prepare(runs_dir, c, ex.threads, actions[c.run_id], log) for c in todo]
@@ -268,8 +303,13 @@ def add_sweep_parser(sub) -> None:
     s.set_defaults(fn=cmd_sweep)
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _split(text: str, flag: str, valid) -> list[str]:
+    """'a, b' -> ['a', 'b']; an empty list (e.g. --methods "" or ",") is a ConfigError naming the flag."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{flag} {text!r} names nothing: give one or more of {', '.join(sorted(valid))} "
+                          "(comma-separated)")
+    return items
 
 
 def cmd_sweep(args) -> int:
@@ -282,6 +322,9 @@ def cmd_sweep(args) -> int:
 
 
 def _run_from_args(args) -> dict:
-    return run_sweep(args.runs_dir, _split(args.presets), _split(args.methods), parse_seeds(args.seeds),
+    from .methods import METHODS  # lazy: methods import torch
+
+    return run_sweep(args.runs_dir, _split(args.presets, "--presets", PRESETS),
+                     _split(args.methods, "--methods", METHODS), parse_seeds(args.seeds),
                      name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,
                      sets=args.set, executor=args.executor, address=args.address, parallel=args.parallel)

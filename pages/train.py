@@ -105,7 +105,7 @@ with st.expander("More settings"):
     field(c[2], "cuda_graphs", "CUDA graphs (each step one replay; same numbers)", "check")
     c = st.columns(4)
     field(c[0], "val_fraction", "val_fraction")
-    field(c[1], "transfer_reg", "transfer_reg", "select", options=["none", "delta", "l2sp"])
+    field(c[1], "transfer_reg", "transfer_reg", "select", options=["auto", "none", "delta", "l2sp"])
     field(c[2], "optimizer_ec", "optimizer_ec", "select", options=["adam", "sgd"])
     field(c[3], "download", "download missing datasets", "check")
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")

@@ -1,4 +1,5 @@
 """Losses of Eq. 1-4 and the regularisers, checked against closed forms."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -63,10 +64,27 @@ def test_delta_regulariser_zero_when_equal_and_grows_with_distance():
     d1 = losses.delta_feature_distance(fm + 0.1, fm, w).item()
     d2 = losses.delta_feature_distance(fm + 0.5, fm, w).item()
     assert 0 < d1 < d2
-    assert d1 == pytest.approx(0.01, rel=1e-5)  # Σ w_j · 0.1² with Σ w = 1
+    # a constant shift of 0.1: ½ · Σ over 4 samples · Σ_j 6·w_j · 0.1² = ½ · 4 · 6 · 0.01 (Σ w = 1)
+    assert d1 == pytest.approx(0.5 * 4 * 6 * 0.01, rel=1e-5)
 
 
-def test_l2_sp_and_l2():
+def test_delta_regulariser_has_the_scale_of_deltas_code():
+    """DELTA's published code: channel weights softmax(z-score / 5) with numpy's std (ddof 0); the distance
+    0.5 · Σ_batch Σ_c c · w_c · ‖FM_t − FM_s‖² / (h·w). Written out here with numpy, independently."""
+    inc = np.array([0.3, 0.05, 0.7, 0.2, 0.0, 0.45])
+    z = (inc - inc.mean()) / inc.std()
+    w_ref = np.exp(z / 5) / np.exp(z / 5).sum()
+    w = losses.delta_attention(torch.tensor(inc, dtype=torch.float64))
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-9)  # ddof 1 would be off by ~1e-2
+    rng = np.random.default_rng(0)
+    ft, fs = rng.normal(size=(3, 6, 4, 5)), rng.normal(size=(3, 6, 4, 5))
+    dist = ((ft - fs).reshape(3, 6, -1) ** 2).sum(2)  # (b, c): ‖·‖² per channel
+    ref = 0.5 * (6 * w_ref[None] * dist / (4 * 5)).sum()
+    got = losses.delta_feature_distance(torch.tensor(ft), torch.tensor(fs), w).item()
+    assert got == pytest.approx(ref, rel=1e-12)
+
+
+def test_l2_sp_and_l2_carry_deltas_half():
     p = [torch.tensor([1.0, 2.0])]
-    assert losses.l2_sp(p, [torch.tensor([1.0, 0.0])]).item() == 4.0
-    assert losses.l2(p).item() == 5.0
+    assert losses.l2_sp(p, [torch.tensor([1.0, 0.0])]).item() == 2.0  # ½ · 2²
+    assert losses.l2(p).item() == 2.5                                  # ½ · (1 + 4)

@@ -168,6 +168,73 @@ def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
     assert all(r["L_reg"] > 0 and math.isfinite(r["L_reg"]) for r in rows[1:])
 
 
+@pytest.mark.parametrize("setting, expected", [
+    ("auto", dict(dfg="delta", delta="delta", finetune="none", difa_cmwgan="none", original="none")),
+    ("l2sp", dict(dfg="l2sp", delta="delta", finetune="l2sp", difa_cmwgan="l2sp")),
+    ("none", dict(dfg="none", delta="delta")),
+])
+def test_transfer_reg_auto_is_each_methods_own(setting, expected, data_root):
+    """auto: DFG regularises E/C towards the source like DELTA (§3), the other baselines do not; an explicit
+    choice applies to every method except DELTA, whose regulariser is the method."""
+    for method, kind in expected.items():
+        _, m = setup(tiny(data_root, method=method, transfer_reg=setting), torch.device("cpu"), log=lambda m: None)
+        assert m.reg_kind == kind, method
+        assert (m.reg_weights is not None) == (kind == "delta")
+
+
+@pytest.mark.parametrize("preset, refit", [("svhn", False), ("cinic10", False), ("fmnist", True),
+                                           ("stl10", True), ("caltech256", True), ("demo", False)])
+def test_the_source_head_is_re_fit_only_when_the_classes_differ(preset, refit):
+    from dfg.data.registry import get_spec
+    from dfg.source import refit_needed
+    cfg = make_config(preset)
+    target = get_spec(cfg.dataset).class_names
+    assert refit_needed(cfg, target) is refit
+    assert refit_needed(make_config(preset, {"head_refit": "always"}), target)
+    if len(target) == 10:
+        assert not refit_needed(make_config(preset, {"head_refit": "never"}), target)
+
+
+def test_head_refit_never_with_other_class_counts_says_what_to_set():
+    from dfg.source import SourceError, refit_needed
+    with pytest.raises(SourceError, match="keeps the source head's 1000 classes, but the target 'caltech256' "
+                                          "has 257: set head_refit=auto"):
+        refit_needed(make_config("caltech256", {"head_refit": "never"}), tuple(map(str, range(257))))
+
+
+def test_a_kept_source_head_is_the_pretrained_one_and_a_re_fit_one_is_new(data_root):
+    from dfg.source import pretrain_source
+    cfg = tiny(data_root)  # glyphs -> MNIST 5k: the same digits
+    e, c = pretrain_source(cfg, 1, torch.device("cpu"))
+    pretrained = [p.detach().clone() for p in c[-1].parameters()]
+    _, kept = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    kept_head = list(kept.ctx.source.classifier[-1].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(pretrained, kept_head))
+    _, refit = setup(tiny(data_root, head_refit="always"), torch.device("cpu"), log=lambda m: None)
+    assert not torch.equal(pretrained[0], refit.ctx.source.classifier[-1].weight)
+
+
+def test_eq_4c_is_one_concatenated_batch_and_with_bn_4a_4b_get_their_own(data_root):
+    """Eq. 4c's x̃ = E(x) ⊕ G(z, ŷ) goes through C as one batch of 2B (with BN in C, its statistics are the
+    mixed batch's); with BN, the nC2 update's 4a and 4b use C on the real and the generated batch alone.
+    LeNet's C has no BN, so both ways give the same numbers: the split path is checked against the joint one."""
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, n_c1=1, n_c2=1, n_critic=1)
+    b, seen, outs = cfg.batch_size, {}, {}
+    for bn in (False, True):
+        torch.manual_seed(0)
+        _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
+        m.c_has_bn = bn
+        seen[bn] = []
+        m.classifier.register_forward_pre_hook(lambda mod, inp, bn=bn: seen[bn].append(inp[0].shape[0]))
+        outs[bn] = m.update(1, BatchStream(load_data(cfg).train, b, seed=0))
+    # nC1 pass (2B), E's and C's updates (B, B), nC2 pass (2B, then B and B with BN)
+    assert seen[False] == [2 * b, b, b, 2 * b]
+    assert seen[True] == [2 * b, b, b, 2 * b, b, b]
+    for key in ("L_cC_G", "L_rC", "L_gC", "L_cC", "L_C"):
+        assert outs[True][key].item() == pytest.approx(outs[False][key].item(), rel=1e-6), key
+
+
 def test_validation_split_selects_on_val_never_on_test(data_root, tmp_path):
     cfg = tiny(data_root, val_fraction=0.2, method="original")
     run = Run.create(tmp_path, "val", cfg.to_dict())

@@ -71,20 +71,24 @@ def test_huge_learning_rate_diverges_and_keeps_the_last_good_checkpoint(data_roo
     s = train(cfg, run, **QUIET)
     assert s["state"] == "diverged" and run.status()["state"] == "diverged"
     step = s["step"]
-    assert f"at step {step};" in s["error"] and ("loss L_" in s["error"] or "weight " in s["error"]), s["error"]
+    assert f"at step {step};" in s["error"] and ("loss L_" in s["error"] or "became non-finite" in s["error"]), s["error"]
     ckpt = load_checkpoint(run.checkpoint_path, backbone="lenet", method="dfg")
     assert step - cfg.ckpt_every <= ckpt["step"] < step and all_finite(ckpt["state"])
     rows = run.read_metrics()[0]
     assert all(all_finite(r) for r in rows) and max(train_steps(run)) < step  # no row holds a NaN
 
 
-@pytest.mark.parametrize("where", ["loss", "weight"])
+@pytest.mark.parametrize("where", ["loss", "weight", "optimizer"])
 def test_injected_nan_names_the_loss_or_weight_and_the_step(where, data_root, tmp_path, monkeypatch):
     if where == "loss":
         patch_step(monkeypatch, 7, lambda m, out: {**out, "L_G": float("nan")})
-    else:  # a weight goes Inf after step 10's losses were computed: caught before the step-10 checkpoint
+    elif where == "weight":  # a weight goes Inf after step 10's losses were computed: caught before the checkpoint
         def poison(m, out):
             next(m.generator.parameters()).data.fill_(float("inf"))
+        patch_step(monkeypatch, 10, poison)
+    else:  # Adam's second moment overflows while the weights are still finite: no checkpoint may keep it
+        def poison(m, out):
+            m.opts["generator"].state[next(m.generator.parameters())]["exp_avg_sq"].fill_(float("inf"))
         patch_step(monkeypatch, 10, poison)
     cfg = tiny(data_root)
     run = new_run(tmp_path, cfg)
@@ -92,8 +96,11 @@ def test_injected_nan_names_the_loss_or_weight_and_the_step(where, data_root, tm
     assert s["state"] == "diverged"
     if where == "loss":
         assert s["step"] == 7 and s["error"].startswith("loss L_G became nan at step 7")
-    else:
+    elif where == "weight":
         assert s["step"] == 10 and s["error"].startswith("weight generator.") and "at step 10" in s["error"]
+    else:
+        assert s["step"] == 10 and s["error"].startswith("generator optimizer state exp_avg_sq of parameter 0 "
+                                                         "became non-finite at step 10")
     ckpt = load_checkpoint(run.checkpoint_path)
     assert ckpt["step"] == 5 and all_finite(ckpt["state"])
 
@@ -175,7 +182,8 @@ def test_stop_between_log_rows_then_resume_gives_the_uninterrupted_rows(data_roo
 def test_a_run_that_pretrained_its_source_matches_one_that_found_it_cached(tmp_path):
     """A killed run's first process may have trained the source; its resumed process loads it from the
     cache. Both must build the same model (the re-fit head's init once depended on which happened)."""
-    cfg = make_config("demo", {**TINY, "steps": 5, "seed": 3, "data_root": str(tmp_path / "fresh")})
+    cfg = make_config("demo", {**TINY, "steps": 5, "seed": 3, "data_root": str(tmp_path / "fresh"),
+                               "head_refit": "always"})  # digits -> digits would keep the head
     rows = []
     for name in ("cold", "warm"):
         run = new_run(tmp_path, cfg, name)

@@ -4,6 +4,7 @@ localhost; two runs written at once are read by several readers without a lost, 
 import json
 import multiprocessing
 import os
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -87,7 +88,20 @@ BAD = {
     "folder-escape": (["--set", "dataset=folder", "--set", "folder=../outside"], "outside the allowed data root"),
     "run-id-dots": (["--run-id", "../evil"], "invalid run id '../evil'"),
     "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
+    "preset-set": (["--set", "preset=svhn"], "cannot be overridden: choose the preset with --preset NAME"),
+    "seed": (["--set", "seed=-5"], "seed=-5 is invalid"),
+    "seed-huge": (["--set", f"seed={2 ** 70}"], f"seed={2 ** 70} is invalid"),
+    "set-twice": (["--set", "rho=0.5", "--set", "rho=0.6"], "rho is set twice ('0.5' and '0.6'); give it once"),
+    "flag-and-set": (["--set", "rho=0.5", "--rho", "0.6"], "rho is set twice"),
+    "head-refit": (["--set", "head_refit=sometimes"], "head_refit='sometimes' is invalid"),
 }
+
+
+def case_args(args: list[str]) -> list[str]:
+    """TINY_ARGS without the fields the case sets itself (a field given twice is refused), then the case."""
+    own = {a.split("=", 1)[0] for a in args if "=" in a}
+    keep = [a for k, v in TINY.items() if k not in own for a in ("--set", f"{k}={v}")]
+    return keep + args
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -98,12 +112,94 @@ def test_bad_input_gets_one_clear_message_and_no_run_folder(case, tmp_path, caps
     make_folder(data_root / "empty", {"a": 3, "b": 0})
     make_folder(tmp_path / "outside", {"x": 3, "y": 3})
     runs = tmp_path / "runs"
-    rc = cli.main(["train", "--runs-dir", str(runs), *TINY_ARGS, "--set", f"data_root={data_root}", *args])
+    rc = cli.main(["train", "--runs-dir", str(runs), "--set", f"data_root={data_root}", *case_args(args)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
     assert not runs.exists() or not list(runs.iterdir())  # no run folder, not even a half-made one
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("where", ["runs-dir-is-a-file", "runs-dir-read-only", "data-root-is-a-file"])
+def test_folders_that_cannot_be_written_are_named_before_any_work(where, tmp_path, capsys):
+    runs, data_root = tmp_path / "runs", tmp_path / "data"
+    if where == "runs-dir-is-a-file":
+        runs.write_text("not a folder")
+        message = f"cannot write runs into {runs} (FileExistsError"
+    elif where == "runs-dir-read-only":
+        runs.mkdir()
+        os.chmod(runs, 0o500)
+        if os.access(runs, os.W_OK):  # root ignores permissions: nothing to check here
+            pytest.skip("this user can write into read-only folders")
+        message = f"cannot write runs into {runs} (PermissionError"
+    else:
+        data_root.write_text("not a folder")
+        message = f"data_root={str(data_root)!r} is a file; it must be a folder"
+    rc = cli.main(["train", "--runs-dir", str(runs), *TINY_ARGS, "--set", f"data_root={data_root}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err, err
+    assert not runs.is_dir() or not list(runs.iterdir())
+
+
+def test_a_damaged_imagenet_file_is_named_before_a_run_folder_exists(tmp_path, monkeypatch, capsys):
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / "resnet50-11ad3fa6.pth").write_bytes(b"half a download")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    folder = make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    runs = tmp_path / "runs"
+    rc = cli.main(["train", "--runs-dir", str(runs), "--set", "backbone=resnet50", "--set", "source=imagenet",
+                   "--set", "dataset=folder", "--set", f"folder={folder}", "--set", f"data_root={tmp_path}",
+                   "--set", "imbalance=none", "--set", "steps=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resnet50-11ad3fa6.pth cannot be read" in err and "Delete it and fetch it again" in err, err
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys):
+    def interrupt(cfg, run, **kw):
+        run.set_status(state="interrupted", step=3)
+        raise KeyboardInterrupt
+    monkeypatch.setattr("dfg.loop.train", interrupt)
+    runs = tmp_path / "runs"
+    rc = cli.main(["train", "--runs-dir", str(runs), "--run-id", "cc", *TINY_ARGS, "--set", f"data_root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert f"interrupted at step 3; continue with `python -m dfg resume cc --runs-dir {runs}`" in err
+
+
+def test_eval_checks_the_run_record_and_the_device(finished, capsys):
+    assert cli.main(["eval", finished.id, "--runs-dir", str(finished.root), "--device", "banana"]) == 2
+    assert "device='banana' is not a device: use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    edited = finished.root / "edited"
+    shutil.copytree(finished.path, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**cfg, "rho": 7.0}))
+    assert cli.main(["eval", "edited", "--runs-dir", str(finished.root)]) == 2
+    assert "rho=7.0 is invalid: must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_the_command_line_hides_worker_refuses_abbreviations_and_keeps_data_root_absolute(tmp_path, capsys,
+                                                                                          monkeypatch):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "SUPPRESS" not in out and "worker" not in out and "sweep" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--rh", "0.9"])  # would silently have set rho
+    assert e.value.code == 2 and "unrecognized arguments: --rh" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args(["train", "--set", "data_root=data"])
+    assert cli.config_from_args(args).data_root == str(tmp_path / "data")
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["runs", "--runs-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder of runs" in capsys.readouterr().err
+
+
+def test_a_test_set_without_some_classes_says_so():
+    data = build_data("digits", backbone="lenet", limit_test=3)
+    assert any("7 of 10 classes have no test images" in w and "use limit_test >= 10" in w for w in data.warnings)
+    assert not any("no test images" in w for w in build_data("digits", backbone="lenet", limit_test=10).warnings)
 
 
 def test_the_apps_submit_checks_before_making_a_folder(tmp_path):

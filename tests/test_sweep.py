@@ -138,6 +138,74 @@ def test_grid_rejects_bad_input():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5") == [0, 5]
 
 
+def _finished_sweep(runs, name="x"):
+    """A sweep folder as a finished sweep leaves it; returns {path: bytes} to compare after a bad re-launch."""
+    d = runs / "sweeps" / name
+    d.mkdir(parents=True)
+    (d / "grid.json").write_text('{"name": "x", "created": 1.0, "args": {"seeds": [0]}, "varied": [], "cells": []}\n')
+    (d / "results.md").write_text("| F-MNIST | DFG | 3 | 82.00 ± 2.00 | 82.65 ± 0.28 |\n")
+    return {f: f.read_bytes() for f in d.iterdir()}
+
+
+def _bad_relaunch(tmp_path, capsys, *args):
+    """`sweep --name x ...` over a finished sweep: exit code 2, one message, nothing written or started."""
+    runs = tmp_path / "runs"
+    before = _finished_sweep(runs)
+    argv = ["sweep", "--name", "x", "--runs-dir", str(runs), "--set", f"data_root={tmp_path / 'data'}",
+            *(a for s in TINY for a in ("--set", s)), *args]
+    if "--presets" not in args:
+        argv += ["--presets", "demo"]
+    assert main(argv) == 2
+    assert {f: f.read_bytes() for f in (runs / "sweeps" / "x").iterdir()} == before  # byte for byte, no new file
+    assert [p.name for p in runs.iterdir()] == ["sweeps"]  # no run folder
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_failed_preflight_keeps_the_sweeps_grid(tmp_path, capsys):
+    # num_majority=20 passes the config check but fails preflight (demo has 10 classes): grid.json stays
+    err = _bad_relaunch(tmp_path, capsys, "--num-majority", "20")
+    assert "num_majority=20 is invalid" in err
+
+
+@pytest.mark.parametrize("args, msg", [
+    (("--seeds", "0"), "--seeds '0': a count of 0 gives no runs; give a count >= 1"),
+    (("--seeds", "-1"), "--seeds '-1': a count of -1 gives no runs"),
+    (("--seeds", "0,-2"), "--seeds '0,-2': seed -2 is negative"),
+    (("--seeds", ","), "--seeds ',': the list is empty"),
+    (("--methods", ""), "--methods '' names nothing: give one or more of delta, dfg, difa_cmwgan"),
+    (("--methods", " , "), "--methods ' , ' names nothing"),
+    (("--presets", ","), "--presets ',' names nothing: give one or more of caltech256, cinic10, demo"),
+])
+def test_empty_grid_is_rejected_and_tables_kept(tmp_path, capsys, args, msg):
+    assert msg in _bad_relaunch(tmp_path, capsys, *args)
+
+
+def test_empty_grid_rejected_by_the_api():
+    for text in ("0", "-3", ",", " , "):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(text)
+    for presets, methods, seeds, flag in (([], ["dfg"], [0], "--presets"), (["demo"], [], [0], "--methods"),
+                                          (["demo"], ["dfg"], [], "--seeds"), (["demo"], ["dfg"], [-1], "--seeds")):
+        with pytest.raises(ConfigError, match=flag):
+            expand_grid("g", presets, methods, seeds)
+
+
+def test_unknown_preset_or_method_lists_the_valid_names(tmp_path, capsys):
+    err = _bad_relaunch(tmp_path, capsys, "--presets", "demo,nope")
+    assert "--presets: unknown preset 'nope'; choose from caltech256, cinic10, demo, fmnist" in err
+    err = _bad_relaunch(tmp_path / "m", capsys, "--methods", "dfg,nope")
+    assert "--methods: unknown method 'nope'; choose from delta, dfg, difa_cmwgan, finetune, original" in err
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        expand_grid("g", ["nope"], ["dfg"], [0], majority_combos="all")
+
+
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_parallel_below_one_is_rejected(tmp_path, capsys, n):
+    assert f"--parallel must be >= 1 (got {n})" in _bad_relaunch(tmp_path, capsys, "--parallel", n)
+
+
 def test_method_defaults_in_make_config():
     assert make_config("fmnist", {"method": "original"}).lr_extractor == 1e-3
     assert make_config("fmnist", {"method": "original", "lr_extractor": "2e-4"}).lr_extractor == 2e-4

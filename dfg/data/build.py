@@ -160,11 +160,18 @@ def build_data(dataset: str, *, backbone: str, root: str | None = "data", seed: 
     kept = select_indices(ytr, counts, seed)
     tr, va = split_validation(kept, ytr, val_fraction, seed)
     te = np.arange(len(yte)) if not limit_test or limit_test >= len(yte) else balanced_cap(yte, limit_test, c, seed)
+    warnings = list(raw.warnings)
+    untested = [names[k] for k in range(c) if not (yte[te] == k).any()]
+    if untested:
+        warnings.append(f"{len(untested)} of {c} classes have no test images ({', '.join(untested[:5])}"
+                        f"{', …' if len(untested) > 5 else ''}): balanced accuracy, macro-F1 and minority recall "
+                        f"cover only the classes tested"
+                        + (f"; use limit_test >= {c} (or 0: the whole test set)" if limit_test else ""))
     train = _dataset(_take(raw.train_items, tr), ytr[tr], inp, train=True)
     val = _dataset(_take(raw.train_items, va), ytr[va], inp, train=False) if len(va) else None
     test = _dataset(_take(raw.test_items, te), yte[te], inp, train=False)
     return DataBundle(train, val, test, c, tuple(names), inp.channels, inp.crop, majority,
-                      _counts(names, available, ytr[tr], ytr[va], yte[te]), list(raw.warnings), dataset, backbone)
+                      _counts(names, available, ytr[tr], ytr[va], yte[te]), warnings, dataset, backbone)
 
 
 def build_source_data(source: str, *, backbone: str, root: str | None = "data", seed: int = 0,

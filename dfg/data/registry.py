@@ -108,6 +108,6 @@ def download_command(name: str, root: str | os.PathLike) -> str:
 def missing_message(name: str, expected: str | os.PathLike, root: str | os.PathLike, extra: str = "") -> str:
     """The one message for absent files: dataset, exact path expected, and the command that gets them."""
     msg = (f"dataset {name!r} is not on this machine: expected its files at {os.fspath(expected)}. "
-           f"Get them with `{download_command(name, root)}` (needs internet), or pass download=True "
-           f"(--download / the app's download checkbox).")
+           f"Get them with `{download_command(name, root)}` (needs internet), or let the run fetch them: "
+           f"--set download=true (the app: the download checkbox).")
     return msg + (" " + extra if extra else "")

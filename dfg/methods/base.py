@@ -72,7 +72,8 @@ class Method:
 
     name = "base"
     from_source = True   # initialise E/C from the source model (False: from scratch)
-    transfer_reg: str | None = None  # None: cfg.transfer_reg decides (none | delta | l2sp)
+    transfer_reg: str | None = None  # fixed for the method (DELTA); None: cfg.transfer_reg decides
+    default_transfer_reg = "none"    # what cfg.transfer_reg = "auto" means for this method
 
     def __init__(self, ctx: TrainContext):
         self.ctx, cfg = ctx, ctx.cfg
@@ -91,7 +92,8 @@ class Method:
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec),
         } if any(p.requires_grad for p in self.extractor.parameters()) else {
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec)}
-        self.reg_kind = self.transfer_reg or cfg.transfer_reg
+        self.reg_kind = self.transfer_reg or (self.default_transfer_reg if cfg.transfer_reg == "auto"
+                                              else cfg.transfer_reg)
         self.reg_weights = self._delta_channel_weights() if self.reg_kind == "delta" else None
 
     # -- hooks ------------------------------------------------------------------------------

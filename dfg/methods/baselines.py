@@ -49,6 +49,7 @@ class DifaCMWGAN(DFG):
     (3) E frozen, train C on real ⊕ generated features (Eq. 4c), G frozen."""
     name = "difa_cmwgan"
     attention = False
+    default_transfer_reg = "none"  # refs [14, 15] fine-tune without a source regulariser
 
     def phase(self, step: int) -> int:
         f = self.ctx.cfg.difa_phase_fraction * self.ctx.cfg.steps
@@ -75,7 +76,7 @@ class DifaCMWGAN(DFG):
         z, y_hat = sample_noise(ctx, m, nz)
         with torch.no_grad():
             real, fake = self.extractor(x), self.generate(z, y_hat)
-        lr_, lg_ = self.classify_pair(real, fake)
+        lr_, lg_ = self.classify_concat(real, fake)
         loss = losses.concat_loss(lr_, y, lg_, y_hat)
         self._zero(("classifier",))
         loss.backward()

@@ -28,6 +28,7 @@ def has_batchnorm(module: nn.Module) -> bool:
 class DFG(Method):
     name = "dfg"
     attention = True  # DIFA+cMWGAN reuses this step without the class-wise attention
+    default_transfer_reg = "delta"  # §3: E and C "are regularized ... similar to Li et al. [13]" (DELTA)
 
     def __init__(self, ctx: TrainContext):
         super().__init__(ctx)
@@ -46,7 +47,7 @@ class DFG(Method):
         self.w_source = ctx.source.class_weights.to(ctx.device) if ctx.source is not None else ones
         self.w_target, self.w_star = ones.clone(), ones.clone()
         self.last_loss_e: torch.Tensor | float = float("inf")  # L_E of the last step (official_loss_gate)
-        self.split_c = has_batchnorm(self.classifier)  # BN in C: real and generated batches kept apart
+        self.c_has_bn = has_batchnorm(self.classifier)  # Eq. 4a/4b then need batches of their own
         self.batch_real = not has_batchnorm(self.extractor)
 
     # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
@@ -75,10 +76,9 @@ class DFG(Method):
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.generator(z, y, self.channel_weights())
 
-    def classify_pair(self, real: torch.Tensor, fake: torch.Tensor):
-        """C on real and generated features: one forward of the concatenation unless C has BN."""
-        if self.split_c:
-            return self.classifier(real), self.classifier(fake)
+    def classify_concat(self, real: torch.Tensor, fake: torch.Tensor):
+        """C's logits on x̃ = real ⊕ generated as one batch (Eq. 4c: with BN in C, its statistics are those of
+        the mixed batch), split back into the real and the generated rows."""
         logits = self.classifier(torch.cat([real, fake]))
         return logits[: len(real)], logits[len(real):]
 
@@ -141,7 +141,7 @@ class DFG(Method):
         if step % cfg.n_c1 == 0:
             with torch.no_grad():
                 real = E(x)
-            lr_, lg_ = self.classify_pair(real, self.generate(z, y_hat))
+            lr_, lg_ = self.classify_concat(real, self.generate(z, y_hat))
             loss_cg = losses.concat_loss(lr_, y, lg_, y_hat)
             self._zero(("generator",))
             loss_cg.backward(inputs=list(G.parameters()))
@@ -154,9 +154,11 @@ class DFG(Method):
             z2, y2 = sample_noise(ctx, m, nz)
             with torch.no_grad():
                 real, fake = E(x), self.generate(z2, y2)
-            lr_, lg_ = self.classify_pair(real, fake)
-            l_rc, l_gc = losses.extractor_loss(lr_, y), losses.extractor_loss(lg_, y2)
+            lr_, lg_ = self.classify_concat(real, fake)
             l_cc = losses.concat_loss(lr_, y, lg_, y2)
+            if self.c_has_bn:  # 4a and 4b on the real and the generated batch alone; without BN the same numbers
+                lr_, lg_ = self.classifier(real), self.classifier(fake)
+            l_rc, l_gc = losses.extractor_loss(lr_, y), losses.extractor_loss(lg_, y2)
             loss_c = losses.classifier_loss(l_rc, l_gc, l_cc, cfg.alpha, cfg.beta, cfg.gamma)
             self._zero(("classifier",))
             loss_c.backward()

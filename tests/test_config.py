@@ -1,0 +1,57 @@
+"""The paper presets carry Appendix A's values; validation accepts what the paper prints and refuses the rest."""
+import pytest
+
+from dfg.config import PRESETS, ConfigError, make_config
+
+
+@pytest.mark.parametrize("preset, lrs, steps, counts", [
+    ("svhn", (2e-5, 2e-5, 2e-4, 1e-4), 20000, (2, 10, 5000)),
+    ("fmnist", (1e-5, 1e-5, 1e-4, 1e-4), 20000, (2, 10, 5000)),
+    ("stl10", (5e-5, 5e-5, 1e-4, 1e-4), 20000, (2, 10, 5000)),
+    ("cinic10", (2e-5, 2e-5, 1e-4, 1e-4), 40000, (2, 10, 5000)),
+    ("caltech256", (0.01, 0.01, 1e-4, 1e-4), 40000, (1, 5, 2000)),
+    ("food101", (0.01, 0.01, 1e-4, 1e-4), 40000, (1, 5, 2000)),
+])
+def test_paper_presets_carry_appendix_a(preset, lrs, steps, counts):
+    cfg = PRESETS[preset]
+    assert (cfg.lr_extractor, cfg.lr_classifier, cfg.lr_generator, cfg.lr_critic) == lrs
+    assert cfg.steps == steps and (cfg.n_c1, cfg.n_c2, cfg.n_w) == counts
+    assert (cfg.rho, cfg.delta, cfg.n_critic, cfg.gp_lambda, cfg.batch_size) == (0.75, 0.95, 5, 10.0, 64)
+    assert (cfg.adam_beta1, cfg.adam_beta2) == (0.5, 0.9)
+    assert cfg.optimizer_ec == ("sgd" if cfg.backbone == "resnet50" else "adam")
+    # the source model is pretrained on the whole source set (EMNIST, CIFAR-10) or is ImageNet's
+    assert cfg.source_per_class == 0 or cfg.source == "imagenet"
+    assert cfg.transfer_reg == "auto"  # DFG: DELTA's regulariser (§3); baselines their own
+
+
+def test_the_papers_printed_equation_4_weights_are_accepted():
+    cfg = make_config("fmnist", {"alpha": "0.333", "beta": "0.333", "gamma": "0.333"})  # App. A prints these
+    assert cfg.alpha == 0.333
+    with pytest.raises(ConfigError, match="alpha\\+beta\\+gamma"):
+        make_config("fmnist", {"alpha": "0.5"})  # 1.1667: not a rounding of 1
+
+
+def test_source_per_class_zero_means_all_and_negative_is_refused():
+    assert make_config("demo", {"source_per_class": "0"}).source_per_class == 0
+    with pytest.raises(ConfigError, match="source_per_class=-1 is invalid"):
+        make_config("demo", {"source_per_class": "-1"})
+
+
+def test_transfer_reg_choices():
+    assert make_config("demo").transfer_reg == "auto"
+    with pytest.raises(ConfigError, match="choose auto, none, delta or l2sp"):
+        make_config("demo", {"transfer_reg": "l1"})
+
+
+def test_a_config_json_from_before_head_refit_resumes_as_it_started():
+    from dfg.config import from_dict
+    assert from_dict({}).head_refit == "always"  # those runs always re-fit the source head
+    assert from_dict(make_config("demo").to_dict()).head_refit == "auto"
+
+
+def test_preset_is_chosen_by_name_not_overridden_and_seeds_are_checked():
+    with pytest.raises(ConfigError, match="choose the preset with --preset"):
+        make_config("demo", {"preset": "svhn"})
+    for bad in ("-5", str(2 ** 63)):
+        with pytest.raises(ConfigError, match=f"seed={bad} is invalid"):
+            make_config("demo", {"seed": bad})
