@@ -226,7 +226,7 @@ def make_executor(kind: str, address: str | None = None, parallel: int | None = 
 def preflight_all(configs: list[tuple[str, object]], log=print) -> None:
     """Check data files and source models once per distinct data setting of (run id, Config) pairs, before
     any run folder exists: a missing dataset fails the sweep here, not in every one of its runs."""
-    from .loop import preflight
+    from .preflight import preflight
     from .methods import METHODS
 
     groups: dict[tuple, tuple] = {}

@@ -41,7 +41,7 @@ def _worker_pid(run: Run) -> int:
 def create_checked(cfg, runs_dir: str | Path, run_id: str):
     """Check everything that can be checked (run id, config, device, data files, source) before a run
     folder exists, then create the run. Returns (run, data bundle). Bad input raises and leaves no folder."""
-    from .loop import preflight
+    from .preflight import preflight
     from .runstore import RunError
 
     run = Run(runs_dir, run_id)  # checks the id

@@ -12,7 +12,6 @@ import torch
 
 from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, ConfigError, validate
-from .fileio import writable_problem
 from .filter_weights import balanced_sample, compute_class_weights
 from .kernels import tune_allocator
 from .methods import METHODS, SourceModel, TrainContext, scalars
@@ -163,40 +162,11 @@ def _state_finite(method) -> str | None:
     return None
 
 
-def preflight(cfg: Config):
-    """Every check that can fail before a run folder exists: the config, the device, the target's data
-    files and the source model (cached, or its weights/data present). Returns the data bundle."""
-    from .data import DATASETS, build_source_data
-    from .source import imagenet_state_dict, refit_needed, source_key
-
-    validate(cfg)
-    resolve_device(cfg.device)
-    if os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root):
-        raise ConfigError(f"data_root={cfg.data_root!r} is a file; it must be a folder (datasets and the source "
-                          "model cache live there)")
-    data = load_data(cfg)
-    if METHODS[cfg.method].from_source:
-        refit_needed(cfg, data.class_names)  # head_refit=never with other class counts: SourceError
-        if cfg.source == "imagenet":
-            imagenet_state_dict(cfg.allow_random_init)  # SourceError: missing (says where it goes) or damaged
-        else:
-            cache = os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")
-            if not os.path.exists(cache):
-                problem = writable_problem(os.path.dirname(cache))
-                if problem:
-                    raise ConfigError(f"data_root={cfg.data_root!r}: the source model cannot be cached in "
-                                      f"{os.path.dirname(cache)} ({problem}); choose a data_root you can write to")
-                if not DATASETS[cfg.source].offline:
-                    build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, download=cfg.download,
-                                      n_per_class=1)  # raises DataError naming the missing files
-    return data
-
-
 def train(cfg: Config, run: Run, *, resume: bool = False,
           progress: Callable[[int, int, float, dict], None] | None = None, log=print, data=None) -> dict:
     """Train `cfg` into `run` (resuming from its checkpoint when asked). Returns the final status.
     Divergence, out of memory and a full disk end the run with a clear status; any other error marks
-    it failed and is raised again. `data`: the bundle from `preflight(cfg)`, if already built."""
+    it failed and is raised again. `data`: the bundle from `preflight.preflight(cfg)`, if already built."""
     validate(cfg)
     device = resolve_device(cfg.device)
     where = {"step": 0}  # the step reached, for the status of a run that ends by an exception

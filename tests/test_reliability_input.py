@@ -18,7 +18,8 @@ from dfg.checkpoint import CheckpointError, load_checkpoint, load_method_state, 
 from dfg.config import ConfigError, from_dict, make_config
 from dfg.data import DataError, build_data
 from dfg.jobs import submit
-from dfg.loop import load_data, preflight, setup, train
+from dfg.loop import load_data, setup, train
+from dfg.preflight import preflight
 from dfg.runstore import Run, RunError, check_run_id, list_runs
 from dfg.source import pretrain_source
 

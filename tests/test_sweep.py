@@ -170,24 +170,23 @@ def test_failed_preflight_keeps_the_sweeps_grid(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (("--seeds", "0"), "--seeds '0': a count of 0 gives no runs; give a count >= 1"),
-    (("--seeds", "-1"), "--seeds '-1': a count of -1 gives no runs"),
-    (("--seeds", "0,-2"), "--seeds '0,-2': seed -2 is negative"),
-    (("--seeds", ","), "--seeds ',': the list is empty"),
-    (("--methods", ""), "--methods '' names nothing: give one or more of delta, dfg, difa_cmwgan"),
-    (("--methods", " , "), "--methods ' , ' names nothing"),
-    (("--presets", ","), "--presets ',' names nothing: give one or more of caltech256, cinic10, demo"),
+    (("--seeds", "0"), "--seeds gives no seeds: give a count >= 1"),
+    (("--seeds", "-1"), "--seeds gives no seeds"),
+    (("--seeds", "0,-2"), "--seeds [0, -2]: seeds must be integers >= 0"),
+    (("--seeds", ","), "--seeds gives no seeds"),
+    (("--methods", ""), "--methods is empty: give one or more of delta, dfg, difa_cmwgan"),
+    (("--methods", " , "), "--methods is empty"),
+    (("--presets", ","), "--presets is empty: give one or more of caltech256, cinic10, demo"),
 ])
 def test_empty_grid_is_rejected_and_tables_kept(tmp_path, capsys, args, msg):
     assert msg in _bad_relaunch(tmp_path, capsys, *args)
 
 
 def test_empty_grid_rejected_by_the_api():
-    for text in ("0", "-3", ",", " , "):
-        with pytest.raises(ConfigError, match="--seeds"):
-            parse_seeds(text)
     for presets, methods, seeds, flag in (([], ["dfg"], [0], "--presets"), (["demo"], [], [0], "--methods"),
-                                          (["demo"], ["dfg"], [], "--seeds"), (["demo"], ["dfg"], [-1], "--seeds")):
+                                          (["demo"], ["dfg"], parse_seeds("0"), "--seeds"),
+                                          (["demo"], ["dfg"], parse_seeds(","), "--seeds"),
+                                          (["demo"], ["dfg"], [-1], "--seeds")):
         with pytest.raises(ConfigError, match=flag):
             expand_grid("g", presets, methods, seeds)
 
