@@ -108,6 +108,10 @@ with st.expander("More settings"):
     field(c[1], "transfer_reg", "transfer_reg", "select", options=["auto", "none", "delta", "l2sp"])
     field(c[2], "optimizer_ec", "optimizer_ec", "select", options=["adam", "sgd"])
     field(c[3], "download", "download missing datasets", "check")
+    c = st.columns(4)
+    field(c[0], "head_refit", "source head re-fit (auto: when the classes differ)", "select",
+          options=["auto", "always", "never"])
+    field(c[1], "source_per_class", "source images per class (0 = all)")
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)
