@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import FIELD_TYPES, PRESET_NOTES, PRESETS, Config, ConfigError, from_dict, make_config
+from .config import FIELD_TYPES, PRESET_NOTES, PRESETS, Config, ConfigError, absolute_path, from_dict, make_config
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def config_from_args(args) -> Config:
                                   f"--{name.replace('_', '-')} {v}); give it once")
             overrides[name] = v
     cfg = make_config(args.preset, overrides)
-    return dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve())) if cfg.data_root else cfg
+    return dataclasses.replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
 
 
 class ProgressBar:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -190,6 +191,12 @@ PRESET_NOTES = {
     "caltech256": "ResNet-50, ImageNet -> Caltech-256 (60/class, balanced), 40k steps SGD, App. A",
     "food101": "ResNet-50, ImageNet -> Food-101 (750:150, 5:1), 40k steps SGD, App. A",
 }
+
+
+def absolute_path(path: str) -> str:
+    """A user's path as an absolute one (~ expanded), so a worker or a later command started in another
+    folder finds the same files."""
+    return str(Path(path).expanduser().resolve())
 
 
 def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
