@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import gflop  # noqa: E402
-from reference import per_filter_class_weights  # noqa: E402
+from reference import per_filter_class_weights, plain_copy  # noqa: E402
 
 from dfg.config import make_config  # noqa: E402
 from dfg.filter_weights import compute_class_weights  # noqa: E402
@@ -45,7 +45,8 @@ def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10
         return time.perf_counter() - t0, out
 
     fast = lambda: compute_class_weights(e, c, x, y, classes)  # noqa: E731
-    slow = lambda: per_filter_class_weights(e, c, x, y, classes).to(device)  # noqa: E731
+    plain_c = plain_copy(c)  # the reference: torch's nn.Sequential for C (no folded VGG-16 Linear)
+    slow = lambda: per_filter_class_weights(e, plain_c, x, y, classes).to(device)  # noqa: E731
     fast()  # warm-up
     flops = (gflop(fast), gflop(slow)) if count_flops else None
     tb, ts = [], []

@@ -9,16 +9,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dfg import gan
+from dfg import gan, networks
 
 
 def plain_copy(module: nn.Module) -> nn.Module:
-    """A deep copy whose layers are torch's own: G's CPU-fast transposed convs (dfg.gan.ConvTranspose2d,
-    with and without grad) become nn.ConvTranspose2d, with the same parameters."""
+    """A deep copy whose layers are torch's own, with the same parameters: G's CPU-fast transposed convs
+    (dfg.gan.ConvTranspose2d, with and without grad) become nn.ConvTranspose2d, and C (networks.Classifier,
+    which folds VGG-16's pooled Linear) a plain nn.Sequential."""
     copied = copy.deepcopy(module)
     for m in copied.modules():
         if isinstance(m, gan.ConvTranspose2d):
             m.__class__ = nn.ConvTranspose2d
+        elif isinstance(m, networks.Classifier):
+            m.__class__ = nn.Sequential
     return copied
 
 

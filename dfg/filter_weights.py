@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .networks import Extractor
+from .networks import Extractor, run_sequential
 
 CHUNK_ELEMENTS = 1 << 24  # activations per ablation chunk (~64 MB fp32) — bounds memory on any backbone
 
@@ -29,25 +29,6 @@ def _ablated_channels(extractor: Extractor, h: torch.Tensor, ctx, fill) -> torch
     channel j of the output with only filter j removed. (N, nf, H, W)."""
     removed = torch.zeros_like(h) if fill is None else fill.expand_as(h).contiguous()
     return extractor.finish(removed, ctx)
-
-
-def _rest(modules: list[nn.Module], x: torch.Tensor, folded: dict) -> torch.Tensor:
-    """Run C's remaining modules; AdaptiveAvgPool2d over a 1x1 map followed by Flatten + Linear is
-    the Linear with its weights summed over the pooled positions (VGG-16: 25088 -> 512 inputs)."""
-    i = 0
-    while i < len(modules):
-        m = modules[i]
-        if (isinstance(m, nn.AdaptiveAvgPool2d) and x.shape[-2:] == (1, 1) and i + 2 < len(modules)
-                and isinstance(modules[i + 1], nn.Flatten) and isinstance(modules[i + 2], nn.Linear)):
-            fc = modules[i + 2]
-            if fc not in folded:
-                folded[fc] = fc.weight.view(fc.out_features, x.shape[1], -1).sum(2)
-            x = F.linear(x.flatten(1), folded[fc], fc.bias)
-            i += 3
-            continue
-        x = m(x)
-        i += 1
-    return x
 
 
 def _first_conv_split(classifier: nn.Module) -> tuple[nn.Conv2d, list[nn.Module]] | None:
@@ -94,7 +75,7 @@ def loss_increase(extractor: Extractor, classifier: nn.Module, x: torch.Tensor, 
             zv = (z.unsqueeze(0) + dz.view(n, v, *z.shape[1:]).transpose(0, 1)).reshape(v * n, *z.shape[1:])
             if zv.device.type == "cpu":  # oneDNN's NHWC convs: ~1.2x on VGG-16's C
                 zv = zv.contiguous(memory_format=torch.channels_last)
-            ce = F.cross_entropy(_rest(rest, zv, folded), y.repeat(v), reduction="none").view(v, n)
+            ce = F.cross_entropy(run_sequential(rest, zv, folded), y.repeat(v), reduction="none").view(v, n)
             out[:, j0:j0 + v] = (ce - base).T
         return out
     per_variant = max(1, CHUNK_ELEMENTS // max(1, h[0].numel() * n))  # filters per chunk

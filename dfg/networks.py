@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def init_weights(module: nn.Module, scheme: str) -> None:
@@ -94,6 +95,55 @@ def _lenet(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
     return extractor, classifier
 
 
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _pooled_linear(modules: list[nn.Module], i: int, x: torch.Tensor) -> nn.Linear | None:
+    """The Linear of modules[i:i+3] when they are AdaptiveAvgPool2d over a 1x1 map, Flatten and a Linear
+    on the pooled values (VGG-16 on 32x32 images: 512 values copied to 7x7, then 25088 -> 4096), else None."""
+    if i + 2 >= len(modules) or x.dim() != 4 or x.shape[-2:] != (1, 1):
+        return None
+    pool, flat, fc = modules[i:i + 3]
+    if not (isinstance(pool, nn.AdaptiveAvgPool2d) and isinstance(flat, nn.Flatten) and isinstance(fc, nn.Linear)):
+        return None
+    if (flat.start_dim, flat.end_dim) != (1, -1) or any(map(_hooked, (pool, flat, fc))):
+        return None
+    return fc if fc.in_features > x.shape[1] and fc.in_features % x.shape[1] == 0 else None
+
+
+def run_sequential(modules: list[nn.Module], x: torch.Tensor, folded: dict | None = None) -> torch.Tensor:
+    """modules applied in order, except that AdaptiveAvgPool2d over a 1x1 map + Flatten + Linear runs as
+    the Linear with its weights summed over the pooled positions: every position holds the same value, so
+    W·[x_c repeated r times] = (Σ_p W[:, c, p]) x. On VGG-16 that is 512 -> 4096 instead of 25088 -> 4096,
+    a quarter of C's arithmetic, forward and backward (autograd of the sum hands each position the
+    gradient it would get). `folded` caches the summed weights across calls while they cannot change
+    (the filter-weight pass)."""
+    i = 0
+    while i < len(modules):
+        fc = _pooled_linear(modules, i, x)
+        if fc is None:
+            x = modules[i](x)
+            i += 1
+            continue
+        w = folded.get(fc) if folded is not None else None
+        if w is None:
+            w = fc.weight.view(fc.out_features, x.shape[1], -1).sum(2)
+            if folded is not None:
+                folded[fc] = w
+        x = F.linear(x.flatten(1), w, fc.bias)
+        i += 3
+    return x
+
+
+class Classifier(nn.Sequential):
+    """C: an nn.Sequential (same modules, same state dict) whose forward is `run_sequential`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_sequential(list(self), x)
+
+
 def _vgg_block(cin: int, cout: int, n: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i in range(n):
@@ -104,7 +154,7 @@ def _vgg_block(cin: int, cout: int, n: int) -> list[nn.Module]:
 def _vgg16(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
     extractor = Extractor(nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU()),
                           nn.Conv2d(64, 64, 3, padding=1), nn.Sequential(nn.ReLU(), MaxPool2x2()))
-    classifier = nn.Sequential(  # 16x16x64 -> 1x1x512 -> adaptive pool 7x7 (Table A.5) -> 4096 -> 512 -> classes
+    classifier = Classifier(  # 16x16x64 -> 1x1x512 -> adaptive pool 7x7 (Table A.5) -> 4096 -> 512 -> classes
         *_vgg_block(64, 128, 2), *_vgg_block(128, 256, 3), *_vgg_block(256, 512, 3), *_vgg_block(512, 512, 3),
         nn.AdaptiveAvgPool2d(7), nn.Flatten(),
         nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, num_classes))

@@ -129,16 +129,3 @@ def test_first_conv_shortcut_equals_the_plain_batched_path():
         plain = fw.loss_increase(e, plain_c, x, y, keep_bias=keep_bias)
         assert fast.abs().max() > 1e-3  # removing a filter does change the loss
         assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
-
-
-def test_pooled_fc_fold_equals_the_unfolded_layers():
-    """AdaptiveAvgPool2d(7) over a 1x1 map + Flatten + Linear == Linear with weights summed over the 49 positions."""
-    torch.manual_seed(4)
-    mods = [torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(8 * 49, 5)]
-    x = torch.randn(6, 8, 1, 1)
-    folded = {}
-    got = fw._rest(mods, x, folded)
-    assert folded[mods[2]].shape == (5, 8)  # the fold really happened
-    assert torch.allclose(got, torch.nn.Sequential(*mods)(x), atol=1e-5)
-    x2 = torch.randn(6, 8, 2, 2)  # not 1x1: no fold, plain modules
-    assert torch.allclose(fw._rest(mods, x2, {}), torch.nn.Sequential(*mods)(x2))

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from dfg.gan import GAN_ARCHS, Critic, Generator
-from dfg.networks import BACKBONES, build_backbone
+from dfg.networks import BACKBONES, build_backbone, run_sequential
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -98,3 +98,55 @@ def test_generator_no_grad_forward_equals_autograd_forward(name):
     with torch.no_grad():
         fast = g(z, y)
     assert torch.allclose(fast, g(z, y), atol=1e-6)
+
+
+def test_vgg16_classifier_folds_its_pooled_linear_with_the_same_outputs_and_gradients():
+    """On 32x32 images VGG-16's C pools a 1x1 map to 7x7 before its 25088 -> 4096 Linear: C runs that
+    Linear with its weights summed over the 49 copies. Logits, input and parameter gradients must be
+    those of the plain nn.Sequential with the same modules, for 2·B·4096·(25088 − 512) fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dfg.networks import Classifier
+    torch.manual_seed(0)
+    _, c = build_backbone("vgg16", num_classes=5)
+    assert isinstance(c, Classifier) and isinstance(c[:-1], Classifier)
+    plain = nn.Sequential(*c)  # the very same modules, torch's forward
+    assert list(plain.state_dict()) == list(c.state_dict())
+    x = torch.randn(3, 64, 16, 16)
+    grads = []
+    for net in (c, plain):
+        net.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        with FlopCounterMode(display=False) as count:
+            out = net(xi)
+        (out * torch.arange(1.0, 6.0)).sum().backward()
+        grads.append((out.detach(), xi.grad, [p.grad.clone() for p in net.parameters()], count.get_total_flops()))
+    (o1, gx1, gp1, f1), (o2, gx2, gp2, f2) = grads
+    close = lambda a, b: (a - b).abs().max() <= 1e-5 * b.abs().max()  # noqa: E731 (float rounding only)
+    assert close(o1, o2) and close(gx1, gx2)
+    assert all(close(a, b) for a, b in zip(gp1, gp2))
+    assert f2 - f1 == 2 * 3 * 4096 * (25088 - 512)
+
+
+def test_a_hooked_layer_keeps_the_plain_forward():
+    """A hook on the pool, Flatten or Linear (Captum, a user's probe) sees torch's own modules run."""
+    torch.manual_seed(0)
+    _, c = build_backbone("vgg16", num_classes=5)
+    seen = []
+    fc = next(m for m in c if isinstance(m, nn.Linear))
+    fc.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    c(torch.randn(2, 64, 16, 16))
+    assert seen == [(2, 25088)]
+
+
+def test_pooled_fc_fold_equals_the_unfolded_layers():
+    """AdaptiveAvgPool2d(7) over a 1x1 map + Flatten + Linear == Linear with weights summed over the 49 positions."""
+    torch.manual_seed(4)
+    mods = [torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(8 * 49, 5)]
+    x = torch.randn(6, 8, 1, 1)
+    folded = {}
+    got = run_sequential(mods, x, folded)
+    assert folded[mods[2]].shape == (5, 8)  # the fold really happened
+    assert torch.allclose(got, torch.nn.Sequential(*mods)(x), atol=1e-5)
+    x2 = torch.randn(6, 8, 2, 2)  # not 1x1: no fold, plain modules
+    assert torch.allclose(run_sequential(mods, x2, {}), torch.nn.Sequential(*mods)(x2))
