@@ -6,6 +6,7 @@ import os
 import subprocess
 import time
 
+import numpy as np
 import pytest
 from conftest import pretrained_data_root
 import torch
@@ -39,14 +40,26 @@ def new_run(tmp_path, cfg, run_id="r"):
     return Run.create(tmp_path / "runs", run_id, cfg.to_dict())
 
 
-def patch_step(monkeypatch, at_step, effect):
-    """Wrap DFG's train_step: at `at_step`, call effect(method, out) (may raise or edit the losses)."""
-    real = METHODS["dfg"].train_step
+def patch_step(monkeypatch, at_step, effect, method="dfg"):
+    """Wrap `method`'s train_step: at `at_step`, call effect(method, out) (may raise or edit the losses)."""
+    real = METHODS[method].train_step
 
     def step(self, n, batches):
         out = real(self, n, batches)
         return effect(self, out) or out if n == at_step else out
-    monkeypatch.setattr(METHODS["dfg"], "train_step", step)
+    monkeypatch.setattr(METHODS[method], "train_step", step)
+
+
+VOLATILE = ("time", "steps_per_s")  # wall-clock fields: the only ones allowed to differ
+
+
+def strip(obj):
+    """`obj` without its wall-clock fields, at any depth (best_on_val nests a test row)."""
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
 
 
 def all_finite(state) -> bool:
@@ -174,9 +187,86 @@ def test_stop_between_log_rows_then_resume_gives_the_uninterrupted_rows(data_roo
     assert s["state"] == "stopped" and s["step"] == 3 and load_checkpoint(run.checkpoint_path)["step"] == 3
     monkeypatch.undo()
     assert train(cfg, run, resume=True, **QUIET)["state"] == "finished"
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")} for r in rows]
     # the step-5 row averages steps 1-5 although steps 1-3 ran in the first process
     assert strip(run.read_metrics()[0]) == strip(ref.read_metrics()[0])
+
+
+def assert_same_state(a, b, where="state"):
+    """Checkpoint states equal: every tensor bit for bit (torch.equal), every other value exactly."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# Every method, and every piece of training state a resume could lose. steps=10, ckpt_every=5,
+# log_every=5 (TINY); each case stops between rows and resumes into the rest of the run.
+RESUME_CASES = {
+    "original": (dict(method="original"), 3),
+    "finetune": (dict(method="finetune"), 3),
+    "delta": (dict(method="delta"), 3),
+    # phases 1-3 are steps 1-3, 4-6, 7-10: stopped in phase 1, resumed across both boundaries; stopped
+    # in phase 2 (the noise generator in use), resumed across the second; fc level (default) and conv
+    "difa_cmwgan-phase1": (dict(method="difa_cmwgan", difa_phase_fraction=0.3), 2),
+    "difa_cmwgan-phase2": (dict(method="difa_cmwgan", difa_phase_fraction=0.3), 5),
+    "difa_cmwgan-conv-phase2": (dict(method="difa_cmwgan", difa_phase_fraction=0.3, difa_level="conv"), 5),
+    # W at 0, 3, 6, 9 (the stop step recomputes W just before its checkpoint), Eq. 4 every 4 steps:
+    # the noise generator and the batch stream must continue exactly
+    "dfg-noise-stream-weights": (dict(method="dfg", n_w=3, n_c2=4), 3),
+    # SGD with momentum, lr ÷10 after step 5: stopped before the drop, resumed after it
+    "dfg-sgd-lr-drop": (dict(method="dfg", optimizer_ec="sgd", lr_extractor=0.01, lr_classifier=0.01,
+                             lr_drop_at=0.5, n_w=3), 4),
+    "original-sgd-lr-drop": (dict(method="original", optimizer_ec="sgd", lr_extractor=0.01,
+                                  lr_classifier=0.01, lr_drop_at=0.5), 4),
+    "dfg-loss-gate-delta": (dict(method="dfg", official_loss_gate=True, transfer_reg="delta", n_w=3), 4),
+    "dfg-l2sp": (dict(method="dfg", transfer_reg="l2sp", n_w=3), 3),
+    # a validation split, evaluated every 2 steps on both sides of the stop. DFG's best is after the stop;
+    # Original's val top-1 ties at steps 2-8, so its best is step 2, before the stop (ties keep the first)
+    "dfg-val-best": (dict(method="dfg", val_fraction=0.2, eval_every=2, n_w=3), 3),
+    "original-val-best-before-stop": (dict(method="original", val_fraction=0.2, eval_every=2, steps=8), 3),
+}
+
+
+def test_every_method_has_a_resume_case():
+    assert {overrides["method"] for overrides, _ in RESUME_CASES.values()} == set(METHODS)
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_every_method_stopped_and_resumed_ends_as_the_uninterrupted_run(case, data_root, tmp_path, monkeypatch):
+    """Same metrics rows, filter-weight history, final.json (best on validation) and final checkpoint
+    (weights, optimiser moments/momentum, noise generator, batch position, method extras) as one run."""
+    overrides, stop_at = RESUME_CASES[case]
+    cfg = tiny(data_root, **overrides)
+    ref = new_run(tmp_path, cfg, "ref")
+    assert train(cfg, ref, **QUIET)["state"] == "finished"
+    run = new_run(tmp_path, cfg, "stopped")
+    patch_step(monkeypatch, stop_at, lambda m, out: run.request_stop(), method=cfg.method)
+    s = train(cfg, run, **QUIET)
+    assert s["state"] == "stopped" and s["step"] == stop_at
+    monkeypatch.undo()
+    assert train(cfg, run, resume=True, **QUIET)["state"] == "finished"
+    assert strip(run.read_metrics()[0]) == strip(ref.read_metrics()[0])
+    final, ref_final = run.read_json("final.json"), ref.read_json("final.json")
+    assert strip(final) == strip(ref_final)
+    assert (final["best_on_val"] is not None) == (cfg.val_fraction > 0)
+    if case == "original-val-best-before-stop":  # so that a best lost across the resume shows
+        assert final["best_on_val"]["step"] < stop_at
+    steps = ref.filter_weight_steps()
+    assert run.filter_weight_steps() == steps
+    for step in steps:
+        w, ref_w = run.load_filter_weights(step), ref.load_filter_weights(step)
+        assert w.keys() == ref_w.keys() and all(np.array_equal(w[k], ref_w[k]) for k in w), step
+    a, b = load_checkpoint(run.checkpoint_path), load_checkpoint(ref.checkpoint_path)
+    assert a["step"] == b["step"] == cfg.steps
+    assert_same_state(strip(a["state"]), strip(b["state"]))  # best_on_val's test row has a time
 
 
 def test_a_run_that_pretrained_its_source_matches_one_that_found_it_cached(tmp_path):
@@ -188,8 +278,7 @@ def test_a_run_that_pretrained_its_source_matches_one_that_found_it_cached(tmp_p
     for name in ("cold", "warm"):
         run = new_run(tmp_path, cfg, name)
         assert train(cfg, run, **QUIET)["state"] == "finished"
-        rows.append([{k: v for k, v in r.items() if k != "time" and k != "steps_per_s"}
-                     for r in run.read_metrics()[0]])
+        rows.append(strip(run.read_metrics()[0]))
     assert rows[0] == rows[1]
 
 
