@@ -84,6 +84,8 @@ class Config:
     allow_random_init: bool = False # resnet50 without ImageNet weights in the torch cache
     # -- baselines ----------------------------------------------------------------------------
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
+    difa_level: str = "fc"          # DIFA+cMWGAN generates: fc = the input of C's last Linear (refs [14, 15]),
+                                    # conv = E's feature maps with DFG's G and D (the level DFG works at)
     # -- official-code switches (DESIGN §2; all off = the paper) ------------------------------
     official_flip_sign: bool = False        # 1: W from base − ablated loss (sign flipped)
     official_discard_rho: bool = False      # 2: blend computed but W* uses W(E) only
@@ -149,8 +151,8 @@ def from_dict(d: dict) -> Config:
 
 
 # What a config.json written before a field existed meant: runs made before 2026-11-28 always re-fit the
-# source head, so they resume and re-evaluate as they started.
-LEGACY_DEFAULTS = {"head_refit": "always"}
+# source head, and their DIFA+cMWGAN generated E's feature maps, so they resume and re-evaluate as they started.
+LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv"}
 
 
 def _paper(**kw) -> Config:
@@ -267,6 +269,7 @@ def validate(cfg: Config) -> Config:
     _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
     _need(cfg.head_refit in ("auto", "always", "never"), "head_refit", cfg.head_refit, "choose auto, always or never")
+    _need(cfg.difa_level in ("fc", "conv"), "difa_level", cfg.difa_level, "choose fc or conv")
     _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
     _need(cfg.transfer_reg in ("auto", "none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg,
           "choose auto, none, delta or l2sp")

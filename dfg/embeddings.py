@@ -56,7 +56,8 @@ def _flat(maps: torch.Tensor, max_dim: int) -> np.ndarray:
 def collect_features(method, data, *, n_real: int = 1000, n_fake: int = 1000, seed: int = 0,
                      device: torch.device | str | None = None, batch_size: int = 256,
                      max_dim: int = MAX_DIM) -> FeatureSet:
-    """E(x) of a seeded class-balanced sample of the test set, then G(z, ŷ) with the run's W* (z ~ U(−1,1),
+    """method.features(x) (E(x); the input of C's last layer for DIFA+cMWGAN at fc level) of a seeded
+    class-balanced sample of the test set, then G(z, ŷ) with the run's W* (z ~ U(−1,1),
     ŷ balanced over classes, from a local generator). Methods without a generator give real points only."""
     device = torch.device(device) if device is not None else next(method.extractor.parameters()).device
     modes = {k: m.training for k, m in method.nets.items()}
@@ -65,7 +66,7 @@ def collect_features(method, data, *, n_real: int = 1000, n_fake: int = 1000, se
     try:
         labels = np.asarray(data.test.labels)
         idx = balanced_indices(labels, n_real, seed)
-        feats = [_flat(method.extractor(torch.stack([data.test[int(i)][0] for i in idx[s:s + batch_size]])
+        feats = [_flat(method.features(torch.stack([data.test[int(i)][0] for i in idx[s:s + batch_size]])
                                         .to(device)), max_dim) for s in range(0, len(idx), batch_size)]
         ys, real = [labels[idx].astype(np.int64)], [np.ones(len(idx), bool)]
         if has_generator(method) and n_fake > 0:
@@ -293,7 +294,8 @@ def _compute(run: Run, ckpt: tuple, method: str, n: int, seed: int, device, prog
         fs = collect_features(m, data, n_real=n, n_fake=n, seed=seed, device=device)
         progress(0.4, "scoring label agreement and real/generated separability")
         meta = {"run_id": run.id, "step": int(step), "n": n, "seed": seed, "class_names": list(data.class_names),
-                "has_generator": has_generator(m), "metrics": feature_metrics(fs, seed=seed)}
+                "has_generator": has_generator(m), "metrics": feature_metrics(fs, seed=seed),
+                "feature_name": m.feature_name}
         hit = _remember(_features, fkey, (fs, meta), FEATURE_ENTRIES)
     fs, meta = hit
     progress(0.5, f"projecting {len(fs.labels)} points with {method.upper()}")

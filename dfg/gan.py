@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .kernels import product_worthwhile, transposed_conv_product
 from .networks import BACKBONES, init_weights
@@ -147,6 +146,45 @@ class Critic(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         init_weights(self, spec.init)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(1)
+
+
+class FeatureGenerator(nn.Module):
+    """G for a feature *vector*: the input of C's last Linear (DIFA+cMWGAN as refs [14, 15] define it, whose
+    generator and critic are fully connected). (z, ŷ) -> two hidden layers (BN, LeakyReLU) -> ReLU output,
+    since the real vector follows a ReLU (or averages ReLU outputs) in every backbone."""
+
+    def __init__(self, feature_dim: int, *, num_classes: int, init: str, noise_dim: int = 100, hidden: int = 512,
+                 negative_slope: float = 0.2):
+        super().__init__()
+        self.noise_dim, self.num_classes = noise_dim, num_classes
+        act = lambda: nn.LeakyReLU(negative_slope=negative_slope)  # noqa: E731
+        self.net = nn.Sequential(nn.Linear(noise_dim + num_classes, hidden), nn.BatchNorm1d(hidden), act(),
+                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), act(),
+                                 nn.Linear(hidden, feature_dim), nn.ReLU())
+        init_weights(self, init)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, channel_weights: torch.Tensor | None = None):
+        """z: (B, noise_dim); labels: (B,) int -> (B, feature_dim). No class-wise attention (channel_weights
+        must be None)."""
+        if channel_weights is not None:
+            raise ValueError("FeatureGenerator has no class-wise filter weights")
+        onehot = z.new_zeros(len(labels), self.num_classes).scatter_(1, labels[:, None], 1.0)
+        return self.net(torch.cat([z, onehot], 1))
+
+
+class FeatureCritic(nn.Module):
+    """D for a feature vector: two LeakyReLU hidden layers and a score, no normalisation (WGAN-GP); the
+    shape wgan_gp's written-out gradients support."""
+
+    def __init__(self, feature_dim: int, *, init: str, hidden: int = 512, negative_slope: float = 0.2):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.LeakyReLU(negative_slope=negative_slope),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(negative_slope=negative_slope), nn.Linear(hidden, 1))
+        init_weights(self, init)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(1)

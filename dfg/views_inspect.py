@@ -53,7 +53,8 @@ def embedding_chart(result: dict, size: int = 360) -> alt.HConcatChart:
                          scale=alt.Scale(domain=["real", "generated"], range=["#1f77b4", "#ff7f0e"])),
         alt.value("lightgray"))).properties(title="real vs generated")
     return alt.hconcat(by_class, by_kind).resolve_scale(color="independent").properties(
-        title=f"{result['method'].upper()} of real E(x) and generated G(z, ŷ) features")
+        title=f"{result['method'].upper()} of real {result.get('feature_name', 'E(x)')} "
+              "and generated G(z, ŷ) features")
 
 
 def embedding_summary(result: dict) -> str:

@@ -112,6 +112,9 @@ with st.expander("More settings"):
     field(c[0], "head_refit", "source head re-fit (auto: when the classes differ)", "select",
           options=["auto", "always", "never"])
     field(c[1], "source_per_class", "source images per class (0 = all)")
+    field(c[2], "difa_level", "DIFA+cMWGAN generates (fc: C's last-layer input, as refs [14, 15])", "select",
+          options=["fc", "conv"])
+    field(c[3], "difa_phase_fraction", "DIFA+cMWGAN phase fraction")
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)

@@ -24,6 +24,32 @@ def test_paper_presets_carry_appendix_a(preset, lrs, steps, counts):
     assert cfg.transfer_reg == "auto"  # DFG: DELTA's regulariser (§3); baselines their own
 
 
+@pytest.mark.parametrize("preset, dataset, majority_count, minority_count", [
+    ("svhn", "svhn", 5000, 500),          # §4.1: "majority class images is 5000, ... minority ... 500" (10:1)
+    ("fmnist", "fmnist", 6000, 150),      # "6000 and ... 150" (40:1)
+    ("cinic10", "cinic10", 9000, 900),    # "9000 training images in each class ... 900 from each minor class"
+    ("food101", "food101", 750, 150),     # 750 and 5:1 (the text's "250" contradicts its 5:1; Table 2 says 5:1)
+    ("stl10", "stl10", None, None),       # "we did not create an imbalanced condition"
+    ("caltech256", "caltech256", None, None),
+])
+def test_paper_presets_carry_the_step_imbalance_of_section_4_1(preset, dataset, majority_count, minority_count):
+    from dfg.data import PAPER_IMBALANCE
+    from dfg.data.imbalance import target_counts
+    from dfg.paper import TABLE2_RATIO
+
+    cfg = PRESETS[preset]
+    assert cfg.dataset == dataset
+    if majority_count is None:
+        assert cfg.imbalance == "none" and PAPER_IMBALANCE[dataset] is None and TABLE2_RATIO[dataset] == "1:1"
+        return
+    assert cfg.imbalance == "step" and cfg.num_majority == 2  # §4.1: two (and eight) majority classes
+    assert PAPER_IMBALANCE[dataset] == dict(n_max=cfg.n_max, ratio=cfg.ratio)
+    assert TABLE2_RATIO[dataset] == f"{cfg.ratio:g}:1"
+    k = 101 if dataset == "food101" else 10
+    counts = target_counts([majority_count] * k, "step", ratio=cfg.ratio, n_max=cfg.n_max, majority=(0, 1))
+    assert counts == [majority_count] * 2 + [minority_count] * (k - 2)
+
+
 def test_the_papers_printed_equation_4_weights_are_accepted():
     cfg = make_config("fmnist", {"alpha": "0.333", "beta": "0.333", "gamma": "0.333"})  # App. A prints these
     assert cfg.alpha == 0.333

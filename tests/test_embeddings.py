@@ -63,7 +63,7 @@ def test_collect_features_is_seeded_and_uses_w_star(feats, restored):
 
 def test_method_without_generator_gives_real_points_only(restored):
     _, data, method, _ = restored
-    plain = SimpleNamespace(extractor=method.extractor, classifier=method.classifier,
+    plain = SimpleNamespace(extractor=method.extractor, classifier=method.classifier, features=method.extractor,
                             nets={"extractor": method.extractor, "classifier": method.classifier})
     fs = emb.collect_features(plain, data, n_real=30, n_fake=30)
     assert fs.is_real.all() and len(fs.labels) == 30

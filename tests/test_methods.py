@@ -126,6 +126,84 @@ def test_finetune_frozen_parameters_do_not_move(data_root):
     assert "extractor" not in method.opts
 
 
+@pytest.mark.parametrize("level", ["fc", "conv"])
+def test_difa_generates_at_its_level_and_each_phase_trains_only_its_networks(level, data_root):
+    """fc (refs [14, 15]): G makes the 84-d input of LeNet's last Linear, D scores it through the written-out
+    WGAN-GP gradients, and phase 3 trains only that Linear. conv: G makes E's 6x14x14 maps and phase 3 trains
+    all of C. In phase 2 only G and D move; in phase 3 E, G and D stay fixed."""
+    from dfg import wgan_gp
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, method="difa_cmwgan", difa_level=level, steps=9, difa_phase_fraction=1 / 3)
+    _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    x, _ = BatchStream(load_data(cfg).train, 4, seed=0).next()
+    fake = method.generate(*torch.rand(4, method.generator.noise_dim).mul(2).sub(1).split(4), torch.arange(4))
+    assert fake.shape == method.features(x).shape == ((4, 84) if level == "fc" else (4, 6, 14, 14))
+    assert (fake >= 0).all() or level == "conv"  # the real vector follows a ReLU
+    assert wgan_gp.supports_closed_form(method.critic)
+    snap = lambda net: [p.detach().clone() for p in net.parameters()]  # noqa: E731
+    moved = lambda net, old: [not torch.equal(a, b) for a, b in zip(old, net.parameters())]  # noqa: E731
+    stream = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
+    for step in range(1, 4):  # phase 1
+        method.train_step(step, stream)
+    nets = {"E": method.extractor, "C": method.classifier, "G": method.generator, "D": method.critic}
+    before = {k: snap(n) for k, n in nets.items()}
+    for step in range(4, 7):  # phase 2
+        assert method.phase(step) == 2
+        method.train_step(step, stream)
+    assert not any(moved(nets["E"], before["E"]) + moved(nets["C"], before["C"]))
+    # D's score bias cancels in Eq. 1 (E[D(fake)] − E[D(real)], and the penalty's gradient ignores it)
+    assert all(moved(nets["G"], before["G"])) and moved(nets["D"], before["D"])[-1] is False
+    assert all(moved(nets["D"], before["D"])[:-1])
+    before = {k: snap(n) for k, n in nets.items()}
+    for step in range(7, 10):  # phase 3
+        assert method.phase(step) == 3
+        method.train_step(step, stream)
+    assert not any(moved(nets["E"], before["E"]) + moved(nets["G"], before["G"]) + moved(nets["D"], before["D"]))
+    c_moved = moved(nets["C"], before["C"])
+    assert c_moved == ([False] * (len(c_moved) - 2) + [True, True] if level == "fc" else [True] * len(c_moved))
+
+
+def test_a_difa_run_recorded_before_difa_level_existed_resumes_at_the_conv_level():
+    from dfg.config import from_dict
+    old = make_config("demo", {"method": "difa_cmwgan"}).to_dict()
+    del old["difa_level"]
+    assert from_dict(old).difa_level == "conv" and make_config("demo", {}).difa_level == "fc"
+
+
+@pytest.mark.parametrize("backbone, trainable_convs, frozen_convs_in_c, first_trainable", [
+    ("lenet", [(16, 6, 5, 5)], 0, "0"),                           # conv2 (C's only conv) + FC 120/84/10
+    ("vgg16", [(512, 512, 3, 3)] * 3, 8, "19"),                   # block 5 (Table A.5's last 3×conv) + FC head
+    ("resnet50", None, None, "2"),                                # layer4 ("Residual Block #4", Table A.7) + fc
+])
+def test_finetune_trains_from_the_last_conv_block_of_each_backbone(backbone, trainable_convs, frozen_convs_in_c,
+                                                                   first_trainable):
+    """§4.2: Fine-tuning fixes the weights before the last convolution block and fine-tunes the rest. For each
+    backbone, everything in E and in C before that block is frozen; the block and the head train."""
+    from types import SimpleNamespace
+
+    from dfg.methods.baselines import FineTune
+    from dfg.networks import build_backbone
+
+    torch.manual_seed(0)
+    e, c = build_backbone(backbone, num_classes=10)
+    FineTune.configure_trainable(SimpleNamespace(ctx=SimpleNamespace(cfg=SimpleNamespace(backbone=backbone)),
+                                                 extractor=e, classifier=c))
+    assert not any(p.requires_grad for p in e.parameters())
+    trainable = [n for n, p in c.named_parameters() if p.requires_grad]
+    assert trainable[0].split(".")[0] == first_trainable
+    assert all(p.requires_grad for p in list(c.children())[-1].parameters())  # the head
+    assert all(p.requires_grad == (int(n.split(".")[0]) >= int(first_trainable)) for n, p in c.named_parameters())
+    convs = [m for m in c.modules() if isinstance(m, torch.nn.Conv2d)]
+    if trainable_convs is not None:
+        assert [tuple(m.weight.shape) for m in convs if m.weight.requires_grad] == trainable_convs
+        assert sum(not m.weight.requires_grad for m in convs) == frozen_convs_in_c
+    else:  # ResNet-50: layer2 and layer3 frozen, all of layer4 trains
+        assert not any(p.requires_grad for p in list(c.children())[0].parameters())
+        assert not any(p.requires_grad for p in list(c.children())[1].parameters())
+        assert all(p.requires_grad for p in list(c.children())[2].parameters())
+        assert list(c.children())[2][0].conv1.in_channels == 1024  # layer4 takes layer3's 14×14×1024
+
+
 def test_same_seed_same_metrics(data_root, tmp_path):
     finals = []
     for i in range(2):

@@ -123,6 +123,12 @@ class Method:
     def on_start(self) -> None:
         """Called once before the first step of a fresh (not resumed) run."""
 
+    feature_name = "E(x)"  # what `features` returns, as the app names it
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features a generator imitates (and the app embeds): E's output."""
+        return self.extractor(x)
+
     # -- shared pieces ----------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
         """SGD (ResNet): lr ÷ 10 after lr_drop_at of the steps (App. A); 1 otherwise."""

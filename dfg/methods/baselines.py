@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from .. import losses
+from ..gan import FeatureCritic, FeatureGenerator
+from ..networks import BACKBONES, last_linear
 from .base import Method, sample_noise
-from .dfg import DFG
+from .dfg import DFG, has_batchnorm
 
 # Index in C's children where C's last conv block starts (fine-tuning trains from there on).
 LAST_CONV_BLOCK = {"lenet": 0, "vgg16": 19, "resnet50": 2}
@@ -44,12 +46,41 @@ class Delta(Original):
 
 class DifaCMWGAN(DFG):
     """Our reading of DIFA (Volpi et al. 2018) + cMWGAN (Zhang et al. 2018), refs [14, 15]: three
-    phases over the same step budget — (1) fine-tune E/C on the target; (2) E frozen, train a
-    class-conditional WGAN-GP feature generator on E's features (no class-wise attention);
-    (3) E frozen, train C on real ⊕ generated features (Eq. 4c), G frozen."""
+    phases over the same step budget — (1) fine-tune E/C on the target; (2) E/C frozen, train a
+    class-conditional WGAN-GP feature generator (no class-wise attention); (3) train the classifier on
+    real ⊕ generated features (Eq. 4c), G frozen.
+
+    difa_level="fc" (default, as refs [14, 15]): the features are the input of C's last Linear, made by
+    an FC generator against an FC critic, and phase 3 trains that Linear. "conv": E's feature maps with
+    DFG's G and D, and phase 3 trains all of C (the level DFG works at, §1)."""
     name = "difa_cmwgan"
     attention = False
     default_transfer_reg = "none"  # refs [14, 15] fine-tune without a source regulariser
+
+    def __init__(self, ctx):
+        self.fc_level = ctx.cfg.difa_level == "fc"
+        super().__init__(ctx)
+        self.feature_head = self.classifier  # what phase 3 trains on real ⊕ generated features
+        if self.fc_level:
+            self.feature_head, self.feature_name = self.classifier[-1], "the input of C's last layer"
+            # one forward of all nD batches needs no BN on the way to the features
+            self.batch_real = not (has_batchnorm(self.extractor) or has_batchnorm(self.classifier))
+
+    def build_gan(self, slope):
+        if not self.fc_level:
+            return super().build_gan(slope)
+        cfg = self.ctx.cfg
+        dim, init = last_linear(self.classifier).in_features, BACKBONES[cfg.backbone].init
+        return (FeatureGenerator(dim, num_classes=self.ctx.num_classes, init=init, negative_slope=slope),
+                FeatureCritic(dim, init=init, negative_slope=slope))
+
+    def features(self, x):
+        """fc: the input of C's last Linear (84-d LeNet, 512-d VGG-16, 2048-d ResNet-50); conv: E's output."""
+        return self.classifier[:-1](self.extractor(x)) if self.fc_level else self.extractor(x)
+
+    def classify_concat(self, real, fake):
+        logits = self.feature_head(torch.cat([real, fake]))
+        return logits[: len(real)], logits[len(real):]
 
     def phase(self, step: int) -> int:
         f = self.ctx.cfg.difa_phase_fraction * self.ctx.cfg.steps
@@ -68,15 +99,15 @@ class DifaCMWGAN(DFG):
         if phase == 1:
             return {**self.update_extractor_classifier(*batches.next()), "phase": 1.0}
         m, nz = cfg.batch_size, self.generator.noise_dim
-        if phase == 2:  # E frozen: the conditional WGAN-GP alone, without the class-wise attention
+        if phase == 2:  # E/C frozen: the conditional WGAN-GP alone, without the class-wise attention
             out = self.update_critic(batches)
             out.update(self.update_generator(*sample_noise(ctx, m, nz)))
             return {**out, "phase": 2.0}
         x, y = batches.next()
         z, y_hat = sample_noise(ctx, m, nz)
         with torch.no_grad():
-            real, fake = self.extractor(x), self.generate(z, y_hat)
-        lr_, lg_ = self.classify_concat(real, fake)
+            real, fake = self.features(x), self.generate(z, y_hat)
+        lr_, lg_ = self.classify_concat(real, fake)  # fc: only C's last Linear gets gradients
         loss = losses.concat_loss(lr_, y, lg_, y_hat)
         self._zero(("classifier",))
         loss.backward()

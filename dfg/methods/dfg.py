@@ -34,9 +34,7 @@ class DFG(Method):
         super().__init__(ctx)
         cfg = ctx.cfg
         slope = 1.0 if cfg.official_lrelu_identity else 0.2
-        self.generator = Generator(cfg.backbone, num_classes=ctx.num_classes, negative_slope=slope,
-                                   weight_after_bn=cfg.official_weight_after_bn).to(ctx.device)
-        self.critic = Critic(cfg.backbone, negative_slope=slope).to(ctx.device)
+        self.generator, self.critic = (net.to(ctx.device) for net in self.build_gan(slope))
         if ctx.device.type == "cpu":  # oneDNN's NHWC convs are up to 3x faster for D's small maps
             self.critic.to(memory_format=torch.channels_last)
         self.nets.update(generator=self.generator, critic=self.critic)
@@ -49,6 +47,12 @@ class DFG(Method):
         self.last_loss_e: torch.Tensor | float = float("inf")  # L_E of the last step (official_loss_gate)
         self.c_has_bn = has_batchnorm(self.classifier)  # Eq. 4a/4b then need batches of their own
         self.batch_real = not has_batchnorm(self.extractor)
+
+    def build_gan(self, slope: float) -> tuple[nn.Module, nn.Module]:
+        """G and D on E's feature maps (Tables A.4, A.6, A.8)."""
+        cfg = self.ctx.cfg
+        return (Generator(cfg.backbone, num_classes=self.ctx.num_classes, negative_slope=slope,
+                          weight_after_bn=cfg.official_weight_after_bn), Critic(cfg.backbone, negative_slope=slope))
 
     # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
     def recompute_weights(self, step: int) -> None:
@@ -85,13 +89,14 @@ class DFG(Method):
     # -- the GAN half (lines 6-12), shared with DIFA+cMWGAN ------------------------------------
     def update_critic(self, batches) -> dict[str, torch.Tensor]:
         """Lines 6-9: nD critic updates on Eq. 1. E is fixed during them, so without BN in E one
-        forward of all nD batches gives exactly the per-batch features. D's gradients come from the
-        written-out WGAN-GP backward (wgan_gp.py) when D has the standard shape, else from autograd."""
-        cfg, E, D = self.ctx.cfg, self.extractor, self.critic
+        forward of all nD batches gives exactly the per-batch features (`features`: E's output). D's
+        gradients come from the written-out WGAN-GP backward (wgan_gp.py) when D has the standard shape,
+        else from autograd."""
+        cfg, D = self.ctx.cfg, self.critic
         m = cfg.batch_size
         xs = [batches.next()[0] for _ in range(cfg.n_critic)]
         with torch.no_grad():
-            reals = E(torch.cat(xs)).split(m) if self.batch_real else [E(x) for x in xs]
+            reals = self.features(torch.cat(xs)).split(m) if self.batch_real else list(map(self.features, xs))
         closed_form = wgan_gp.supports_closed_form(D)
         pairs = (self._critic_inputs(real) for real in reals)  # lazy: each G forward just before its update
         if reals[0].device.type == "cpu" and len(reals) * reals[0].numel() * reals[0].element_size() \
