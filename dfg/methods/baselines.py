@@ -60,7 +60,6 @@ class DifaCMWGAN(DFG):
     def __init__(self, ctx):
         self.fc_level = ctx.cfg.difa_level == "fc"
         super().__init__(ctx)
-        self.feature_head = self.classifier  # what phase 3 trains on real ⊕ generated features
         if self.fc_level:
             self.feature_head, self.feature_name = self.classifier[-1], "the input of C's last layer"
             # one forward of all nD batches needs no BN on the way to the features
@@ -77,10 +76,6 @@ class DifaCMWGAN(DFG):
     def features(self, x):
         """fc: the input of C's last Linear (84-d LeNet, 512-d VGG-16, 2048-d ResNet-50); conv: E's output."""
         return self.classifier[:-1](self.extractor(x)) if self.fc_level else self.extractor(x)
-
-    def classify_concat(self, real, fake):
-        logits = self.feature_head(torch.cat([real, fake]))
-        return logits[: len(real)], logits[len(real):]
 
     def phase(self, step: int) -> int:
         f = self.ctx.cfg.difa_phase_fraction * self.ctx.cfg.steps

@@ -46,6 +46,7 @@ class DFG(Method):
         self.w_target, self.w_star = ones.clone(), ones.clone()
         self.last_loss_e: torch.Tensor | float = float("inf")  # L_E of the last step (official_loss_gate)
         self.c_has_bn = has_batchnorm(self.classifier)  # Eq. 4a/4b then need batches of their own
+        self.feature_head = self.classifier  # what classifies generated features (DIFA at fc level: C's last Linear)
         self.batch_real = not has_batchnorm(self.extractor)
 
     def build_gan(self, slope: float) -> tuple[nn.Module, nn.Module]:
@@ -83,7 +84,7 @@ class DFG(Method):
     def classify_concat(self, real: torch.Tensor, fake: torch.Tensor):
         """C's logits on x̃ = real ⊕ generated as one batch (Eq. 4c: with BN in C, its statistics are those of
         the mixed batch), split back into the real and the generated rows."""
-        logits = self.classifier(torch.cat([real, fake]))
+        logits = self.feature_head(torch.cat([real, fake]))
         return logits[: len(real)], logits[len(real):]
 
     # -- the GAN half (lines 6-12), shared with DIFA+cMWGAN ------------------------------------
