@@ -35,6 +35,9 @@ class Config:
     majority: tuple[int, ...] = ()  # fixed majority classes; () = seeded draw of num_majority
     val_fraction: float = 0.0       # validation split carved from training data (enables best-on-val)
     limit_test: int = 0             # cap the test set (seeded, balanced) for quick runs; 0 = full
+    short_classes: str = "error"    # a class with fewer training images than the imbalance asks for: error |
+                                    # all (it keeps all it has; data.json warns). svhn: all (SVHN's 0 and 9 have
+                                    # 4,948 and 4,659, and the paper draws every pair as majority)
     # -- schedule -----------------------------------------------------------------------------
     steps: int = 1500               # Algorithm 1 iterations
     batch_size: int = 64            # m in Algorithm 1
@@ -81,6 +84,8 @@ class Config:
     head_refit: str = "auto"        # auto: re-fit C_S's last layer on the target when the target's classes differ
                                     # from the source's (names, order), keep it when they match | always | never
     head_refit_steps: int = 200     # steps of that re-fit (E_S and the rest of C_S frozen)
+    start_head: str = "source"      # the head E/C start from (from-source methods): source = C_S's, re-fit or kept
+                                    # | random = a fresh one (the paper for ResNet-50, App. A; W(E_S) keeps C_S's)
     allow_random_init: bool = False # resnet50 without ImageNet weights in the torch cache
     # -- baselines ----------------------------------------------------------------------------
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
@@ -168,11 +173,11 @@ _LENET = dict(backbone="lenet", source="emnist", steps=20000, n_c1=2, n_c2=10, n
 _VGG = dict(backbone="vgg16", source="cifar10", n_c1=2, n_c2=10, n_w=5000, pretrain_steps=30000, source_per_class=0)
 _RESNET = dict(backbone="resnet50", source="imagenet", steps=40000, n_c1=1, n_c2=5, n_w=2000, optimizer_ec="sgd",
                lr_extractor=0.01, lr_classifier=0.01, lr_generator=1e-4, lr_critic=1e-4, lr_drop_at=0.5,
-               pretrain_steps=0)
+               pretrain_steps=0, start_head="random")
 
 PRESETS: dict[str, Config] = {
     "demo": Config(steps=700, n_w=100, eval_every=100, ckpt_every=100, pretrain_steps=1000),  # offline: glyphs -> MNIST 5k, 10:1 step imbalance, ~2 min on 2 CPU cores
-    "svhn": _paper(preset="svhn", dataset="svhn", imbalance="step", n_max=5000, ratio=10, **_LENET,
+    "svhn": _paper(preset="svhn", dataset="svhn", imbalance="step", n_max=5000, ratio=10, short_classes="all", **_LENET,
                    lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=2e-4, lr_critic=1e-4),
     "fmnist": _paper(preset="fmnist", dataset="fmnist", imbalance="step", n_max=6000, ratio=40, **_LENET,
                      lr_extractor=1e-5, lr_classifier=1e-5, lr_generator=1e-4, lr_critic=1e-4),
@@ -265,11 +270,15 @@ def validate(cfg: Config) -> Config:
     _need(cfg.gp_lambda >= 0, "gp_lambda", cfg.gp_lambda, "must be >= 0")
     _need(cfg.ratio >= 1.0, "ratio", cfg.ratio, "must be >= 1 (n_max / n_min)")
     _need(cfg.imbalance in ("step", "longtail", "none"), "imbalance", cfg.imbalance, "choose step, longtail or none")
+    _need(cfg.short_classes in ("error", "all"), "short_classes", cfg.short_classes,
+          "choose error (stop when a class has fewer images than asked) or all (it keeps all it has)")
     _need(0.0 <= cfg.val_fraction < 0.9, "val_fraction", cfg.val_fraction, "must lie in [0, 0.9)")
     _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
     _need(cfg.head_refit in ("auto", "always", "never"), "head_refit", cfg.head_refit, "choose auto, always or never")
     _need(cfg.difa_level in ("fc", "conv"), "difa_level", cfg.difa_level, "choose fc or conv")
+    _need(cfg.start_head in ("source", "random"), "start_head", cfg.start_head,
+          "choose source (C_S's head, re-fit or kept) or random (a fresh last layer)")
     _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
     _need(cfg.transfer_reg in ("auto", "none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg,
           "choose auto, none, delta or l2sp")

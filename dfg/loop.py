@@ -64,7 +64,7 @@ def load_data(cfg: Config):
                       num_majority=cfg.num_majority, majority=cfg.majority or None, val_fraction=cfg.val_fraction,
                       download=cfg.download, folder=cfg.folder or None, image_size=cfg.image_size or None,
                       grayscale=cfg.grayscale if cfg.dataset == "folder" else None,
-                      limit_test=cfg.limit_test or None)
+                      limit_test=cfg.limit_test or None, short_classes=cfg.short_classes)
 
 
 def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:

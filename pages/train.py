@@ -115,6 +115,11 @@ with st.expander("More settings"):
     field(c[2], "difa_level", "DIFA+cMWGAN generates (fc: C's last-layer input, as refs [14, 15])", "select",
           options=["fc", "conv"])
     field(c[3], "difa_phase_fraction", "DIFA+cMWGAN phase fraction")
+    c = st.columns(4)
+    field(c[0], "short_classes", "a class with fewer images than asked (all: keeps what it has)", "select",
+          options=["error", "all"])
+    field(c[1], "start_head", "head E/C start from (random: a fresh last layer, as for ResNet-50)", "select",
+          options=["source", "random"])
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)

@@ -81,3 +81,13 @@ def test_preset_is_chosen_by_name_not_overridden_and_seeds_are_checked():
     for bad in ("-5", str(2 ** 63)):
         with pytest.raises(ConfigError, match=f"seed={bad} is invalid"):
             make_config("demo", {"seed": bad})
+
+
+@pytest.mark.parametrize("preset", ["demo", "svhn", "fmnist", "stl10", "cinic10", "caltech256", "food101"])
+def test_resnet_presets_start_from_a_random_head_and_only_svhn_keeps_short_classes(preset):
+    cfg = make_config(preset)
+    # App. A: "we replaced the last layer of the base network with random initialization" (ResNet-50 only)
+    assert cfg.start_head == ("random" if cfg.backbone == "resnet50" else "source")
+    assert cfg.short_classes == ("all" if preset == "svhn" else "error")
+    with pytest.raises(ConfigError, match="start_head='fresh' is invalid: choose source"):
+        make_config(preset, {"start_head": "fresh"})

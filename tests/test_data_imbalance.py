@@ -92,3 +92,45 @@ def test_build_data_counts_and_val(tmp_path):
     assert sum(c["kept"] for c in b.class_counts) == len(b.train)
     assert sum(c["val"] for c in b.class_counts) == len(b.val) == 4 + 40 + 40 + 4 * 7
     assert sum(c["test"] for c in b.class_counts) == len(b.test) == 1000
+
+
+# SVHN's official training split per class (digits 0-9; they sum to its 73,257 images). Classes 0 and 9 have
+# fewer than the 5,000 that §4.1 gives a majority class.
+SVHN_TRAIN = [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659]
+
+
+def test_svhn_preset_takes_every_majority_pair_the_paper_draws():
+    from dfg.config import make_config
+
+    cfg = make_config("svhn")
+    assert sum(SVHN_TRAIN) == 73257 and cfg.short_classes == "all"
+    refused = 0
+    for pair in itertools.combinations(range(10), 2):
+        notes: list[str] = []
+        counts = target_counts(SVHN_TRAIN, "step", ratio=cfg.ratio, n_max=cfg.n_max, majority=pair,
+                               dataset="svhn", short_classes=cfg.short_classes, warnings=notes)
+        assert counts == [min(5000, have) if k in pair else 500 for k, have in enumerate(SVHN_TRAIN)]
+        short = [k for k in pair if SVHN_TRAIN[k] < 5000]
+        assert [n.split(" has ")[0] for n in notes] == [f"svhn: class {k}" for k in short]
+        try:
+            target_counts(SVHN_TRAIN, "step", ratio=cfg.ratio, n_max=cfg.n_max, majority=pair, dataset="svhn")
+        except DataError as e:
+            refused += 1
+            assert short and "set short_classes=all" in str(e) and f"only {SVHN_TRAIN[short[0]]}" in str(e)
+        else:
+            assert not short
+    assert refused == 17  # 9 pairs with class 0, 9 with class 9, one with both
+
+
+def test_short_classes_all_keeps_what_a_class_has_and_says_so(tmp_path):
+    with pytest.raises(DataError, match="short_classes=all"):
+        build_data("mnist5k", backbone="lenet", root=str(tmp_path), ratio=10, n_max=600, majority=(1, 2))
+    b = build_data("mnist5k", backbone="lenet", root=str(tmp_path), ratio=10, n_max=600, majority=(1, 2),
+                   short_classes="all")
+    assert [c["kept"] for c in b.class_counts] == [60, 400, 400] + [60] * 7  # MNIST 5k's train split: 400 a class
+    assert len(b.train) == 800 + 8 * 60
+    short = [w for w in b.warnings if "short_classes=all" in w]
+    assert len(short) == 2 and "class 1" in short[0] and "fewer than the 600" in short[0]
+    assert b.summary()["warnings"] == b.warnings
+    with pytest.raises(DataError, match="short_classes='some' is invalid"):
+        target_counts([500] * 10, "step", ratio=10, n_max=600, majority=(1,), short_classes="some")

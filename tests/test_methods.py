@@ -292,6 +292,29 @@ def test_a_kept_source_head_is_the_pretrained_one_and_a_re_fit_one_is_new(data_r
     assert not torch.equal(pretrained[0], refit.ctx.source.classifier[-1].weight)
 
 
+@pytest.mark.parametrize("method", ["finetune", "delta", "dfg"])
+def test_a_random_start_head_is_fresh_and_the_rest_is_the_source(method, data_root):
+    """start_head=random (App. A, ResNet-50): E and C start from the source except C's last layer, which is
+    freshly initialised (seeded); W(E_S) is still computed with C_S's head."""
+    cpu, quiet = torch.device("cpu"), (lambda m: None)
+    _, fresh = setup(tiny(data_root, method=method, start_head="random"), cpu, log=quiet)
+    _, kept = setup(tiny(data_root, method=method), cpu, log=quiet)
+    src = fresh.ctx.source
+    for a, b in zip(fresh.extractor.state_dict().values(), src.extractor.state_dict().values()):
+        assert torch.equal(a, b)
+    head = f"{len(fresh.classifier) - 1}."
+    c, c_src = fresh.classifier.state_dict(), src.classifier.state_dict()
+    assert all(torch.equal(c[k], c_src[k]) for k in c if not k.startswith(head))
+    w, b = fresh.classifier[-1].weight, fresh.classifier[-1].bias
+    assert not torch.equal(w, src.classifier[-1].weight) and torch.count_nonzero(b) == 0
+    xavier_std = math.sqrt(2 / (w.shape[0] + w.shape[1]))  # LeNet's init (Xavier normal), 840 weights
+    assert abs(w.std().item() / xavier_std - 1) < 0.15
+    assert torch.equal(kept.classifier[-1].weight, src.classifier[-1].weight)  # the default starts from C_S's
+    assert torch.equal(kept.ctx.source.class_weights, src.class_weights)
+    _, again = setup(tiny(data_root, method=method, start_head="random"), cpu, log=quiet)
+    assert torch.equal(again.classifier[-1].weight, w)  # seeded
+
+
 def test_eq_4c_is_one_concatenated_batch_and_with_bn_4a_4b_get_their_own(data_root):
     """Eq. 4c's x̃ = E(x) ⊕ G(z, ŷ) goes through C as one batch of 2B (with BN in C, its statistics are the
     mixed batch's); with BN, the nC2 update's 4a and 4b use C on the real and the generated batch alone.

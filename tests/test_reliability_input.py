@@ -95,6 +95,9 @@ BAD = {
     "set-twice": (["--set", "rho=0.5", "--set", "rho=0.6"], "rho is set twice ('0.5' and '0.6'); give it once"),
     "flag-and-set": (["--set", "rho=0.5", "--rho", "0.6"], "rho is set twice"),
     "head-refit": (["--set", "head_refit=sometimes"], "head_refit='sometimes' is invalid"),
+    "short-classes": (["--set", "short_classes=some"], "short_classes='some' is invalid"),
+    "class-too-small": (["--set", "n_max=600"], "only 400 are available; lower n_max to at most 400 (or leave it "
+                        "unset), or set short_classes=all"),
 }
 
 

@@ -131,11 +131,12 @@ def build_data(dataset: str, *, backbone: str, root: str | None = "data", seed: 
                imbalance: str = "step", ratio: float = 10.0, n_max: int | None = None, num_majority: int = 2,
                majority: tuple[int, ...] | None = None, val_fraction: float = 0.0, download: bool = False,
                folder: str | None = None, image_size: int | None = None, grayscale: bool | None = None,
-               limit_test: int | None = None) -> DataBundle:
+               limit_test: int | None = None, short_classes: str = "error") -> DataBundle:
     """A target task: the training split made imbalanced (seeded), an optional stratified validation split
     carved from it, and the full official test set (or a seeded balanced cap of `limit_test`).
     n_max (None or 0) = the smallest per-class count available; majority None = a seeded draw of
-    num_majority classes. For dataset="folder", root may be None to allow a folder anywhere."""
+    num_majority classes. short_classes: what a class with fewer images than asked does (imbalance.target_counts).
+    For dataset="folder", root may be None to allow a folder anywhere."""
     spec = get_spec(dataset)
     inp = backbone_input(backbone)
     if dataset == "folder":
@@ -155,12 +156,12 @@ def build_data(dataset: str, *, backbone: str, root: str | None = "data", seed: 
         majority = tuple(sorted(int(m) for m in majority))
     else:
         majority = ()
+    warnings = list(raw.warnings)
     counts = target_counts(available, imbalance, ratio=ratio, n_max=n_max or None, majority=majority,
-                           class_names=names, dataset=spec.name)
+                           class_names=names, dataset=spec.name, short_classes=short_classes, warnings=warnings)
     kept = select_indices(ytr, counts, seed)
     tr, va = split_validation(kept, ytr, val_fraction, seed)
     te = np.arange(len(yte)) if not limit_test or limit_test >= len(yte) else balanced_cap(yte, limit_test, c, seed)
-    warnings = list(raw.warnings)
     untested = [names[k] for k in range(c) if not (yte[te] == k).any()]
     if untested:
         warnings.append(f"{len(untested)} of {c} classes have no test images ({', '.join(untested[:5])}"

@@ -12,6 +12,7 @@ import numpy as np
 from .registry import DataError
 
 IMBALANCES = ("step", "longtail", "none")
+SHORT_CLASSES = ("error", "all")   # a class with fewer images than asked: stop, or keep all it has
 # Independent streams per use, so e.g. changing val_fraction never changes which samples are kept.
 _MAJORITY, _KEEP, _VAL, _TEST = 1, 2, 3, 4
 
@@ -34,13 +35,18 @@ def draw_majority(num_classes: int, k: int, seed: int) -> tuple[int, ...]:
 
 
 def target_counts(available: Sequence[int], imbalance: str, *, ratio: float, n_max: int | None,
-                  majority: Sequence[int] = (), class_names: Sequence[str] = (), dataset: str = "") -> list[int]:
+                  majority: Sequence[int] = (), class_names: Sequence[str] = (), dataset: str = "",
+                  short_classes: str = "error", warnings: list[str] | None = None) -> list[int]:
     """How many training images each class keeps.
 
     step:     majority classes keep n_max, the others int(n_max / ratio) (at least 1)
     longtail: class c keeps round(n_max · ratio^(−c/(C−1))): class 0 has n_max, class C−1 n_max/ratio
     none:     every class keeps all it has (or n_max, if given, as a balanced cap)
-    n_max None means the smallest per-class count available."""
+    n_max None means the smallest per-class count available. A class that has fewer images than it is
+    asked for stops here with a message (short_classes="error"), or keeps all it has ("all"; one line per
+    such class is appended to `warnings`)."""
+    if short_classes not in SHORT_CLASSES:
+        raise DataError(f"short_classes={short_classes!r} is invalid: choose one of {', '.join(SHORT_CLASSES)}")
     available = [int(a) for a in available]
     c = len(available)
     if imbalance not in IMBALANCES:
@@ -61,12 +67,20 @@ def target_counts(available: Sequence[int], imbalance: str, *, ratio: float, n_m
         counts = [top if k in set(majority) else minority for k in range(c)]
     else:
         counts = [max(1, int(round(top * ratio ** (-k / (c - 1))))) for k in range(c)]
-    for k, (want, have) in enumerate(zip(counts, available)):
-        if want > have:
-            name = f" ({class_names[k]!r})" if k < len(class_names) else ""
+    counts = list(counts)
+    for k, (want, have) in enumerate(zip(list(counts), available)):
+        if want <= have:
+            continue
+        name = f" ({class_names[k]!r})" if k < len(class_names) else ""
+        if short_classes == "error":
             raise DataError(f"{dataset or 'dataset'}: {imbalance} imbalance asks for {want} training images of "
                             f"class {k}{name}, but only {have} are available; lower n_max to at most "
-                            f"{min(available)} (or leave it unset)")
+                            f"{min(available)} (or leave it unset), or set short_classes=all to keep all a "
+                            f"short class has")
+        counts[k] = have
+        if warnings is not None:
+            warnings.append(f"{dataset or 'dataset'}: class {k}{name} has {have} training images, fewer than the "
+                            f"{want} its {imbalance} imbalance asks for; it keeps all {have} (short_classes=all)")
     return counts
 
 

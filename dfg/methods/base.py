@@ -11,7 +11,7 @@ from torch import nn
 from .. import losses
 from ..config import Config
 from ..filter_weights import loss_increase
-from ..networks import Extractor, build_backbone, last_linear
+from ..networks import BACKBONES, Extractor, build_backbone, last_linear, replace_head
 
 
 @dataclass
@@ -80,6 +80,8 @@ class Method:
         if self.from_source and ctx.source is not None:
             self.extractor = _copy_trainable(ctx.source.extractor)
             self.classifier = _copy_trainable(ctx.source.classifier)
+            if cfg.start_head == "random":  # App. A (ResNet-50): the last layer replaced by a random one
+                replace_head(self.classifier, ctx.num_classes, BACKBONES[cfg.backbone].init)
         else:
             self.extractor, self.classifier = build_backbone(cfg.backbone, num_classes=ctx.num_classes,
                                                              in_channels=ctx.in_channels)
