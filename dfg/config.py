@@ -77,6 +77,9 @@ class Config:
                                     # (§3: E and C "regularized ... similar to DELTA"); the others: none
     reg_alpha: float = 0.01         # weight of the feature-map (DELTA) or L2-SP distance
     reg_beta: float = 0.01          # weight of the L2 penalty on the classifier head
+    delta_layers: str = "auto"      # maps the DELTA regulariser compares: extractor = E's output | stages = the
+                                    # conv3 output of each ResNet-50 stage's last block (DELTA's code) | auto:
+                                    # stages on resnet50, extractor otherwise (DELTA's code has no LeNet/VGG list)
     # -- source model -------------------------------------------------------------------------
     pretrain_steps: int = 1500      # source training steps (Adam 1e-3, batch 64); cached by key
     source_per_class: int = 1000    # source images per class; 0 = all (the paper presets: all of EMNIST / CIFAR-10;
@@ -156,8 +159,9 @@ def from_dict(d: dict) -> Config:
 
 
 # What a config.json written before a field existed meant: runs made before 2026-11-28 always re-fit the
-# source head, and their DIFA+cMWGAN generated E's feature maps, so they resume and re-evaluate as they started.
-LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv"}
+# source head, their DIFA+cMWGAN generated E's feature maps, and DELTA's regulariser compared E's output on every
+# backbone, so they resume and re-evaluate as they started.
+LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv", "delta_layers": "extractor"}
 
 
 def _paper(**kw) -> Config:
@@ -277,6 +281,10 @@ def validate(cfg: Config) -> Config:
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
     _need(cfg.head_refit in ("auto", "always", "never"), "head_refit", cfg.head_refit, "choose auto, always or never")
     _need(cfg.difa_level in ("fc", "conv"), "difa_level", cfg.difa_level, "choose fc or conv")
+    _need(cfg.delta_layers in ("auto", "extractor", "stages"), "delta_layers", cfg.delta_layers,
+          "choose auto, extractor or stages")
+    _need(cfg.delta_layers != "stages" or cfg.backbone == "resnet50", "delta_layers", cfg.delta_layers,
+          f"stages exist for backbone=resnet50 only (this run: {cfg.backbone}); use auto or extractor")
     _need(cfg.start_head in ("source", "random"), "start_head", cfg.start_head,
           "choose source (C_S's head, re-fit or kept) or random (a fresh last layer)")
     _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")

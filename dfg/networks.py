@@ -65,24 +65,71 @@ class Extractor(nn.Module):
         return self.finish(*self.stem(x))
 
 
+def bottleneck_conv3(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision Bottleneck's conv3 output (before bn3, the residual add and the ReLU)."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.relu(block.bn2(block.conv2(out)))
+    return block.conv3(out)
+
+
+def bottleneck_finish(block: nn.Module, h: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """The rest of a Bottleneck without downsample, from its conv3 output h and its input."""
+    return block.relu(block.bn3(h) + identity)
+
+
 class ResNetExtractor(Extractor):
-    """ResNet-50 stem + layer1; the ablated conv is layer1[-1].conv3, whose block adds an identity."""
+    """ResNet-50 stem + layer1; the ablated conv is layer1[-1].conv3, whose block adds an identity.
+    (Any prefix of ResNet-50 that ends with a stage's last bottleneck works the same way: `stage_views`.)"""
 
     def __init__(self, stem_and_blocks: nn.Sequential, last_block: nn.Module):
         last = last_block
+        if last.downsample is not None:
+            raise ValueError("the ablated bottleneck must add its input unchanged (no downsample)")
         super().__init__(head=stem_and_blocks, last_conv=last.conv3, tail=last.bn3)
         self.last_block = last  # holds conv1..bn3 of the final bottleneck (same modules, shared)
 
     def stem(self, x):
         identity = self.head(x)  # (B, 256, 56, 56): input to the last bottleneck
-        b = self.last_block
-        out = b.relu(b.bn1(b.conv1(identity)))
-        out = b.relu(b.bn2(b.conv2(out)))
-        return b.conv3(out), identity
+        return bottleneck_conv3(self.last_block, identity), identity
 
     def finish(self, h, ctx=None):
-        b = self.last_block
-        return b.relu(b.bn3(h) + ctx)
+        return bottleneck_finish(self.last_block, h, ctx)
+
+
+RESNET_STAGES = 3  # C = layer2, layer3, layer4, then avgpool, flatten, fc
+
+
+def resnet_stage_maps(extractor: ResNetExtractor, classifier: nn.Module,
+                      x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """E(x), C(E(x)) and the conv3 outputs of each stage's last bottleneck (layer1 to layer4: the four maps
+    DELTA's code regularises on ResNets), from one forward with the same ops as classifier(extractor(x))."""
+    h, identity = extractor.stem(x)
+    feats = f = extractor.finish(h, identity)
+    maps = [h]
+    mods = list(classifier)
+    for stage in mods[:RESNET_STAGES]:
+        *blocks, last = list(stage)
+        for b in blocks:
+            f = b(f)
+        h = bottleneck_conv3(last, f)
+        maps.append(h)
+        f = bottleneck_finish(last, h, f)
+    for m in mods[RESNET_STAGES:]:
+        f = m(f)
+    return feats, f, maps
+
+
+def stage_views(extractor: ResNetExtractor, classifier: nn.Module) -> list[tuple[Extractor, nn.Module]]:
+    """For each of the four maps of `resnet_stage_maps`: (E', rest), where E' is the network up to that map's
+    bottleneck as an Extractor (its last_conv is that conv3) and rest the network after it, so that
+    filter_weights.loss_increase(E', rest, ...) removes that conv3's channels. Modules are shared, not copied."""
+    views: list[tuple[Extractor, nn.Module]] = [(extractor, classifier)]
+    mods = list(classifier)
+    for s in range(RESNET_STAGES):
+        blocks = list(mods[s])
+        head = nn.Sequential(extractor, *mods[:s], *blocks[:-1])
+        views.append((ResNetExtractor(head, blocks[-1]), nn.Sequential(*mods[s + 1:])))
+    return views
 
 
 def _lenet(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:

@@ -120,6 +120,8 @@ with st.expander("More settings"):
           options=["error", "all"])
     field(c[1], "start_head", "head E/C start from (random: a fresh last layer, as for ResNet-50)", "select",
           options=["source", "random"])
+    field(c[2], "delta_layers", "maps DELTA's regulariser compares (auto: ResNet-50's 4 stages, else E's)",
+          "select", options=["auto", "extractor", "stages"])
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)

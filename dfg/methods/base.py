@@ -11,7 +11,8 @@ from torch import nn
 from .. import losses
 from ..config import Config
 from ..filter_weights import loss_increase
-from ..networks import BACKBONES, Extractor, build_backbone, last_linear, replace_head
+from ..networks import (BACKBONES, Extractor, build_backbone, last_linear, replace_head, resnet_stage_maps,
+                        stage_views)
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Method:
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec)}
         self.reg_kind = self.transfer_reg or (self.default_transfer_reg if cfg.transfer_reg == "auto"
                                               else cfg.transfer_reg)
+        # DELTA's maps: the four stages' conv3 outputs on ResNet-50 (DELTA's code), else E's output
+        self.reg_stages = self.reg_kind == "delta" and (
+            cfg.delta_layers == "stages" or cfg.delta_layers == "auto" and cfg.backbone == "resnet50")
         self.reg_weights = self._delta_channel_weights() if self.reg_kind == "delta" else None
 
     # -- hooks ------------------------------------------------------------------------------
@@ -147,8 +151,18 @@ class Method:
                 for g in self.opts[name].param_groups:
                     g["lr"] = base * factor
 
-    def transfer_penalty(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor | None:
-        """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head."""
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+        """E(x), C(E(x)) and the maps DELTA's regulariser compares when they lie inside C (the ResNet-50
+        stages; None otherwise: the regulariser then compares E(x) itself)."""
+        if self.reg_stages:
+            return resnet_stage_maps(self.extractor, self.classifier, x)
+        feats = self.extractor(x)
+        return feats, self.classifier(feats), None
+
+    def transfer_penalty(self, x: torch.Tensor, feats: torch.Tensor,
+                         maps: list[torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head.
+        maps: the target's stage maps from `forward_with_maps` (delta_layers=stages)."""
         cfg, src = self.ctx.cfg, self.ctx.source
         if self.reg_kind == "none" or src is None:
             return None
@@ -156,8 +170,10 @@ class Method:
         head_params = [head.weight, head.bias]
         if self.reg_kind == "delta":
             with torch.no_grad():
-                fm_source = src.extractor(x)
-            dist = losses.delta_feature_distance(feats, fm_source, self.reg_weights)
+                source_maps = resnet_stage_maps(src.extractor, src.classifier, x)[2] if self.reg_stages \
+                    else [src.extractor(x)]
+            dist = sum(losses.delta_feature_distance(t, s, w)
+                       for t, s, w in zip(maps if self.reg_stages else [feats], source_maps, self.reg_weights))
         else:  # l2sp: every parameter with a source counterpart, except the re-initialised head
             ids = {id(p) for p in head_params}
             pairs = [(p, q) for p, q in zip(self._trainable_all(), self._source_all()) if id(p) not in ids]
@@ -168,9 +184,9 @@ class Method:
         """Alg. 1 lines 16-17: E on Eq. 3 (+ regulariser), then C on Eq. 4a with the updated E.
         official_joint_ec: one backward of L_E + L_rC (the official code's CE counted twice)."""
         cfg = self.ctx.cfg
-        feats = self.extractor(x)
-        loss_e = losses.extractor_loss(self.classifier(feats), y)
-        reg = self.transfer_penalty(x, feats)
+        feats, logits, maps = self.forward_with_maps(x)
+        loss_e = losses.extractor_loss(logits, y)
+        reg = self.transfer_penalty(x, feats, maps)
         total_e = loss_e if reg is None else loss_e + reg
         out = {"L_E": loss_e.detach()}
         if reg is not None:
@@ -263,15 +279,19 @@ class Method:
         src = self.ctx.source
         return list(src.extractor.parameters()) + list(src.classifier.parameters())
 
-    def _delta_channel_weights(self) -> torch.Tensor:
-        """DELTA's attention for E's output channels on the source model: softmax(z-score(Δloss)/5),
-        Δloss from the same batched ablation as the filter weights (no second implementation)."""
+    def _delta_channel_weights(self) -> list[torch.Tensor] | None:
+        """DELTA's attention per regularised map on the source model: softmax(z-score(Δloss)/5) over its
+        channels, Δloss from the same batched ablation as the filter weights (no second implementation):
+        E's last conv, or each ResNet-50 stage's last conv3. One (channels,) tensor per map."""
         src = self.ctx.source
         if src is None:
             return None
         x, y = self.ctx.fw_sample
-        inc = loss_increase(src.extractor, src.classifier, x, y)  # (N, nf)
-        return losses.delta_attention(inc.mean(0))
+        views = stage_views(src.extractor, src.classifier) if self.reg_stages else [(src.extractor, src.classifier)]
+        chunk = 256  # samples per ablation pass, as compute_class_weights
+        return [losses.delta_attention(torch.cat([loss_increase(e, c, x[i:i + chunk], y[i:i + chunk])
+                                                  for i in range(0, len(x), chunk)]).mean(0))
+                for e, c in views]
 
 
 def _copy_trainable(module: nn.Module) -> nn.Module:
