@@ -94,6 +94,13 @@ def loss_increase(extractor: Extractor, classifier: nn.Module, x: torch.Tensor, 
     return out
 
 
+def loss_increase_batched(extractor: Extractor, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                          keep_bias: bool = False, batch_size: int = 256) -> torch.Tensor:
+    """`loss_increase` over a sample of any size, `batch_size` samples per pass (bounds memory). (N, nf)."""
+    return torch.cat([loss_increase(extractor, classifier, x[i:i + batch_size], y[i:i + batch_size],
+                                    keep_bias=keep_bias) for i in range(0, len(x), batch_size)])
+
+
 def sample_weights(increase: torch.Tensor, *, flip_sign: bool = False) -> torch.Tensor:
     """Eq. 5: softmax over filters of the loss increase, per sample. (N, nf) -> (N, nf), rows sum to 1.
     flip_sign=True uses base − ablated (official code, DESIGN §2 item 1)."""
@@ -142,8 +149,7 @@ def compute_class_weights(extractor: Extractor, classifier: nn.Module, x: torch.
         if eval_mode:
             extractor.eval()
             classifier.eval()
-        inc = torch.cat([loss_increase(extractor, classifier, x[i:i + batch_size], y[i:i + batch_size],
-                                       keep_bias=keep_bias) for i in range(0, len(x), batch_size)])
+        inc = loss_increase_batched(extractor, classifier, x, y, keep_bias=keep_bias, batch_size=batch_size)
         return class_weights(sample_weights(inc, flip_sign=flip_sign), y, num_classes)
     finally:
         for m, was_training in modes:

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import losses
 from ..config import Config
-from ..filter_weights import loss_increase
+from ..filter_weights import loss_increase_batched
 from ..networks import (BACKBONES, Extractor, build_backbone, last_linear, replace_head, resnet_stage_maps,
                         stage_views)
 
@@ -288,10 +288,7 @@ class Method:
             return None
         x, y = self.ctx.fw_sample
         views = stage_views(src.extractor, src.classifier) if self.reg_stages else [(src.extractor, src.classifier)]
-        chunk = 256  # samples per ablation pass, as compute_class_weights
-        return [losses.delta_attention(torch.cat([loss_increase(e, c, x[i:i + chunk], y[i:i + chunk])
-                                                  for i in range(0, len(x), chunk)]).mean(0))
-                for e, c in views]
+        return [losses.delta_attention(loss_increase_batched(e, c, x, y).mean(0)) for e, c in views]
 
 
 def _copy_trainable(module: nn.Module) -> nn.Module:
