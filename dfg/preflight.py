@@ -25,7 +25,7 @@ def preflight(cfg: Config):
     if METHODS[cfg.method].from_source:
         refit_needed(cfg, data.class_names)  # head_refit=never with other class counts: SourceError
         if cfg.source == "imagenet":
-            imagenet_state_dict(cfg.allow_random_init)  # SourceError: missing (says where it goes) or damaged
+            imagenet_state_dict(cfg.allow_random_init, check_only=True)  # SourceError: missing or damaged
         else:
             cache = os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")
             if not os.path.exists(cache):

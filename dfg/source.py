@@ -32,11 +32,19 @@ def source_key(cfg: Config, in_channels: int) -> str:
     return f"{cfg.backbone}-{cfg.source}-{digest}"
 
 
-def imagenet_state_dict(allow_random_init: bool) -> dict | None:
+def imagenet_state_dict(allow_random_init: bool, check_only: bool = False) -> dict | None:
+    """torchvision's ResNet-50 ImageNet weights from the torch cache (None: allowed to start from random).
+    check_only (preflight): open the file memory-mapped, which reads its index but not its 100 MB of
+    weights, so the run's own load is the only full read; a file that cannot be mapped is read in full."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for name in IMAGENET_FILES:
         if (hub / name).exists():
             try:
+                if check_only:
+                    try:
+                        return torch.load(hub / name, map_location="cpu", weights_only=True, mmap=True)
+                    except Exception:  # e.g. a checkpoint in torch's legacy (non-zip) format: read it in full
+                        pass
                 return torch.load(hub / name, map_location="cpu", weights_only=True)
             except Exception as e:  # truncated download, another file under that name
                 raise SourceError(

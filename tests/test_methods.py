@@ -362,6 +362,24 @@ def test_missing_imagenet_weights_say_where_they_go(tmp_path, monkeypatch):
     assert imagenet_state_dict(allow_random_init=True) is None  # only when the user says so
 
 
+def test_preflight_maps_the_imagenet_file_instead_of_reading_it_and_a_damaged_one_is_refused(tmp_path, monkeypatch):
+    from dfg.source import SourceError, imagenet_state_dict
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.arange(6.0).view(2, 3)}, path)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw.get("mmap", False)) or real_load(*a, **kw))
+    assert torch.equal(imagenet_state_dict(False, check_only=True)["fc.weight"], torch.arange(6.0).view(2, 3))
+    assert loads == [True]  # one memory-mapped open: the run's own load is the only full read
+    assert torch.equal(imagenet_state_dict(False)["fc.weight"], torch.arange(6.0).view(2, 3)) and loads[-1] is False
+    path.write_bytes(path.read_bytes()[:200])  # a truncated download
+    with pytest.raises(SourceError, match="cannot be read .* Delete it and fetch it again"):
+        imagenet_state_dict(False, check_only=True)
+
+
 def test_a_checkpoint_from_another_device_type_reseeds_the_noise_generator(data_root):
     """A CUDA generator's state (16 bytes) cannot be set on a CPU generator (5056 bytes): loading warns
     and seeds the stream from the saved bytes, the same way each time; a same-device state is exact."""
