@@ -67,6 +67,18 @@ def _classes(run: Run, k: int) -> tuple[list[str], set[int]]:
     return (names if len(names) == k else [str(i) for i in range(k)]), set(data.get("minority") or [])
 
 
+def data_rows(run: Run) -> tuple[list[dict], list[str]]:
+    """What a run trained and tested on, per class (data.json: role under step imbalance, images available,
+    kept for training, carved for validation, tested), and the data warnings its log also printed."""
+    data = run.read_json("data.json") or {}
+    majority, minority = set(data.get("majority") or []), set(data.get("minority") or [])
+    rows = [{"class": c["class"], "name": c["name"],
+             "role": "majority" if c["class"] in majority else "minority" if c["class"] in minority else "",
+             "available": c["available"], "train": c["kept"], "val": c["val"], "test": c["test"]}
+            for c in data.get("class_counts") or []]
+    return rows, [str(w) for w in data.get("warnings") or []]
+
+
 def recall_figure(run: Run) -> go.Figure | None:
     """Per-class test recall; minority classes in orange, majority in blue; dashed = top-1."""
     ev = last_eval(run)

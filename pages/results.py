@@ -1,11 +1,12 @@
 """Results page: finished runs and sweeps as the paper's Table 2 (ours beside the paper's), per-class recall
-with minority classes highlighted, confusion matrices, and a CSV download of every table."""
+with minority classes highlighted, confusion matrices, each run's images per class and data warnings, and a
+CSV download of every table."""
 import pandas as pd
 import streamlit as st
 
 from dfg.runstore import Run, list_runs
-from dfg.views_results import (comparison, confusion_figure, confusion_rows, csv_bytes, format_summary, recall_figure,
-                               recall_rows, sweeps)
+from dfg.views_results import (comparison, confusion_figure, confusion_rows, csv_bytes, data_rows, format_summary,
+                               recall_figure, recall_rows, sweeps)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -43,6 +44,12 @@ chosen = st.multiselect("Runs", ids, default=[run_id] if run_id in ids else ids[
                         key=f"res.runs.{run_id}")
 for rid in chosen:
     run = Run(root, rid)
+    counts, warnings = data_rows(run)
+    for w in warnings:
+        st.warning(f"{rid}: {w}", icon=":material/warning:")
+    if counts:
+        with st.expander(f"{rid}: images per class (train, validation, test)"):
+            table(counts, f"{rid}_data.csv", f"data.{rid}")
     fig = recall_figure(run)
     if fig is None:
         st.info(f"{rid} has no test evaluation yet.")

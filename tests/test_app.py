@@ -93,6 +93,27 @@ def test_every_page_shows_the_runs_numbers(app, runs):
     assert sum(c.startswith("DFG: ") and "%" in c for c in captions) == 6
 
 
+def test_results_page_shows_each_runs_images_per_class_and_its_data_warnings(app, runs):
+    root, _ = runs
+    path = Path(root) / "tiny" / "data.json"
+    saved = path.read_text()
+    data = json.loads(saved)
+    note = "svhn: class 9 ('9') has 4659 training images, fewer than the 5000 its step imbalance asks for"
+    try:
+        path.write_text(json.dumps({**data, "warnings": [note]}))
+        goto(app, "results")
+    finally:
+        path.write_text(saved)
+    assert [w.value for w in app.warning] == [f"tiny: {note}"]
+    table = next(d.value for d in app.dataframe if "available" in d.value.columns)
+    assert table["train"].tolist() == [c["kept"] for c in data["class_counts"]]
+    assert table["test"].tolist() == [c["test"] for c in data["class_counts"]]
+    roles = table["role"].tolist()
+    assert data["majority"] and data["minority"]  # the tiny run is step-imbalanced
+    assert [i for i, r in enumerate(roles) if r == "majority"] == sorted(data["majority"])
+    assert [i for i, r in enumerate(roles) if r == "minority"] == sorted(data["minority"])
+
+
 def test_rho_slider_recomputes_w_star_like_attention(app, runs):
     root, _ = runs
     stored = Run(root, "tiny").load_filter_weights(20)
