@@ -240,6 +240,7 @@ def _need(ok: bool, name: str, value, allowed: str) -> None:
 def validate(cfg: Config) -> Config:
     """Check every field before any work starts; raises ConfigError naming field, value and rule."""
     from .data import DATASETS
+    from .data.imbalance import SHORT_CLASSES
     from .methods import METHODS
     from .networks import BACKBONES
 
@@ -274,7 +275,7 @@ def validate(cfg: Config) -> Config:
     _need(cfg.gp_lambda >= 0, "gp_lambda", cfg.gp_lambda, "must be >= 0")
     _need(cfg.ratio >= 1.0, "ratio", cfg.ratio, "must be >= 1 (n_max / n_min)")
     _need(cfg.imbalance in ("step", "longtail", "none"), "imbalance", cfg.imbalance, "choose step, longtail or none")
-    _need(cfg.short_classes in ("error", "all"), "short_classes", cfg.short_classes,
+    _need(cfg.short_classes in SHORT_CLASSES, "short_classes", cfg.short_classes,
           "choose error (stop when a class has fewer images than asked) or all (it keeps all it has)")
     _need(0.0 <= cfg.val_fraction < 0.9, "val_fraction", cfg.val_fraction, "must lie in [0, 0.9)")
     _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")

@@ -92,9 +92,9 @@ def test_delta_on_resnet50_weights_and_regularises_all_four_stages(net):
     assert not only_e.reg_stages and len(only_e.reg_weights) == 1
 
     def penalty(m):
-        feats, _, maps = m.forward_with_maps(x)
+        _, _, maps = m.forward_with_maps(x)
         head = m.classifier[-1]
-        return m.transfer_penalty(x, feats, maps) - m.ctx.cfg.reg_beta * losses.l2([head.weight, head.bias])
+        return m.transfer_penalty(x, maps) - m.ctx.cfg.reg_beta * losses.l2([head.weight, head.bias])
 
     assert penalty(staged).abs().item() < 1e-6 and penalty(only_e).abs().item() < 1e-6
     for m in (staged, only_e):

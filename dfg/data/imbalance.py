@@ -68,7 +68,7 @@ def target_counts(available: Sequence[int], imbalance: str, *, ratio: float, n_m
     else:
         counts = [max(1, int(round(top * ratio ** (-k / (c - 1))))) for k in range(c)]
     counts = list(counts)
-    for k, (want, have) in enumerate(zip(list(counts), available)):
+    for k, (want, have) in enumerate(zip(counts, available)):  # counts[k] changes after it is read
         if want <= have:
             continue
         name = f" ({class_names[k]!r})" if k < len(class_names) else ""

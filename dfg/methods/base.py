@@ -151,18 +151,17 @@ class Method:
                 for g in self.opts[name].param_groups:
                     g["lr"] = base * factor
 
-    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
-        """E(x), C(E(x)) and the maps DELTA's regulariser compares when they lie inside C (the ResNet-50
-        stages; None otherwise: the regulariser then compares E(x) itself)."""
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """E(x), C(E(x)) and the target's maps that DELTA's regulariser compares: E(x) itself, or the four
+        ResNet-50 stage maps (delta_layers=stages)."""
         if self.reg_stages:
             return resnet_stage_maps(self.extractor, self.classifier, x)
         feats = self.extractor(x)
-        return feats, self.classifier(feats), None
+        return feats, self.classifier(feats), [feats]
 
-    def transfer_penalty(self, x: torch.Tensor, feats: torch.Tensor,
-                         maps: list[torch.Tensor] | None = None) -> torch.Tensor | None:
+    def transfer_penalty(self, x: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor | None:
         """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head.
-        maps: the target's stage maps from `forward_with_maps` (delta_layers=stages)."""
+        maps: the target's maps from `forward_with_maps`."""
         cfg, src = self.ctx.cfg, self.ctx.source
         if self.reg_kind == "none" or src is None:
             return None
@@ -172,8 +171,7 @@ class Method:
             with torch.no_grad():
                 source_maps = resnet_stage_maps(src.extractor, src.classifier, x)[2] if self.reg_stages \
                     else [src.extractor(x)]
-            dist = sum(losses.delta_feature_distance(t, s, w)
-                       for t, s, w in zip(maps if self.reg_stages else [feats], source_maps, self.reg_weights))
+            dist = sum(losses.delta_feature_distance(t, s, w) for t, s, w in zip(maps, source_maps, self.reg_weights))
         else:  # l2sp: every parameter with a source counterpart, except the re-initialised head
             ids = {id(p) for p in head_params}
             pairs = [(p, q) for p, q in zip(self._trainable_all(), self._source_all()) if id(p) not in ids]
@@ -186,7 +184,7 @@ class Method:
         cfg = self.ctx.cfg
         feats, logits, maps = self.forward_with_maps(x)
         loss_e = losses.extractor_loss(logits, y)
-        reg = self.transfer_penalty(x, feats, maps)
+        reg = self.transfer_penalty(x, maps)
         total_e = loss_e if reg is None else loss_e + reg
         out = {"L_E": loss_e.detach()}
         if reg is not None:
