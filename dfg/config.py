@@ -94,6 +94,9 @@ class Config:
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
     difa_level: str = "fc"          # DIFA+cMWGAN generates: fc = the input of C's last Linear (refs [14, 15]),
                                     # conv = E's feature maps with DFG's G and D (the level DFG works at)
+    frozen_bn: str = "train"        # BN layers of E/C that do not train (fine-tuning's frozen layers; DIFA+cMWGAN's
+                                    # E/C after phase 1): train = batch statistics, running ones updated (torch's
+                                    # default, DELTA's code) | eval = running statistics, kept. Only ResNet-50 has BN
     # -- official-code switches (DESIGN §2; all off = the paper) ------------------------------
     official_flip_sign: bool = False        # 1: W from base − ablated loss (sign flipped)
     official_discard_rho: bool = False      # 2: blend computed but W* uses W(E) only
@@ -286,6 +289,8 @@ def validate(cfg: Config) -> Config:
           "choose auto, extractor or stages")
     _need(cfg.delta_layers != "stages" or cfg.backbone == "resnet50", "delta_layers", cfg.delta_layers,
           f"stages exist for backbone=resnet50 only (this run: {cfg.backbone}); use auto or extractor")
+    _need(cfg.frozen_bn in ("train", "eval"), "frozen_bn", cfg.frozen_bn,
+          "choose train (batch statistics, running ones updated) or eval (running statistics, kept)")
     _need(cfg.start_head in ("source", "random"), "start_head", cfg.start_head,
           "choose source (C_S's head, re-fit or kept) or random (a fresh last layer)")
     _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")

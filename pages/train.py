@@ -122,6 +122,8 @@ with st.expander("More settings"):
           options=["source", "random"])
     field(c[2], "delta_layers", "maps DELTA's regulariser compares (auto: ResNet-50's 4 stages, else E's)",
           "select", options=["auto", "extractor", "stages"])
+    field(c[3], "frozen_bn", "BN layers that do not train (eval: frozen with their running statistics)",
+          "select", options=["train", "eval"])
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)

@@ -10,9 +10,8 @@ from torch import nn
 
 from .. import losses
 from ..config import Config
-from ..filter_weights import loss_increase_batched
-from ..networks import (BACKBONES, Extractor, build_backbone, last_linear, replace_head, resnet_stage_maps,
-                        stage_views)
+from ..networks import BACKBONES, Extractor, build_backbone, replace_head
+from .transfer import TransferRegularised
 
 
 @dataclass
@@ -60,15 +59,7 @@ def scalars(values: dict) -> dict[str, float]:
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 
 
-def clone_frozen(module: nn.Module) -> nn.Module:
-    import copy
-    m = copy.deepcopy(module).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
-
-
-class Method:
+class Method(TransferRegularised):
     """Base: owns E and C. Subclasses add networks and implement `train_step`."""
 
     name = "base"
@@ -95,12 +86,7 @@ class Method:
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec),
         } if any(p.requires_grad for p in self.extractor.parameters()) else {
             "classifier": make_optimizer(self.classifier.parameters(), cfg.lr_classifier, cfg, cfg.optimizer_ec)}
-        self.reg_kind = self.transfer_reg or (self.default_transfer_reg if cfg.transfer_reg == "auto"
-                                              else cfg.transfer_reg)
-        # DELTA's maps: the four stages' conv3 outputs on ResNet-50 (DELTA's code), else E's output
-        self.reg_stages = self.reg_kind == "delta" and (
-            cfg.delta_layers == "stages" or cfg.delta_layers == "auto" and cfg.backbone == "resnet50")
-        self.reg_weights = self._delta_channel_weights() if self.reg_kind == "delta" else None
+        self.init_transfer_reg()
 
     # -- hooks ------------------------------------------------------------------------------
     def configure_trainable(self) -> None:
@@ -112,6 +98,24 @@ class Method:
         out = self.update(step, batches)
         self.after_update(step, out)
         return out
+
+    def frozen_parts(self, step: int) -> list[nn.Module]:
+        """The parts of E/C that do not train at `step`: here every BN layer whose parameters are all frozen
+        (fine-tuning's frozen layers); DIFA+cMWGAN adds the networks its phases hold fixed."""
+        return [m for net in (self.extractor, self.classifier) for m in net.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())]
+
+    def set_bn_modes(self, step: int) -> None:
+        """frozen_bn=eval: the BN layers inside `frozen_parts(step)` normalise with their running statistics and
+        keep them, as a frozen network would; every other BN layer of E/C trains. Each `update` calls this
+        first (evaluation puts every net in eval mode and back in between). frozen_bn=train: nothing changes."""
+        if self.ctx.cfg.frozen_bn != "eval":
+            return
+        frozen = {id(m) for part in self.frozen_parts(step) for m in part.modules()}
+        for net in (self.extractor, self.classifier):
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(id(m) not in frozen)
 
     def update(self, step: int, batches) -> dict[str, torch.Tensor | float]:
         """The iteration's device work: the same ops for every step with the same `graph_key`, no read-back
@@ -150,33 +154,6 @@ class Method:
             if name in self.opts:
                 for g in self.opts[name].param_groups:
                     g["lr"] = base * factor
-
-    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """E(x), C(E(x)) and the target's maps that DELTA's regulariser compares: E(x) itself, or the four
-        ResNet-50 stage maps (delta_layers=stages)."""
-        if self.reg_stages:
-            return resnet_stage_maps(self.extractor, self.classifier, x)
-        feats = self.extractor(x)
-        return feats, self.classifier(feats), [feats]
-
-    def transfer_penalty(self, x: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor | None:
-        """Optional regulariser towards the source model (DELTA feature maps or L2-SP) + L2 on the head.
-        maps: the target's maps from `forward_with_maps`."""
-        cfg, src = self.ctx.cfg, self.ctx.source
-        if self.reg_kind == "none" or src is None:
-            return None
-        head = last_linear(self.classifier)
-        head_params = [head.weight, head.bias]
-        if self.reg_kind == "delta":
-            with torch.no_grad():
-                source_maps = resnet_stage_maps(src.extractor, src.classifier, x)[2] if self.reg_stages \
-                    else [src.extractor(x)]
-            dist = sum(losses.delta_feature_distance(t, s, w) for t, s, w in zip(maps, source_maps, self.reg_weights))
-        else:  # l2sp: every parameter with a source counterpart, except the re-initialised head
-            ids = {id(p) for p in head_params}
-            pairs = [(p, q) for p, q in zip(self._trainable_all(), self._source_all()) if id(p) not in ids]
-            dist = losses.l2_sp([p for p, _ in pairs], [q for _, q in pairs])
-        return cfg.reg_alpha * dist + cfg.reg_beta * losses.l2(head_params)
 
     def update_extractor_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Alg. 1 lines 16-17: E on Eq. 3 (+ regulariser), then C on Eq. 4a with the updated E.
@@ -269,24 +246,6 @@ class Method:
         for n in names:
             if n in self.opts:
                 self.opts[n].step()
-
-    def _trainable_all(self) -> list[torch.Tensor]:
-        return list(self.extractor.parameters()) + list(self.classifier.parameters())
-
-    def _source_all(self) -> list[torch.Tensor]:
-        src = self.ctx.source
-        return list(src.extractor.parameters()) + list(src.classifier.parameters())
-
-    def _delta_channel_weights(self) -> list[torch.Tensor] | None:
-        """DELTA's attention per regularised map on the source model: softmax(z-score(Δloss)/5) over its
-        channels, Δloss from the same batched ablation as the filter weights (no second implementation):
-        E's last conv, or each ResNet-50 stage's last conv3. One (channels,) tensor per map."""
-        src = self.ctx.source
-        if src is None:
-            return None
-        x, y = self.ctx.fw_sample
-        views = stage_views(src.extractor, src.classifier) if self.reg_stages else [(src.extractor, src.classifier)]
-        return [losses.delta_attention(loss_increase_batched(e, c, x, y).mean(0)) for e, c in views]
 
 
 def _copy_trainable(module: nn.Module) -> nn.Module:

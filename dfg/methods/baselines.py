@@ -19,6 +19,7 @@ class Original(Method):
     from_source = False
 
     def update(self, step, batches):
+        self.set_bn_modes(step)
         self.lr_schedule(step)
         return self.update_extractor_classifier(*batches.next())
 
@@ -87,9 +88,19 @@ class DifaCMWGAN(DFG):
     def graph_key(self, step):
         return (*super().graph_key(step), self.phase(step))
 
+    def frozen_parts(self, step):
+        """Phase 2 holds E and C fixed; phase 3 E, and at the fc level all of C but its last Linear."""
+        phase = self.phase(step)
+        if phase == 1:
+            return super().frozen_parts(step)
+        if phase == 2:
+            return [self.extractor, self.classifier]
+        return [self.extractor, self.classifier[:-1]] if self.fc_level else [self.extractor]
+
     def update(self, step, batches):
         cfg, ctx = self.ctx.cfg, self.ctx
         phase = self.phase(step)
+        self.set_bn_modes(step)
         self.lr_schedule(step)
         if phase == 1:
             return {**self.update_extractor_classifier(*batches.next()), "phase": 1.0}
