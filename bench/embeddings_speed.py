@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dfg import embeddings as emb  # noqa: E402
+from dfg import projections  # noqa: E402
 from dfg.restored import restore_cached  # noqa: E402
 from dfg.runstore import Run  # noqa: E402
 
@@ -52,7 +53,7 @@ def make_run(base: Path) -> Run:
 
 def sklearn_tsne(x: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
-    x50 = emb._pca(x, emb.PRE_PCA, seed)
+    x50 = projections.pca(x, projections.PRE_PCA, seed)
     return TSNE(perplexity=30.0, init="pca", random_state=seed).fit_transform(x50)
 
 

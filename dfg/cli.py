@@ -233,12 +233,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--download", default=None, metavar="NAME")
     d.add_argument("--data-root", default="data")
     d.set_defaults(fn=cmd_data)
-    try:
-        from .sweep import add_sweep_parser
-        add_sweep_parser(sub)
-    except ImportError:
-        pass
+    _add_sweep_parser(sub)
     return p
+
+
+def _add_sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="run a grid (presets x methods x seeds x majority sets x --set values) "
+                                     "and write results tables; re-launch to resume")
+    s.add_argument("--presets", required=True, help="comma-separated presets, e.g. fmnist,svhn")
+    s.add_argument("--methods", default="dfg", help="comma-separated methods (default dfg), e.g. original,dfg")
+    s.add_argument("--seeds", default="1", help="a count (10 = seeds 0..9) or a list (0,3,7); default 1")
+    s.add_argument("--majority-combos", default=None, metavar="all|K",
+                   help="majority-class sets: all C(n,k), or K sampled (seeded); default: each seed's own draw")
+    s.add_argument("--num-majority", type=int, default=None, metavar="K", help="k majority classes")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="config override; several comma-separated values add a grid axis (--set rho=0,0.5,1)")
+    s.add_argument("--executor", default="local", choices=("local", "ray"))
+    s.add_argument("--address", default=None, help="Ray cluster address (default env RAY_ADDRESS, "
+                                                   "else a local Ray instance); --runs-dir must be shared storage")
+    s.add_argument("--parallel", type=int, default=None, help="runs at a time on CPU (default 1; GPUs: one each)")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--name", default=None, help="sweep name (default: the presets joined by '-')")
+    s.set_defaults(fn=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    """A grid of runs (dfg/sweep.py); prints its results table. Exit 1 when a run failed."""
+    from .sweep import parse_seeds, run_sweep
+
+    def split(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        res = run_sweep(args.runs_dir, split(args.presets), split(args.methods), parse_seeds(args.seeds),
+                        name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,
+                        sets=args.set, executor=args.executor, address=args.address, parallel=args.parallel)
+    except KeyboardInterrupt:
+        return 130
+    print((Path(res["dir"]) / "results.md").read_text())
+    return 0 if res["failed"] == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

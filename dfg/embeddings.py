@@ -1,11 +1,10 @@
-"""Real vs generated feature embeddings (paper Fig. 2): E(x) and G(z, ŷ) feature maps of a run, 2-D
-projections (PCA, t-SNE, UMAP), a label-agreement and a real/fake separability score, and a per-run
+"""Real vs generated feature embeddings (paper Fig. 2): E(x) and G(z, ŷ) feature maps of a run, their 2-D
+projections (projections.py), a label-agreement and a real/fake separability score, and a per-run
 cache (in memory and in <run>/cache/) so that switching views is instant."""
 from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -14,13 +13,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .projections import PRE_PCA, PROJECTIONS, one_thread, pca, project
 from .restored import checkpoint_key, hover_images, image_uri, restore_cached, thumbnail  # noqa: F401
 from .runstore import Run, atomic_write_bytes
 
-PROJECTIONS = ("pca", "tsne", "umap")
 MAX_DIM = 16384   # wider feature maps (ResNet-50: 256×56×56) are average-pooled to ≤ this many values
-PRE_PCA = 50      # t-SNE/UMAP run on the first 50 principal components (standard practice; also faster)
-TSNE_JOBS = 1     # openTSNE threads: 2 took 15 s CPU vs 4 s for 1 on 2000 points (bench)
 Progress = Callable[[float, str], None]
 
 
@@ -86,77 +83,6 @@ def collect_features(method, data, *, n_real: int = 1000, n_fake: int = 1000, se
     return FeatureSet(np.concatenate(feats).astype(np.float32), np.concatenate(ys), is_real, index)
 
 
-def _one_thread():
-    """BLAS/OpenMP pools at 1 thread while projecting and scoring: next to training workers on 2 cores,
-    2 spinning OpenBLAS threads made PCA-50 of 2000×1176 take 6 s instead of 0.2 s (see the bench)."""
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=1)
-
-
-def _pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from sklearn.decomposition import PCA
-    k = min(k, x.shape[0], x.shape[1])
-    return PCA(n_components=k, random_state=seed).fit_transform(x)
-
-
-def project(features: np.ndarray, method: str, *, seed: int = 0, n_jobs: int = TSNE_JOBS) -> np.ndarray:
-    """(N, D) -> (N, 2) float32 with PCA, t-SNE (openTSNE; sklearn if absent) or UMAP; same seed, same output."""
-    x = np.asarray(features, dtype=np.float32)
-    if method not in PROJECTIONS:
-        raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
-    if x.ndim != 2 or len(x) < 5:
-        raise ValueError(f"need a 2-D array of at least 5 points to project, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or Inf (a diverged run?); pick an earlier checkpoint or another run")
-    with _one_thread():
-        if method == "pca":
-            out = _pca(x, 2, seed)
-        else:
-            x50 = _pca(x, PRE_PCA, seed) if x.shape[1] > PRE_PCA else x
-            out = _tsne(x50, seed, n_jobs) if method == "tsne" else _umap(x50, seed)
-    out = np.asarray(out, dtype=np.float32)
-    return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))) if out.shape[1] < 2 else out  # D = 1 edge case
-
-
-def _tsne(x: np.ndarray, seed: int, n_jobs: int) -> np.ndarray:
-    perplexity = min(30.0, (len(x) - 1) / 3)  # t-SNE needs N > 3·perplexity
-    try:
-        from openTSNE import TSNE
-    except ImportError:
-        from sklearn.manifold import TSNE as SkTSNE
-        return SkTSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=n_jobs).fit(x))
-
-
-def _umap(x: np.ndarray, seed: int) -> np.ndarray:
-    import umap
-    with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted, for determinism
-        warnings.simplefilter("ignore")
-        return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
-
-
-def prewarm_umap() -> float:
-    """Run UMAP once on 64 random points so numba compiles now (~11 s CPU, once per process) rather than
-    on the user's first UMAP view; returns the seconds it took. Safe to call from a background thread."""
-    import time
-    t = time.perf_counter()
-    project(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), "umap")
-    return time.perf_counter() - t
-
-
-_prewarm_started = False
-
-
-def prewarm_umap_in_background() -> None:
-    """Start `prewarm_umap` once per process in a daemon thread (the Embeddings page calls this on
-    entry, so UMAP is compiled by the time a user picks it)."""
-    global _prewarm_started
-    if not _prewarm_started:
-        import threading
-        _prewarm_started = True
-        threading.Thread(target=prewarm_umap, name="umap-prewarm", daemon=True).start()
-
-
 def knn_label_agreement(real_feats, real_labels, fake_feats, fake_labels, k: int = 5) -> float:
     """Fraction of generated points whose k nearest real neighbours' majority label (ties: the smallest
     label) equals their conditioning label: 1.0 = every generated feature lies among its class."""
@@ -193,8 +119,8 @@ def feature_metrics(fs: FeatureSet, *, k: int = 5, seed: int = 0) -> dict:
     if fs.is_real.all() or not fs.is_real.any():
         return {"knn_label_agreement": None, "separability": None, "k": k}
     r, f = fs.is_real, ~fs.is_real
-    with _one_thread():
-        x = _pca(fs.features, PRE_PCA, seed) if fs.features.shape[1] > PRE_PCA else fs.features
+    with one_thread():
+        x = pca(fs.features, PRE_PCA, seed) if fs.features.shape[1] > PRE_PCA else fs.features
         return {"knn_label_agreement": knn_label_agreement(x[r], fs.labels[r], x[f], fs.labels[f], k),
                 "separability": separability(x[r], x[f], seed=seed), "k": k}
 

@@ -2,7 +2,8 @@
 with PCA, t-SNE or UMAP, coloured by class and by real/generated; hover a real point to see its image."""
 import streamlit as st
 
-from dfg.embeddings import embed_run, prewarm_umap_in_background
+from dfg.embeddings import embed_run
+from dfg.projections import prewarm_umap_in_background
 from dfg.runstore import Run
 from dfg.views_inspect import checkpoint_stamp, embedding_chart, embedding_summary, has_checkpoint
 from pages._shared import page_context
