@@ -44,3 +44,19 @@ def pretrained_data_root(tmp_path_factory, settings: dict) -> str:
     torch.set_num_threads(1)
     pretrain_source(cfg, load_data(cfg).in_channels, torch.device("cpu"))
     return root
+
+
+def frozen_resnet50(num_classes: int, seed: int = 0):
+    """A randomly initialised ResNet-50 split into (E, C), seeded, in eval mode with every parameter frozen:
+    a stand-in source model for the tests that need ResNet-50's BN layers or stages (no ImageNet file)."""
+    import torch
+
+    from dfg.networks import build_backbone
+
+    torch.manual_seed(seed)
+    e, c = build_backbone("resnet50", num_classes=num_classes)
+    for m in (e, c):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return e, c

@@ -10,7 +10,9 @@ from dfg.config import from_dict, make_config
 from dfg.filter_weights import loss_increase
 from dfg.methods import METHODS
 from dfg.methods.base import SourceModel, TrainContext
-from dfg.networks import build_backbone, resnet_stage_maps, stage_views
+from dfg.networks import resnet_stage_maps, stage_views
+
+from conftest import frozen_resnet50
 
 CLASSES = 3
 
@@ -21,12 +23,7 @@ def stage_convs(e, c):
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    e, c = build_backbone("resnet50", num_classes=CLASSES)
-    for m in (e, c):
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
+    e, c = frozen_resnet50(CLASSES)
     x = torch.randn(2, 3, 32, 32)   # 32 px keeps a ResNet-50 pass cheap; every stage still has a map
     y = torch.tensor([0, 2])
     with torch.no_grad():

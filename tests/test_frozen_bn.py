@@ -8,19 +8,15 @@ import torch
 from dfg.config import ConfigError, make_config
 from dfg.methods import METHODS
 from dfg.methods.base import SourceModel, TrainContext
-from dfg.networks import build_backbone
+
+from conftest import frozen_resnet50
 
 CLASSES = 3
 
 
 @pytest.fixture(scope="module")
 def source():
-    torch.manual_seed(0)
-    e, c = build_backbone("resnet50", num_classes=CLASSES)
-    for m in (e, c):
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
+    e, c = frozen_resnet50(CLASSES)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 32, 32, generator=g)  # 32 px keeps a ResNet-50 step cheap
     return e, c, x, torch.tensor([0, 1, 2, 0])
