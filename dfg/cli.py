@@ -6,10 +6,12 @@ import dataclasses
 import functools
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-from .config import FIELD_TYPES, PRESET_NOTES, PRESETS, Config, ConfigError, absolute_path, from_dict, make_config
+from .config import FIELD_TYPES, Config, ConfigError, absolute_path, field_docs, from_dict, make_config
+from .presets import PRESET_NOTES, PRESETS
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -165,8 +167,11 @@ def cmd_pretrain(args) -> int:
 
 def cmd_presets(args) -> int:
     if args.fields:
+        docs = field_docs()
         for f in dataclasses.fields(Config):
             print(f"{f.name:28s} {getattr(f.type, '__name__', f.type)!s:16s} default={f.default!r}")
+            if f.name in docs:
+                print(textwrap.fill(docs[f.name], width=110, initial_indent=" " * 4, subsequent_indent=" " * 4))
         return 0
     for name, cfg in PRESETS.items():
         print(f"{name:11s} {PRESET_NOTES[name]}")

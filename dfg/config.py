@@ -1,4 +1,4 @@
-"""One typed run configuration (`Config`), the paper's presets (`PRESETS`) and validation.
+"""One typed run configuration (`Config`): parsing, validation and each field's documentation (its comment).
 
 CLI flags, the app's form and every run's config.json are all made from these fields."""
 from __future__ import annotations
@@ -41,7 +41,8 @@ class Config:
     # -- schedule -----------------------------------------------------------------------------
     steps: int = 1500               # Algorithm 1 iterations
     batch_size: int = 64            # m in Algorithm 1
-    seed: int = 0
+    seed: int = 0                   # seeds the data draws (majority classes, subsets), initialisation, z/ŷ/ε and the
+                                    # batch order: the same seed gives the same run on the CPU
     device: str = "auto"            # auto (cuda when present) | cpu | cuda | cuda:N
     threads: int = 0                # CPU threads for torch (0 = torch's default); sweeps set cores/parallel
     tf32: bool = False              # CUDA: matmuls/convs in TF32 (Ampere+): faster, ~1e-3 relative error
@@ -56,9 +57,9 @@ class Config:
     lr_generator: float = 1e-4      # ηG
     lr_critic: float = 1e-4         # ηD
     optimizer_ec: str = "adam"      # adam | sgd (ResNet: SGD momentum 0.9, ÷10 at lr_drop_at)
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.9
-    sgd_momentum: float = 0.9
+    adam_beta1: float = 0.5         # Adam β1 of every network (App. A: 0.5)
+    adam_beta2: float = 0.9         # Adam β2 (App. A: 0.9)
+    sgd_momentum: float = 0.9       # momentum of E/C's SGD (optimizer_ec=sgd)
     lr_drop_at: float = 0.5         # fraction of steps after which SGD's lr is divided by 10
     # -- Algorithm 1 --------------------------------------------------------------------------
     n_critic: int = 5               # nD critic updates per iteration
@@ -118,6 +119,25 @@ FIELD_TYPES = {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Con
 OFFICIAL_SWITCHES = [f.name for f in fields(Config) if f.name.startswith("official_")]
 
 
+def field_docs() -> dict[str, str]:
+    """{field: its comment in `Config` above, continuation lines joined}: the one documented source for
+    `python -m dfg presets --fields` and the Train form's tooltips."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(Config).splitlines():
+        if m := re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line):
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif (c := re.match(r"\s+#\s*(.+)$", line)) and last and not c.group(1).startswith("--"):
+            out[last] += " " + c.group(1).strip()  # a comment-only line right below a field continues its comment
+        else:
+            last = None
+    return out
+
+
 def parse_value(name: str, text: str):
     """Convert CLI/app text into the field's type, with a clear message on failure."""
     if name not in FIELD_TYPES:
@@ -167,46 +187,6 @@ def from_dict(d: dict) -> Config:
 LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv", "delta_layers": "extractor"}
 
 
-def _paper(**kw) -> Config:
-    """Appendix A defaults shared by every paper preset."""
-    base = dict(n_critic=5, gp_lambda=10.0, rho=0.75, delta=0.95, alpha=1 / 3, beta=1 / 3, gamma=1 / 3,
-                batch_size=64, adam_beta1=0.5, adam_beta2=0.9, log_every=50, eval_every=1000, ckpt_every=1000)
-    base.update(kw)
-    return Config(**base)
-
-
-_LENET = dict(backbone="lenet", source="emnist", steps=20000, n_c1=2, n_c2=10, n_w=5000, pretrain_steps=10000,
-              source_per_class=0)
-_VGG = dict(backbone="vgg16", source="cifar10", n_c1=2, n_c2=10, n_w=5000, pretrain_steps=30000, source_per_class=0)
-_RESNET = dict(backbone="resnet50", source="imagenet", steps=40000, n_c1=1, n_c2=5, n_w=2000, optimizer_ec="sgd",
-               lr_extractor=0.01, lr_classifier=0.01, lr_generator=1e-4, lr_critic=1e-4, lr_drop_at=0.5,
-               pretrain_steps=0, start_head="random")
-
-PRESETS: dict[str, Config] = {
-    "demo": Config(steps=700, n_w=100, eval_every=100, ckpt_every=100, pretrain_steps=1000),  # offline: glyphs -> MNIST 5k, 10:1 step imbalance, ~2 min on 2 CPU cores
-    "svhn": _paper(preset="svhn", dataset="svhn", imbalance="step", n_max=5000, ratio=10, short_classes="all", **_LENET,
-                   lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=2e-4, lr_critic=1e-4),
-    "fmnist": _paper(preset="fmnist", dataset="fmnist", imbalance="step", n_max=6000, ratio=40, **_LENET,
-                     lr_extractor=1e-5, lr_classifier=1e-5, lr_generator=1e-4, lr_critic=1e-4),
-    "stl10": _paper(preset="stl10", dataset="stl10", imbalance="none", steps=20000, **_VGG,
-                    lr_extractor=5e-5, lr_classifier=5e-5, lr_generator=1e-4, lr_critic=1e-4),
-    "cinic10": _paper(preset="cinic10", dataset="cinic10", imbalance="step", n_max=9000, ratio=10, steps=40000,
-                      **_VGG, lr_extractor=2e-5, lr_classifier=2e-5, lr_generator=1e-4, lr_critic=1e-4),
-    "caltech256": _paper(preset="caltech256", dataset="caltech256", imbalance="none", **_RESNET),
-    "food101": _paper(preset="food101", dataset="food101", imbalance="step", n_max=750, ratio=5, **_RESNET),
-}
-
-PRESET_NOTES = {
-    "demo": "offline demo: LeNet-5, printed glyphs -> MNIST 5k (10:1, 2 majority classes), 700 steps (~2 min on 2 CPU cores)",
-    "svhn": "LeNet-5, EMNIST -> SVHN gray (5000:500), 20k steps, App. A",
-    "fmnist": "LeNet-5, EMNIST -> Fashion-MNIST (6000:150, 40:1), 20k steps, App. A",
-    "stl10": "VGG-16, CIFAR-10 -> STL-10 32x32 (balanced, 500/class), 20k steps, App. A",
-    "cinic10": "VGG-16, CIFAR-10 -> CINIC-10 (9000:900), 40k steps, App. A",
-    "caltech256": "ResNet-50, ImageNet -> Caltech-256 (60/class, balanced), 40k steps SGD, App. A",
-    "food101": "ResNet-50, ImageNet -> Food-101 (750:150, 5:1), 40k steps SGD, App. A",
-}
-
-
 def absolute_path(path: str) -> str:
     """A user's path as an absolute one (~ expanded), so a worker or a later command started in another
     folder finds the same files."""
@@ -215,6 +195,7 @@ def absolute_path(path: str) -> str:
 
 def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
     """A preset with overrides applied (values may be text, as from the CLI), validated."""
+    from .presets import PRESETS  # presets.py builds on Config
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     vals = {k: parse_value(k, v) if isinstance(v, str) and FIELD_TYPES.get(k) is not str else v

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import PRESETS, ConfigError, absolute_path, make_config
+from .config import ConfigError, absolute_path, make_config
+from .presets import PRESETS
 from .runstore import RUN_ID, Run, atomic_write_json, check_run_id
 from .tables import rho_curve, run_row, summarise, write_tables
 

@@ -9,7 +9,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import FIELD_TYPES, PRESETS, Config, ConfigError, make_config
+from .config import FIELD_TYPES, Config, ConfigError, make_config
+from .presets import PRESETS
 from .runstore import ACTIVE, Run, list_runs
 
 RUNS_DIR_ENV = "DFG_RUNS_DIR"          # default runs folder (the tests point it at a tmp dir)
@@ -179,17 +180,3 @@ def build_config(preset: str, values: dict) -> tuple[Config | None, str, str]:
         return make_config(preset, values), "", ""
     except ConfigError as e:
         return None, field_of_error(e), str(e)
-
-
-def field_help() -> dict[str, str]:
-    """{field: its comment in dfg/config.py} — the Train form's tooltips come from the one documented source."""
-    import inspect
-
-    from . import config
-
-    out = {}
-    for line in inspect.getsource(config.Config).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from dfg import views
-from dfg.config import PRESET_NOTES
+from dfg.presets import PRESET_NOTES
 from pages._shared import page_context
 
 root, _ = page_context()

@@ -3,7 +3,8 @@ error shown next to the field it names; Start launches a background worker; ever
 import streamlit as st
 
 from dfg import views
-from dfg.config import OFFICIAL_SWITCHES, PRESET_NOTES, PRESETS
+from dfg.config import OFFICIAL_SWITCHES, field_docs
+from dfg.presets import PRESET_NOTES, PRESETS
 from dfg.data import DATASETS
 from dfg.methods import METHODS
 from dfg.networks import BACKBONES
@@ -11,7 +12,7 @@ from dfg.runstore import Run, list_runs
 from pages._shared import page_context
 
 root, _ = page_context()
-HELP = views.field_help()
+HELP = field_docs()
 
 st.title("Train a run")
 top = st.columns([1, 1, 2])

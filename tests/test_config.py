@@ -1,7 +1,8 @@
 """The paper presets carry Appendix A's values; validation accepts what the paper prints and refuses the rest."""
 import pytest
 
-from dfg.config import PRESETS, ConfigError, make_config
+from dfg.config import ConfigError, make_config
+from dfg.presets import PRESETS
 
 
 @pytest.mark.parametrize("preset, lrs, steps, counts", [
@@ -91,3 +92,21 @@ def test_resnet_presets_start_from_a_random_head_and_only_svhn_keeps_short_class
     assert cfg.short_classes == ("all" if preset == "svhn" else "error")
     with pytest.raises(ConfigError, match="start_head='fresh' is invalid: choose source"):
         make_config(preset, {"start_head": "fresh"})
+
+
+def test_every_field_is_documented_and_presets_fields_prints_the_whole_comment(capsys):
+    """`python -m dfg presets --fields` and the Train form's tooltips read each field's comment in Config; a
+    comment that continues on the next lines arrives whole, and section headings do not leak into it."""
+    from dfg import cli
+    from dfg.config import FIELD_TYPES, field_docs
+
+    docs = field_docs()
+    assert set(docs) == set(FIELD_TYPES)
+    assert docs["short_classes"].startswith("a class with fewer training images") and docs["short_classes"].endswith(
+        "and the paper draws every pair as majority)")
+    assert docs["delta_layers"].endswith("(DELTA's code has no LeNet/VGG list)")
+    assert not any("--" in d for d in docs.values())  # "# -- schedule ---" headings end a comment
+    assert cli.main(["presets", "--fields"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "frozen_bn str default='train' BN layers of E/C that do not train" in out
+    assert "eval = running statistics, kept. Only ResNet-50 has BN" in out
