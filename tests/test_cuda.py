@@ -306,6 +306,18 @@ def test_a_resnet50_folder_run_feeds_its_dataloader_batches_to_the_graphs(tmp_pa
     """Your own images on ResNet-50 come through a DataLoader (file-backed), not device tensors: with
     cuda_graphs each step's batch is copied into the graph's static buffers. Eager and graphed runs
     (deterministic kernels, SGD with its lr drop) log the same rows."""
+    rows, logs = eager_and_graphed_resnet50_runs(tmp_path)
+    # keys (nC1 = 1): (step % 3 == 0) x (lr dropped after step 6): steps 4 and 10 are the 3rd of theirs
+    assert [m.split()[2] for m in logs[True] if "captured" in m] == ["4", "10"]
+    assert not any("failed" in m for m in logs[True])
+    assert len(rows[True]) == len(rows[False]) == 4
+    for a, b in zip(rows[False], rows[True]):
+        assert rows_close(a, b), (a, b)
+
+
+def eager_and_graphed_resnet50_runs(tmp_path, **sets):
+    """The same seeded ResNet-50 run on a folder of 2 x 10 random images (deterministic kernels, SGD with its
+    lr drop after step 6), eagerly and with CUDA graphs: ({graphs: train rows}, {graphs: log lines})."""
     from PIL import Image
     rng = np.random.default_rng(0)
     imgs = tmp_path / "data" / "imgs"  # a folder dataset lives under the data root
@@ -319,14 +331,21 @@ def test_a_resnet50_folder_run_feeds_its_dataloader_batches_to_the_graphs(tmp_pa
                 optimizer_ec="sgd", lr_drop_at=0.5)
     rows, logs = {}, {}
     for graphs in (False, True):
-        cfg = tiny(str(tmp_path / "data"), **base, cuda_graphs=graphs)
+        cfg = tiny(str(tmp_path / "data"), **{**base, **sets}, cuda_graphs=graphs)
         run = Run.create(tmp_path / "runs", f"folder-{graphs}", cfg.to_dict())
         logs[graphs] = []
         assert train(cfg, run, log=logs[graphs].append)["state"] == "finished"
         rows[graphs] = train_rows(run)
-    # keys (nC1 = 1): (step % 3 == 0) x (lr dropped after step 6): steps 4 and 10 are the 3rd of theirs
-    assert [m.split()[2] for m in logs[True] if "captured" in m] == ["4", "10"]
-    assert not any("failed" in m for m in logs[True])
+    return rows, logs
+
+
+@pytest.mark.parametrize("method", ["finetune", "difa_cmwgan"])
+def test_frozen_bn_eval_under_cuda_graphs_gives_the_eager_rows(method, tmp_path):
+    """frozen_bn=eval switches BN layers to eval mode inside each update (DIFA+cMWGAN: per phase, a graph key),
+    so each captured graph must hold the modes of its key: graphed rows equal the eager ones."""
+    rows, logs = eager_and_graphed_resnet50_runs(tmp_path, method=method, frozen_bn="eval")
+    assert any("captured" in m for m in logs[True]) and not any("failed" in m for m in logs[True])
     assert len(rows[True]) == len(rows[False]) == 4
     for a, b in zip(rows[False], rows[True]):
         assert rows_close(a, b), (a, b)
+
