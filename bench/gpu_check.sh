@@ -41,6 +41,8 @@ step "app and inspectors on a GPU-trained run" 150 app_tests.log $PY -m pytest -
   tests/test_app.py tests/test_gradcam.py tests/test_embeddings.py
 step "Alg. 1 ResNet-50 (caltech256 preset networks), TF32, with CUDA graphs" 80 bench.log $PY bench/alg1_speed.py \
   --device cuda --backbone resnet50 --steps 5 --repeats 3 --tf32 --cuda-graphs
+step "ResNet-50 DELTA four-stage weights and update, fp32" 40 bench.log $PY bench/resnet50_delta_cost.py --device cuda \
+  --samples 8 --batch 16 --repeats 3
 step "peak GPU memory, eager vs CUDA graphs" 180 bench.log $PY bench/cuda_graphs_memory.py
 step "Alg. 1 LeNet, fp32, where the eager iteration goes" 60 bench.log $PY bench/alg1_speed.py --device cuda --steps 100 \
   --repeats 3 --breakdown
@@ -50,6 +52,6 @@ step "filter weights, TF32" 30 bench.log $PY bench/filter_weights_speed.py --dev
 step "filter weights, 50 per class, fp32" 40 bench.log $PY bench/filter_weights_speed.py --device cuda --repeats 3 --per-class 50
 step "Alg. 1 VGG-16 (stl10 preset networks), TF32" 50 bench.log $PY bench/alg1_speed.py --device cuda --backbone vgg16 --steps 30 --repeats 3 --tf32
 echo "== total $(( $(date +%s) - START ))s" | tee -a "$LOG/summary.txt"
-grep -h "^\[cuda\|^CUDA graphs" "$LOG/bench.log" 2>/dev/null
+grep -h "^\[cuda\|^CUDA graphs\|^resnet50_" "$LOG/bench.log" 2>/dev/null
 tail -3 "$LOG/cuda_tests.log" "$LOG/app_tests.log" 2>/dev/null
 cat "$LOG/summary.txt"
