@@ -116,6 +116,12 @@ class Config:
 
 
 FIELD_TYPES = {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)}
+# The text fields that take one of a few values: `validate` checks them and the Train page offers them from here
+CHOICES: dict[str, tuple[str, ...]] = {
+    "imbalance": ("step", "longtail", "none"), "short_classes": ("error", "all"), "optimizer_ec": ("adam", "sgd"),
+    "transfer_reg": ("auto", "none", "delta", "l2sp"), "delta_layers": ("auto", "extractor", "stages"),
+    "head_refit": ("auto", "always", "never"), "start_head": ("source", "random"), "difa_level": ("fc", "conv"),
+    "frozen_bn": ("train", "eval")}
 OFFICIAL_SWITCHES = [f.name for f in fields(Config) if f.name.startswith("official_")]
 
 
@@ -224,7 +230,6 @@ def _need(ok: bool, name: str, value, allowed: str) -> None:
 def validate(cfg: Config) -> Config:
     """Check every field before any work starts; raises ConfigError naming field, value and rule."""
     from .data import DATASETS
-    from .data.imbalance import SHORT_CLASSES
     from .methods import METHODS
     from .networks import BACKBONES
 
@@ -258,24 +263,24 @@ def validate(cfg: Config) -> Config:
         _need(0 < v <= 1.0 and v == v, name, v, "must be a learning rate in (0, 1]")
     _need(cfg.gp_lambda >= 0, "gp_lambda", cfg.gp_lambda, "must be >= 0")
     _need(cfg.ratio >= 1.0, "ratio", cfg.ratio, "must be >= 1 (n_max / n_min)")
-    _need(cfg.imbalance in ("step", "longtail", "none"), "imbalance", cfg.imbalance, "choose step, longtail or none")
-    _need(cfg.short_classes in SHORT_CLASSES, "short_classes", cfg.short_classes,
+    _need(cfg.imbalance in CHOICES["imbalance"], "imbalance", cfg.imbalance, "choose step, longtail or none")
+    _need(cfg.short_classes in CHOICES["short_classes"], "short_classes", cfg.short_classes,
           "choose error (stop when a class has fewer images than asked) or all (it keeps all it has)")
     _need(0.0 <= cfg.val_fraction < 0.9, "val_fraction", cfg.val_fraction, "must lie in [0, 0.9)")
     _need(0.0 < cfg.lr_drop_at <= 1.0, "lr_drop_at", cfg.lr_drop_at, "must lie in (0, 1]")
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
-    _need(cfg.head_refit in ("auto", "always", "never"), "head_refit", cfg.head_refit, "choose auto, always or never")
-    _need(cfg.difa_level in ("fc", "conv"), "difa_level", cfg.difa_level, "choose fc or conv")
-    _need(cfg.delta_layers in ("auto", "extractor", "stages"), "delta_layers", cfg.delta_layers,
+    _need(cfg.head_refit in CHOICES["head_refit"], "head_refit", cfg.head_refit, "choose auto, always or never")
+    _need(cfg.difa_level in CHOICES["difa_level"], "difa_level", cfg.difa_level, "choose fc or conv")
+    _need(cfg.delta_layers in CHOICES["delta_layers"], "delta_layers", cfg.delta_layers,
           "choose auto, extractor or stages")
     _need(cfg.delta_layers != "stages" or cfg.backbone == "resnet50", "delta_layers", cfg.delta_layers,
           f"stages exist for backbone=resnet50 only (this run: {cfg.backbone}); use auto or extractor")
-    _need(cfg.frozen_bn in ("train", "eval"), "frozen_bn", cfg.frozen_bn,
+    _need(cfg.frozen_bn in CHOICES["frozen_bn"], "frozen_bn", cfg.frozen_bn,
           "choose train (batch statistics, running ones updated) or eval (running statistics, kept)")
-    _need(cfg.start_head in ("source", "random"), "start_head", cfg.start_head,
+    _need(cfg.start_head in CHOICES["start_head"], "start_head", cfg.start_head,
           "choose source (C_S's head, re-fit or kept) or random (a fresh last layer)")
-    _need(cfg.optimizer_ec in ("adam", "sgd"), "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
-    _need(cfg.transfer_reg in ("auto", "none", "delta", "l2sp"), "transfer_reg", cfg.transfer_reg,
+    _need(cfg.optimizer_ec in CHOICES["optimizer_ec"], "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
+    _need(cfg.transfer_reg in CHOICES["transfer_reg"], "transfer_reg", cfg.transfer_reg,
           "choose auto, none, delta or l2sp")
     _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
           "must lie in [0, 1)")

@@ -3,7 +3,7 @@ error shown next to the field it names; Start launches a background worker; ever
 import streamlit as st
 
 from dfg import views
-from dfg.config import OFFICIAL_SWITCHES, field_docs
+from dfg.config import CHOICES, OFFICIAL_SWITCHES, field_docs
 from dfg.presets import PRESET_NOTES, PRESETS
 from dfg.data import DATASETS
 from dfg.methods import METHODS
@@ -60,7 +60,7 @@ if values["dataset"] == "folder":
     field(c[1], "image_size", "Image size (0 = backbone's)")
     field(c[2], "grayscale", "Grayscale (for LeNet)", "check")
 c = st.columns(4)
-field(c[0], "imbalance", "Imbalance", "select", options=["step", "longtail", "none"])
+field(c[0], "imbalance", "Imbalance", "select", options=list(CHOICES["imbalance"]))
 field(c[1], "ratio", "Ratio n_max / n_min", step=1.0, format="%.1f")
 field(c[2], "num_majority", "Majority classes (how many)")
 values["majority"] = c[3].text_input("Fixed majority classes (e.g. 4,8)", key=prefix + "majority",
@@ -106,25 +106,25 @@ with st.expander("More settings"):
     field(c[2], "cuda_graphs", "CUDA graphs (each step one replay; same numbers)", "check")
     c = st.columns(4)
     field(c[0], "val_fraction", "val_fraction")
-    field(c[1], "transfer_reg", "transfer_reg", "select", options=["auto", "none", "delta", "l2sp"])
-    field(c[2], "optimizer_ec", "optimizer_ec", "select", options=["adam", "sgd"])
+    field(c[1], "transfer_reg", "transfer_reg", "select", options=list(CHOICES["transfer_reg"]))
+    field(c[2], "optimizer_ec", "optimizer_ec", "select", options=list(CHOICES["optimizer_ec"]))
     field(c[3], "download", "download missing datasets", "check")
     c = st.columns(4)
     field(c[0], "head_refit", "source head re-fit (auto: when the classes differ)", "select",
-          options=["auto", "always", "never"])
+          options=list(CHOICES["head_refit"]))
     field(c[1], "source_per_class", "source images per class (0 = all)")
     field(c[2], "difa_level", "DIFA+cMWGAN generates (fc: C's last-layer input, as refs [14, 15])", "select",
-          options=["fc", "conv"])
+          options=list(CHOICES["difa_level"]))
     field(c[3], "difa_phase_fraction", "DIFA+cMWGAN phase fraction")
     c = st.columns(4)
     field(c[0], "short_classes", "a class with fewer images than asked (all: keeps what it has)", "select",
-          options=["error", "all"])
+          options=list(CHOICES["short_classes"]))
     field(c[1], "start_head", "head E/C start from (random: a fresh last layer, as for ResNet-50)", "select",
-          options=["source", "random"])
+          options=list(CHOICES["start_head"]))
     field(c[2], "delta_layers", "maps DELTA's regulariser compares (auto: ResNet-50's 4 stages, else E's)",
-          "select", options=["auto", "extractor", "stages"])
+          "select", options=list(CHOICES["delta_layers"]))
     field(c[3], "frozen_bn", "BN layers that do not train (eval: frozen with their running statistics)",
-          "select", options=["train", "eval"])
+          "select", options=list(CHOICES["frozen_bn"]))
     run_id = st.text_input("Run id (empty = time-preset-method-seed)", key="train.run_id")
 
 cfg, bad_field, message = views.build_config(preset, values)

@@ -1,7 +1,7 @@
 """The paper presets carry Appendix A's values; validation accepts what the paper prints and refuses the rest."""
 import pytest
 
-from dfg.config import ConfigError, make_config
+from dfg.config import CHOICES, ConfigError, make_config
 from dfg.presets import PRESETS
 
 
@@ -110,3 +110,13 @@ def test_every_field_is_documented_and_presets_fields_prints_the_whole_comment(c
     out = " ".join(capsys.readouterr().out.split())
     assert "frozen_bn str default='train' BN layers of E/C that do not train" in out
     assert "eval = running statistics, kept. Only ResNet-50 has BN" in out
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_each_choice_field_takes_exactly_its_listed_values(name):
+    """CHOICES is the one list of allowed values (validation and the Train page's selects): each listed value is
+    accepted, anything else stops with a message naming the field."""
+    for value in CHOICES[name]:
+        assert getattr(make_config("caltech256", {name: value}), name) == value  # resnet50: delta_layers=stages exists
+    with pytest.raises(ConfigError, match=f"^{name}='bogus' is invalid"):
+        make_config("caltech256", {name: "bogus"})

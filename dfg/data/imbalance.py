@@ -9,10 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import CHOICES
 from .registry import DataError
 
-IMBALANCES = ("step", "longtail", "none")
-SHORT_CLASSES = ("error", "all")   # a class with fewer images than asked: stop, or keep all it has
+IMBALANCES = CHOICES["imbalance"]
+SHORT_CLASSES = CHOICES["short_classes"]   # a class with fewer images than asked: stop, or keep all it has
 # Independent streams per use, so e.g. changing val_fraction never changes which samples are kept.
 _MAJORITY, _KEEP, _VAL, _TEST = 1, 2, 3, 4
 
