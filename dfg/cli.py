@@ -264,12 +264,9 @@ def _add_sweep_parser(sub) -> None:
 
 def cmd_sweep(args) -> int:
     """A grid of runs (dfg/sweep.py); prints its results table. Exit 1 when a run failed."""
-    from .sweep import parse_seeds, run_sweep
-
-    def split(text: str) -> list[str]:
-        return [t.strip() for t in text.split(",") if t.strip()]
+    from .sweep import parse_seeds, run_sweep, split_commas
     try:
-        res = run_sweep(args.runs_dir, split(args.presets), split(args.methods), parse_seeds(args.seeds),
+        res = run_sweep(args.runs_dir, split_commas(args.presets), split_commas(args.methods), parse_seeds(args.seeds),
                         name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,
                         sets=args.set, executor=args.executor, address=args.address, parallel=args.parallel)
     except KeyboardInterrupt:

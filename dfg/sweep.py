@@ -44,6 +44,11 @@ class Cell:
         return make_config(self.preset, self.overrides(threads))
 
 
+def split_commas(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated list (--presets, --methods, a --set value)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def parse_sets(items: list[str]) -> dict[str, list[str]]:
     """['rho=0,0.5', 'steps=100'] -> {'rho': ['0', '0.5'], 'steps': ['100']} (commas = several values)."""
     out: dict[str, list[str]] = {}
@@ -54,7 +59,7 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
         if k in GRID_KEYS:
             raise ConfigError(f"--set {k}=... is set by the sweep grid: use {GRID_KEYS[k]} instead")
         out.setdefault(k, [])
-        out[k] += [t.strip() for t in v.split(",") if t.strip()] or [""]
+        out[k] += split_commas(v) or [""]
     return out
 
 

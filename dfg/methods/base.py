@@ -107,8 +107,8 @@ class Method(TransferRegularised):
 
     def set_bn_modes(self, step: int) -> None:
         """frozen_bn=eval: the BN layers inside `frozen_parts(step)` normalise with their running statistics and
-        keep them, as a frozen network would; every other BN layer of E/C trains. Each `update` calls this
-        first (evaluation puts every net in eval mode and back in between). frozen_bn=train: nothing changes."""
+        keep them, as a frozen network would; every other BN layer of E/C trains. Every `update` sets them first
+        (`start_update`): an evaluation puts every net in eval mode and back in between. frozen_bn=train: no change."""
         if self.ctx.cfg.frozen_bn != "eval":
             return
         frozen = {id(m) for part in self.frozen_parts(step) for m in part.modules()}
@@ -140,6 +140,11 @@ class Method(TransferRegularised):
         return self.extractor(x)
 
     # -- shared pieces ----------------------------------------------------------------------
+    def start_update(self, step: int) -> None:
+        """What every `update` does first: the step's SGD learning rate and BN modes (frozen_bn)."""
+        self.set_bn_modes(step)
+        self.lr_schedule(step)
+
     def lr_factor(self, step: int) -> float:
         """SGD (ResNet): lr ÷ 10 after lr_drop_at of the steps (App. A); 1 otherwise."""
         cfg = self.ctx.cfg

@@ -19,8 +19,7 @@ class Original(Method):
     from_source = False
 
     def update(self, step, batches):
-        self.set_bn_modes(step)
-        self.lr_schedule(step)
+        self.start_update(step)
         return self.update_extractor_classifier(*batches.next())
 
 
@@ -100,8 +99,7 @@ class DifaCMWGAN(DFG):
     def update(self, step, batches):
         cfg, ctx = self.ctx.cfg, self.ctx
         phase = self.phase(step)
-        self.set_bn_modes(step)
-        self.lr_schedule(step)
+        self.start_update(step)
         if phase == 1:
             return {**self.update_extractor_classifier(*batches.next()), "phase": 1.0}
         m, nz = cfg.batch_size, self.generator.noise_dim

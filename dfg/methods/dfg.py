@@ -138,8 +138,7 @@ class DFG(Method):
         cfg, ctx = self.ctx.cfg, self.ctx
         E, G = self.extractor, self.generator
         m, nz = cfg.batch_size, G.noise_dim
-        self.set_bn_modes(step)
-        self.lr_schedule(step)
+        self.start_update(step)
         out = self.update_critic(batches)                      # lines 6-9
         z, y_hat = sample_noise(ctx, m, nz)
         out.update(self.update_generator(z, y_hat))            # lines 10-12
