@@ -9,6 +9,11 @@ from pathlib import Path
 from .fileio import writable_problem
 from .runstore import Run, RunBusyError, pid_alive
 
+# The workers this process started. Each is polled at the next launch, which reaps those that have ended
+# (a finished child stays a zombie until its parent waits on it); holding them also keeps Python from
+# warning that a Popen object was dropped while its process still ran.
+_children: list[subprocess.Popen] = []
+
 
 def launch(run: Run) -> int:
     """Start `python -m dfg worker <run>` in its own session; output goes to <run>/log.txt.
@@ -27,6 +32,7 @@ def launch(run: Run) -> int:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env, cwd=os.getcwd())
     log.close()
+    _children[:] = [p for p in _children if p.poll() is None] + [proc]
     (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
     return proc.pid
 
