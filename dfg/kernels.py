@@ -1,13 +1,16 @@
 """Exact float32 CPU fast paths for the small matrix products and convolutions of the GAN half.
 
-Why: on the CPU we measured (a 2-core AMD EPYC with AVX-512), torch's float32 matmul (MKL) runs the
-critic's products at ~210 GFLOP/s on 2 threads (~110 on one), while oneDNN's 1x1-conv kernels reach
-390-480 (~150-240 on one) when the rows are laid out as one image row. And oneDNN's direct kernels are
-slow for a conv whose output map is tiny (the critic's last conv: 4x4 in, 2x2 out, ~170 GFLOP/s forward
-and ~100 for the weight gradient). `bench/dense_conv_speed.py` prints these figures.
+Why: the critic's products are small (a few hundred rows), and which library runs them fastest depends on
+the CPU. On a 2-core AMD EPYC with AVX-512, torch's float32 matmul (MKL) ran them at ~210 GFLOP/s on 2
+threads (~110 on one), while oneDNN's 1x1-conv kernels reached 390-480 (~150-240 on one) when the rows
+are laid out as one image row. On a 2-core Intel Xeon (Cascade Lake) it was the other way round: MKL
+110-160, oneDNN 30-95. MKL takes its AVX-512 code paths on Intel CPUs only, so `mm_nt`/`mm_nn` use MKL
+on Intel and oneDNN elsewhere (`onednn_products`). And oneDNN's direct kernels are slow for a conv whose
+output map is tiny (the critic's last conv: 4x4 in, 2x2 out, ~170 GFLOP/s forward and ~100 for the
+weight gradient on the EPYC, ~50 on the Xeon). `bench/dense_conv_speed.py` prints these figures.
 
-- `mm_nt` / `mm_nn`: a @ bᵀ and a @ b through those oneDNN kernels. Same float32 arithmetic; only the
-  summation order differs from torch.matmul (results agree to float32 rounding).
+- `mm_nt` / `mm_nn`: a @ bᵀ and a @ b through the faster library for this CPU. Same float32 arithmetic;
+  only the summation order differs from torch.matmul (results agree to float32 rounding).
 - `DenseConv`: a conv on a small input as one dense (out_pixels·out_ch × in_pixels·in_ch) matrix built
   from its taps (zeros where a tap falls on padding), so its forward, input gradient and weight gradient
   are single products. Used only when the dense matrix costs at most `DENSE_MAX_OVERHEAD` times the conv's
@@ -24,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 import torch
 from torch import nn
@@ -33,6 +37,22 @@ _conv_backward = torch.ops.aten.convolution_backward
 DENSE_MAX_OVERHEAD = 1.5   # dense multiply-adds / useful multiply-adds, above which the conv stays a conv
 DENSE_MAX_ENTRIES = 1 << 22  # 16 MB of float32: larger dense matrices stay convs
 PRODUCT_MAX_TAPS = 2.25    # taps summed per output pixel (kh·kw / sh·sw) up to which a transposed conv is a product
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_products() -> bool:
+    """Whether `mm_nt`/`mm_nn` run as oneDNN 1x1 convs (True) or as torch's matmul (MKL, False): MKL on
+    Intel CPUs, oneDNN on the others (see the module docstring). DFG_PRODUCTS=onednn|mkl overrides it
+    (for benchmarks). Decided once per process, from the CPU, so a machine always makes the same choice."""
+    forced = os.environ.get("DFG_PRODUCTS", "").strip().lower()
+    if forced in ("onednn", "mkl"):
+        return forced == "onednn"
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        vendor = ""
+    return vendor != "GenuineIntel"
 
 
 def _onednn(t: torch.Tensor) -> bool:
@@ -53,17 +73,27 @@ def _as_row_image(a: torch.Tensor, images: int) -> torch.Tensor:
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ bᵀ (+ bias): a (M, K), b (N, K) -> (M, N), contiguous."""
-    if not _onednn(a):
+    if not (_onednn(a) and onednn_products()):
         return F.linear(a, b, bias)
+    return onednn_mm_nt(a, b, bias)
+
+
+def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b: a (M, N), b (N, K) -> (M, K), contiguous (a 1x1 conv's input gradient)."""
+    if not (_onednn(a) and onednn_products()):
+        return a @ b
+    return onednn_mm_nn(a, b)
+
+
+def onednn_mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """mm_nt as a oneDNN 1x1 conv, whatever the CPU (CPU float32)."""
     m, n = a.shape[0], b.shape[0]
     out = F.conv2d(_as_row_image(a, _images(m)), b.contiguous().view(n, -1, 1, 1), bias)
     return out.permute(0, 2, 3, 1).reshape(m, n)
 
 
-def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b: a (M, N), b (N, K) -> (M, K), contiguous (a 1x1 conv's input gradient)."""
-    if not _onednn(a):
-        return a @ b
+def onednn_mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mm_nn as a oneDNN 1x1 conv's input gradient, whatever the CPU (CPU float32)."""
     m, n, k = a.shape[0], a.shape[1], b.shape[1]
     images = _images(m)
     shape_only = torch.empty((images, k, 1, m // images), dtype=a.dtype, memory_format=torch.channels_last)

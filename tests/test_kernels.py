@@ -27,8 +27,15 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["onednn", "mkl"])
+def products(request, monkeypatch):
+    """Each library for mm_nt/mm_nn, whichever this CPU would take (kernels.onednn_products)."""
+    monkeypatch.setattr(kernels, "onednn_products", lambda: request.param == "onednn")
+    return request.param
+
+
 @pytest.mark.parametrize("m,k,n", [(192, 1024, 512), (7, 13, 5), (64, 110, 2048)])
-def test_onednn_products_equal_matmul(m, k, n, threads):
+def test_onednn_products_equal_matmul(m, k, n, threads, products):
     g = torch.Generator().manual_seed(m)
     a, b, bias = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
     ref = F.linear(a.double(), b.double(), bias.double())
@@ -42,6 +49,33 @@ def test_onednn_products_equal_matmul(m, k, n, threads):
     assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
     # a transposed (non-contiguous) operand is read by value, not by memory
     assert torch.allclose(mm_nt(a.t().contiguous().t(), b), a @ b.t(), rtol=1e-4, atol=1e-3)
+
+
+def test_the_product_library_follows_the_cpu_vendor_unless_overridden(monkeypatch):
+    """MKL (torch's matmul, exactly) on Intel CPUs, oneDNN 1x1 convs elsewhere; DFG_PRODUCTS overrides."""
+    a, b = torch.randn(64, 48), torch.randn(24, 48)
+    calls = []
+    monkeypatch.setattr(kernels, "onednn_mm_nt", lambda *args: calls.append("nt") or F.linear(*args))
+    monkeypatch.setattr(kernels, "onednn_mm_nn", lambda *args: calls.append("nn") or args[0] @ args[1])
+    try:
+        for forced, expected in (("mkl", False), ("onednn", True)):
+            monkeypatch.setenv("DFG_PRODUCTS", forced)
+            kernels.onednn_products.cache_clear()
+            assert kernels.onednn_products() is expected
+            calls.clear()
+            assert torch.equal(kernels.mm_nt(a, b), F.linear(a, b))
+            assert torch.equal(kernels.mm_nn(a, b.t()), a @ b.t())
+            assert calls == (["nt", "nn"] if expected else [])
+        monkeypatch.delenv("DFG_PRODUCTS")
+        kernels.onednn_products.cache_clear()
+        try:
+            with open("/proc/cpuinfo") as f:
+                intel = "GenuineIntel" in f.read()
+        except OSError:  # not Linux: the vendor is unknown, and oneDNN is the choice
+            intel = False
+        assert kernels.onednn_products() is not intel
+    finally:
+        kernels.onednn_products.cache_clear()
 
 
 def test_other_dtypes_use_the_plain_ops_exactly():
@@ -58,7 +92,7 @@ GEOMETRIES = [  # (in_ch, out_ch, kernel, stride, padding, dilation, bias, h, w)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_dense_conv_equals_the_conv_and_its_gradients(geometry):
+def test_dense_conv_equals_the_conv_and_its_gradients(geometry, products):
     cin, cout, k, s, p, dil, bias, h, w = geometry
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=dil, bias=bias).double()
@@ -93,7 +127,7 @@ def test_dense_form_only_where_it_pays():
     assert not DenseConv.worthwhile(big, torch.zeros(1, 64, 14, 14))
 
 
-def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypatch, threads):
+def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypatch, threads, products):
     torch.manual_seed(3)
     critic = Critic("lenet").to(memory_format=torch.channels_last)
     real, fake = torch.randn(16, 6, 14, 14), torch.randn(16, 6, 14, 14)
@@ -128,7 +162,7 @@ def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypa
     (16, 8, 2, 2, 2, 30, 30, True),    # ResNet-50's G, last layer: k2 s2 p2, 30 -> 56
     (5, 7, (3, 2), (2, 2), (1, 0), 5, 3, False),  # uneven kernel and padding, non-square, no bias
 ])
-def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, h, w, bias):
+def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, h, w, bias, products):
     layer = nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, bias=bias).double()
     x = torch.randn(3, cin, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(cin))
     assert product_worthwhile(layer)
