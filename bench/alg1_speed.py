@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import OpTimes, gflop  # noqa: E402
 from reference import EagerAlgorithm1, plain_copy  # noqa: E402
 
-from dfg import wgan_gp  # noqa: E402
+from dfg import kernels, wgan_gp  # noqa: E402
 from dfg.config import make_config  # noqa: E402
 from dfg.data import BatchStream, DataError, build_data  # noqa: E402
 from dfg.data.images import TensorImages  # noqa: E402
@@ -255,7 +255,9 @@ def main() -> None:
         ours, ref, name, (f_ours, f_ref), synced, graphed = measure(
             torch.device(d), args.steps, args.repeats, args.backbone, args.tf32, args.breakdown, args.ops,
             args.cuda_graphs)
-        where = torch.cuda.get_device_name() if d == "cuda" else threads()
+        # the CPU's product library (kernels.onednn_products) moves ours' speed from machine to machine
+        where = torch.cuda.get_device_name() if d == "cuda" else \
+            f"{threads()}, products {'oneDNN' if kernels.onednn_products() else 'MKL'}"
         extra = (f"(GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})" if d == "cpu" else
                  f"(ours reading losses back every step: {synced:.2f} it/s; tf32 {args.tf32})")
         print(f"[{d}, {args.backbone}, {name}, {where}] ours {ours:.2f} it/s  reference {ref:.2f} it/s  "
