@@ -1,6 +1,7 @@
-"""The CPU fast paths (dfg/kernels.py): the matrix products (through MKL and through oneDNN), the dense form of tiny-output convs and the product
-form of transposed convs, against torch's own ops and autograd; and that the critic's written-out gradients
-and G's forward (with and without grad) are unchanged when they are used."""
+"""The CPU fast paths (dfg/kernels.py): the matrix products (through MKL and through oneDNN), the dense
+form of tiny-output convs and the product form of transposed convs, against torch's own ops and autograd;
+and that the critic's written-out gradients and G's forward (with and without grad) are unchanged when they
+are used."""
 import platform
 import sys
 from pathlib import Path
