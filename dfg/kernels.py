@@ -3,11 +3,12 @@
 Why: the critic's products are small (a few hundred rows), and which library runs them fastest depends on
 the CPU. On a 2-core AMD EPYC with AVX-512, torch's float32 matmul (MKL) ran them at ~210 GFLOP/s on 2
 threads (~110 on one), while oneDNN's 1x1-conv kernels reached 390-480 (~150-240 on one) when the rows
-are laid out as one image row. On a 2-core Intel Xeon (Cascade Lake) it was the other way round: MKL
-110-160, oneDNN 30-95. MKL takes its AVX-512 code paths on Intel CPUs only, so `mm_nt`/`mm_nn` use MKL
-on Intel and oneDNN elsewhere (`onednn_products`). And oneDNN's direct kernels are slow for a conv whose
-output map is tiny (the critic's last conv: 4x4 in, 2x2 out, ~170 GFLOP/s forward and ~100 for the
-weight gradient on the EPYC, ~50 on the Xeon). `bench/dense_conv_speed.py` prints these figures.
+are laid out as one image row. On a 2-core Intel Xeon (Cascade Lake) it was the other way round for the
+critic's 192x1024x512 product: MKL 122-131 GFLOP/s, oneDNN 96-104. MKL takes its AVX-512 code paths on
+Intel CPUs only, so `mm_nt`/`mm_nn` use MKL on Intel and oneDNN elsewhere (`onednn_products`). And
+oneDNN's direct kernels are slow for a conv whose output map is tiny (the critic's last conv: 4x4 in,
+2x2 out, ~170 GFLOP/s forward and ~100 for the weight gradient on the EPYC). `bench/dense_conv_speed.py`
+prints these figures.
 
 - `mm_nt` / `mm_nn`: a @ bᵀ and a @ b through the faster library for this CPU. Same float32 arithmetic;
   only the summation order differs from torch.matmul (results agree to float32 rounding).

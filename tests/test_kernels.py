@@ -30,7 +30,8 @@ def threads(request):
 
 @pytest.fixture(params=["onednn", "mkl"])
 def products(request, monkeypatch):
-    """Each library for mm_nt/mm_nn, whichever this CPU would take (kernels.onednn_products)."""
+    """Each library for mm_nt/mm_nn, whichever this CPU would take (kernels.onednn_products). Only float32
+    CPU tensors reach either; other dtypes take the plain ops."""
     monkeypatch.setattr(kernels, "onednn_products", lambda: request.param == "onednn")
     return request.param
 
@@ -93,7 +94,7 @@ GEOMETRIES = [  # (in_ch, out_ch, kernel, stride, padding, dilation, bias, h, w)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_dense_conv_equals_the_conv_and_its_gradients(geometry, products):
+def test_dense_conv_equals_the_conv_and_its_gradients(geometry):
     cin, cout, k, s, p, dil, bias, h, w = geometry
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=dil, bias=bias).double()
@@ -163,7 +164,7 @@ def test_critic_gradients_with_the_dense_conv_match_autograd_in_float32(monkeypa
     (16, 8, 2, 2, 2, 30, 30, True),    # ResNet-50's G, last layer: k2 s2 p2, 30 -> 56
     (5, 7, (3, 2), (2, 2), (1, 0), 5, 3, False),  # uneven kernel and padding, non-square, no bias
 ])
-def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, h, w, bias, products):
+def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, h, w, bias):
     layer = nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, bias=bias).double()
     x = torch.randn(3, cin, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(cin))
     assert product_worthwhile(layer)
@@ -210,7 +211,7 @@ def test_phase_form_only_for_strided_convs_with_few_input_channels():
 
 
 @pytest.mark.parametrize("backbone,batch", [("lenet", 64), ("resnet50", 2)])
-def test_generator_fast_forward_equals_torch_with_and_without_grad(backbone, batch, threads, monkeypatch):
+def test_generator_fast_forward_equals_torch_with_and_without_grad(backbone, batch, threads, monkeypatch, products):
     """G's CPU transposed convs (product form and backward-data) give torch's features and BatchNorm
     statistics without grad; with grad, also torch's gradients for every parameter (float32)."""
     torch.manual_seed(0)
