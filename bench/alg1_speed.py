@@ -1,8 +1,11 @@
 """Algorithm 1 iterations/s: the library's DFG step vs the plain eager reference (bench/reference.py)
 on the fmnist preset's LeNet networks, batch 64, same data and the same updates per iteration.
 
-    python bench/alg1_speed.py [--steps 100] [--repeats 3] [--device cpu|cuda|all] [--threads N]
+    python bench/alg1_speed.py [--steps 100] [--repeats 3] [--chunk 1] [--device cpu|cuda|all] [--threads N]
                                [--backbone lenet|vgg16|resnet50] [--tf32] [--cuda-graphs] [--breakdown] [--ops [N]]
+Within each repeat the sides take turns, --chunk iterations at a time, so that load from elsewhere on a
+shared machine (the hypervisor's CPU steal, printed) slows both alike; the ratio is the median over the
+repeats of each repeat's ours/reference.
 --backbone vgg16 / resnet50: the stl10 / caltech256 preset's networks on random images of that size
 (the speed does not depend on the pixels). On CUDA a third figure reads every step's losses back
 (one device sync per step, as a loop that logs each step would): the cost of syncing.
@@ -30,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import OpTimes, gflop  # noqa: E402
+from flops import OpTimes, Steal, gflop  # noqa: E402
 from reference import EagerAlgorithm1, plain_copy  # noqa: E402
 
 from dfg import kernels, wgan_gp  # noqa: E402
@@ -79,20 +82,12 @@ def setup_dfg(backbone: str, device: torch.device, tf32: bool = False, fw_per_cl
 
 
 def measure(device: torch.device, steps: int, repeats: int, backbone: str = "lenet", tf32: bool = False,
-            parts: bool = False, ops: int = 0, graphs: bool = False):
+            parts: bool = False, ops: int = 0, graphs: bool = False, chunk: int = 1):
     cfg, data, name, ctx, ours, stream = setup_dfg(backbone, device, tf32)
     nets = [plain_copy(n).to(memory_format=torch.contiguous_format)  # the reference: torch's layers, NCHW
             for n in (ours.extractor, ours.classifier, ours.generator, ours.critic)]
     ref = EagerAlgorithm1(*nets, data.train, cfg, data.num_classes, ours.w_star.clone(), device=str(device))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for s in range(1, steps + 1):
-            fn(s)
-        sync()
-        return steps / (time.perf_counter() - t0)
 
     timed_ours = lambda s: ours.train_step(s, stream)  # noqa: E731
     for s in range(1, 11):  # warm-up (allocator, kernels, DataLoader)
@@ -108,14 +103,21 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
             graphed(s, g_stream)
     flops = (gflop_per_step(timed_ours, 11), gflop_per_step(ref.step, 11)) if device.type == "cpu" else (0, 0)
     readback = lambda s: scalars(ours.train_step(s, stream))  # noqa: E731
-    a, b, c, d = [], [], [], []
-    for _ in range(repeats):  # interleaved so machine noise hits both alike
-        a.append(timed(timed_ours))
-        b.append(timed(ref.step))
+    fns = [timed_ours, ref.step] + ([readback] if device.type == "cuda" else []) \
+        + ([lambda s: graphed(s, g_stream)] if graphed is not None else [])
+    a, b, c, d, paired = [], [], [], [], []
+    steal = Steal()
+    for _ in range(repeats):
+        rates = interleaved(fns, steps, chunk, sync)
+        a.append(rates[0])
+        b.append(rates[1])
+        paired.append(rates[0] / rates[1])
         if device.type == "cuda":
-            c.append(timed(readback))
+            c.append(rates[2])
         if graphed is not None:
-            d.append(timed(lambda s: graphed(s, g_stream)))
+            d.append(rates[-1])
+    print(f"ours/reference per repeat: {' '.join(f'{r:.2f}' for r in paired)}; "
+          f"CPU steal during the timed runs: {steal.share():.0%}")
     if graphed is not None:
         print(f"CUDA graphs: {graphed.captured} captured" + (f"; capture FAILED: {graphed.failed}" if graphed.failed
                                                              else ""))
@@ -123,8 +125,23 @@ def measure(device: torch.device, steps: int, repeats: int, backbone: str = "len
         print_breakdown(ours, stream, steps, sync, f"{device.type}, {threads()}")
     if ops:
         print_ops(ours, stream, steps, sync, f"{device.type}, {threads()}", ops)
-    return (statistics.median(a), statistics.median(b), name, flops, statistics.median(c) if c else None,
-            statistics.median(d) if d else None)
+    return (statistics.median(a), statistics.median(b), statistics.median(paired), name, flops,
+            statistics.median(c) if c else None, statistics.median(d) if d else None)
+
+
+def interleaved(fns, steps: int, chunk: int, sync=lambda: None, clock=time.perf_counter) -> list[float]:
+    """it/s of each fn(step) over steps 1..steps, the fns taking turns `chunk` steps at a time, so that a
+    burst of load from elsewhere on a shared machine (CPU steal) slows every side alike."""
+    seconds = [0.0] * len(fns)
+    for first in range(1, steps + 1, chunk):
+        for i, fn in enumerate(fns):
+            sync()
+            t0 = clock()
+            for s in range(first, min(first + chunk, steps + 1)):
+                fn(s)
+            sync()
+            seconds[i] += clock() - t0
+    return [steps / sec for sec in seconds]
 
 
 class ExclusiveTimer:
@@ -237,6 +254,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=1,
+                   help="iterations each side runs before the other takes its turn (default 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--backbone", default="lenet", choices=list(PRESET))
@@ -246,24 +265,26 @@ def main() -> None:
     p.add_argument("--ops", type=int, nargs="?", const=30, default=0, metavar="N",
                    help="also print the N aten ops taking most of ours' iteration (default N: 30)")
     args = p.parse_args()
+    if args.chunk < 1 or args.steps < 1 or args.repeats < 1:
+        p.error("--steps, --repeats and --chunk must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     last = ""
     for d in devices:
-        ours, ref, name, (f_ours, f_ref), synced, graphed = measure(
+        ours, ref, ratio, name, (f_ours, f_ref), synced, graphed = measure(
             torch.device(d), args.steps, args.repeats, args.backbone, args.tf32, args.breakdown, args.ops,
-            args.cuda_graphs)
+            args.cuda_graphs, args.chunk)
         # the CPU's product library (kernels.onednn_products) moves ours' speed from machine to machine
         where = torch.cuda.get_device_name() if d == "cuda" else \
             f"{threads()}, products {'oneDNN' if kernels.onednn_products() else 'MKL'}"
         extra = (f"(GFLOP per iteration: ours {f_ours:.2f}, reference {f_ref:.2f})" if d == "cpu" else
                  f"(ours reading losses back every step: {synced:.2f} it/s; tf32 {args.tf32})")
         print(f"[{d}, {args.backbone}, {name}, {where}] ours {ours:.2f} it/s  reference {ref:.2f} it/s  "
-              f"ratio {ours / ref:.2f}  {extra}")
+              f"ratio {ratio:.2f}  {extra}")
         prefix = "" if d == "cpu" else "cuda_"
-        last += f"{prefix}alg1_steps_per_s={ours:.2f} {prefix}reference_steps_per_s={ref:.2f} {prefix}ratio={ours / ref:.2f} "
+        last += f"{prefix}alg1_steps_per_s={ours:.2f} {prefix}reference_steps_per_s={ref:.2f} {prefix}ratio={ratio:.2f} "
         if graphed is not None:
             print(f"[{d}, {args.backbone}, {name}, {where}] ours as CUDA graphs {graphed:.2f} it/s  "
                   f"ratio to the reference {graphed / ref:.2f}, to eager ours {graphed / ours:.2f}")

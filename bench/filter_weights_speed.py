@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import gflop  # noqa: E402
+from flops import Steal, gflop  # noqa: E402
 from reference import per_filter_class_weights, plain_copy  # noqa: E402
 
 from dfg.config import make_config  # noqa: E402
@@ -50,12 +50,13 @@ def bench(backbone: str, device: torch.device, repeats: int, per_class: int = 10
     fast()  # warm-up
     flops = (gflop(fast), gflop(slow)) if count_flops else None
     tb, ts = [], []
+    steal = Steal()
     for _ in range(repeats):
         t, wb = timed(fast)
         tb.append(t)
         t, wr = timed(slow)
         ts.append(t)
-    return statistics.median(tb), statistics.median(ts), (wb - wr).abs().max().item(), flops
+    return statistics.median(tb), statistics.median(ts), (wb - wr).abs().max().item(), flops, steal.share()
 
 
 def main():
@@ -75,11 +76,11 @@ def main():
     configure_backend(make_config("demo", {"tf32": args.tf32}), device)
     line = ""
     for backbone in ("lenet", "vgg16"):
-        b, s, d, flops = bench(backbone, device, args.repeats, per_class=args.per_class, count_flops=args.flops)
+        b, s, d, flops, stolen = bench(backbone, device, args.repeats, per_class=args.per_class, count_flops=args.flops)
         extra = f"  (GFLOP: batched {flops[0]:.2f}, per-filter {flops[1]:.2f})" if flops else ""
         where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
         print(f"[{device}, {where}, {args.per_class}/class, tf32 {args.tf32}] {backbone}: batched {b:.3f}s  "
-              f"per-filter {s:.3f}s  speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}")
+              f"per-filter {s:.3f}s  speedup {s / b:.1f}x  max|ΔW| {d:.2e}{extra}  CPU steal {stolen:.0%}")
         line += (f"filter_weights_{backbone}_batched_s={b:.4f} {backbone}_per_filter_s={s:.4f} "
                  f"{backbone}_speedup={s / b:.2f} {backbone}_max_abs_diff={d:.2e} ")
     print(line.strip().replace("vgg16_per_filter_s", "per_filter_s").replace("vgg16_speedup", "speedup")

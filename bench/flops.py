@@ -1,6 +1,7 @@
 """Matmul/conv FLOPs of a call, as torch's FLOP registry counts them (padded conv taps included), so
 the benchmarks can show how much arithmetic each side does; everything else is elementwise. `OpTimes`
-also times every aten op (bench/alg1_speed.py --ops)."""
+also times every aten op (bench/alg1_speed.py --ops); `Steal` reports how much CPU time a shared virtual
+machine lost to others while a benchmark ran."""
 from __future__ import annotations
 
 import collections
@@ -47,3 +48,24 @@ def gflop(fn, *args, **kwargs) -> float:
     with OpTimes() as log:
         fn(*args, **kwargs)
     return sum(log.flops.values()) / 1e9
+
+
+class Steal:
+    """The share of CPU time the hypervisor gave to other machines since construction (/proc/stat's steal
+    column; 0 where there is none)."""
+
+    def __init__(self):
+        self.start = self.read()
+
+    @staticmethod
+    def read() -> tuple[int, int]:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+    def share(self) -> float:
+        (s0, t0), (s1, t1) = self.start, self.read()
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0

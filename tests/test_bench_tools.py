@@ -1,11 +1,12 @@
 """bench/alg1_speed.py --breakdown: each part's own time (nested parts paused), and every patched
-attribute put back afterwards."""
+attribute put back afterwards; the timed runs' turn-taking and each side's rate; the CPU-steal share."""
 import sys
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from alg1_speed import ExclusiveTimer  # noqa: E402
+from alg1_speed import ExclusiveTimer, interleaved  # noqa: E402
+from flops import Steal  # noqa: E402
 
 
 class FakeClock:
@@ -45,6 +46,32 @@ def test_exclusive_timer_pauses_the_outer_part_while_an_inner_part_runs():
     assert sum(timer.seconds.values()) == clock.now  # the parts add up to the wall time
     assert "outer" not in vars(step) and "inner" not in vars(step)  # instance attributes removed again
     assert module.leaf is leaf  # the module's function put back
+
+
+def test_interleaved_sides_take_turns_and_get_their_own_rates():
+    clock, calls = FakeClock(), []
+
+    def side(name: str, seconds: float):
+        def step(s: int):
+            calls.append((name, s))
+            clock.now += seconds
+        return step
+
+    rates = interleaved([side("ours", 1.0), side("ref", 3.0)], steps=5, chunk=2, clock=clock)
+    assert calls == [("ours", 1), ("ours", 2), ("ref", 1), ("ref", 2), ("ours", 3), ("ours", 4),
+                     ("ref", 3), ("ref", 4), ("ours", 5), ("ref", 5)]  # every step once per side, in turns
+    assert rates == [1.0, 1 / 3]  # steps / that side's own seconds
+    calls.clear()
+    interleaved([side("ours", 1.0), side("ref", 1.0)], steps=3, chunk=1, clock=clock)
+    assert [n for n, _ in calls] == ["ours", "ref"] * 3
+
+
+def test_steal_share_is_the_steal_columns_part_of_all_cpu_time(monkeypatch):
+    readings = iter([(100, 1000), (130, 1200)])
+    monkeypatch.setattr(Steal, "read", staticmethod(lambda: next(readings)))
+    assert Steal().share() == 30 / 200
+    monkeypatch.setattr(Steal, "read", staticmethod(lambda: (0, 0)))  # no /proc/stat: no steal reported
+    assert Steal().share() == 0.0
 
 
 def test_exclusive_timer_restores_attributes_when_the_timed_code_raises():
