@@ -2,9 +2,16 @@
 BLAS thread, with UMAP's numba compile done ahead of the first view."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
+
+# UMAP compiles with numba, which (with colorama installed) swaps sys.stdout for a colouring wrapper and back
+# around each compile. From the prewarm thread below that raced the main thread: a stream swapped in meanwhile
+# (pytest's capsys, a redirect) was replaced by the one saved before it. Numba reads this switch when it is
+# first imported, and only error-message colours depend on it.
+os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
 
 PROJECTIONS = ("pca", "tsne", "umap")
 PRE_PCA = 50      # t-SNE/UMAP run on the first 50 principal components (standard practice; also faster)

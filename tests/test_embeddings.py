@@ -197,3 +197,18 @@ def test_embed_run_caches_in_memory_and_on_disk(tiny_dfg_run, tmp_path, monkeypa
     emb.embed_run(run, "pca", n=40, seed=0)
     assert calls == {"collect": 2, "project": 3, "restore": 2}
     emb.clear_cache()
+
+
+def test_umaps_numba_leaves_sys_stdout_alone():
+    """With colorama installed, numba swaps sys.stdout around each compile unless error highlighting is off;
+    from the UMAP prewarm thread that swap clobbered the main thread's stdout (pytest's capsys lost a test's
+    output). Importing dfg.projections turns the highlighting off before numba loads."""
+    import subprocess
+    import sys
+
+    code = ("import dfg.projections, numba.core.errors as e; "
+            "print(type(e.termcolor()).__name__)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}  # ours sets it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    assert out[-1] == "NOPColorScheme"
