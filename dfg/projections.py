@@ -13,6 +13,33 @@ import numpy as np
 # first imported, and only error-message colours depend on it.
 os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
 
+
+def _plain_numba_messages() -> bool:
+    """When numba was imported before this module (by the user's own code), the switch above came too late:
+    hand numba's error-message colouring a plain scheme instead, so that it no longer touches sys.stdout.
+    Returns whether a scheme was replaced. Leaves numba alone if its internals are not the expected ones."""
+    import sys
+    errors = sys.modules.get("numba.core.errors")
+    base = getattr(errors, "_DummyColorScheme", None)
+    if errors is None or base is None or not hasattr(errors, "_termcolor_inst"):
+        return False
+    if type(errors.termcolor()).__name__ in ("NOPColorScheme", "PlainScheme"):  # already plain
+        return False
+
+    class PlainScheme(base):  # every markup returns the message unchanged, as numba's own no-op scheme does
+        def code(self, msg): return msg
+        def errmsg(self, msg): return msg
+        def filename(self, msg): return msg
+        def indicate(self, msg): return msg
+        def highlight(self, msg): return msg
+        def reset(self, msg): return msg
+
+    errors._termcolor_inst = PlainScheme()
+    return True
+
+
+_plain_numba_messages()
+
 PROJECTIONS = ("pca", "tsne", "umap")
 PRE_PCA = 50      # t-SNE/UMAP run on the first 50 principal components (standard practice; also faster)
 TSNE_JOBS = 1     # openTSNE threads: 2 took 15 s CPU vs 4 s for 1 on 2000 points (bench)

@@ -212,3 +212,18 @@ def test_umaps_numba_leaves_sys_stdout_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
     assert out[-1] == "NOPColorScheme"
+
+
+def test_numba_imported_first_still_leaves_sys_stdout_alone():
+    """User code that imports numba before dfg.projections (too late for the environment switch) still gets
+    plain error messages: numba's colour scheme no longer swaps sys.stdout around its markup."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numba.core.errors as e; import dfg.projections as p; before = sys.stdout; "
+            "t = e.termcolor(); m = t.highlight('x') + t.errmsg('y'); "
+            "print(type(t).__name__, m, sys.stdout is before, getattr(p, '_plain_numba_messages', bool)())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    assert out[-4:] == ["PlainScheme", "xy", "True", "False"]  # replaced once; the second call has nothing to do
