@@ -3,6 +3,7 @@ BLAS thread, with UMAP's numba compile done ahead of the first view."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -18,10 +19,9 @@ def _plain_numba_messages() -> bool:
     """When numba was imported before this module (by the user's own code), the switch above came too late:
     hand numba's error-message colouring a plain scheme instead, so that it no longer touches sys.stdout.
     Returns whether a scheme was replaced. Leaves numba alone if its internals are not the expected ones."""
-    import sys
     errors = sys.modules.get("numba.core.errors")
-    base = getattr(errors, "_DummyColorScheme", None)
-    if errors is None or base is None or not hasattr(errors, "_termcolor_inst"):
+    base = getattr(errors, "_DummyColorScheme", None)  # None too when numba is not loaded
+    if base is None or not hasattr(errors, "_termcolor_inst"):
         return False
     if type(errors.termcolor()).__name__ in ("NOPColorScheme", "PlainScheme"):  # already plain
         return False

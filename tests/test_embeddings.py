@@ -199,31 +199,30 @@ def test_embed_run_caches_in_memory_and_on_disk(tiny_dfg_run, tmp_path, monkeypa
     emb.clear_cache()
 
 
+def _python_without_numba_switch(code: str) -> list[str]:
+    """stdout words of `python -c code` run from the repo, without the environment switch (ours sets it)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+
+
 def test_umaps_numba_leaves_sys_stdout_alone():
     """With colorama installed, numba swaps sys.stdout around each compile unless error highlighting is off;
     from the UMAP prewarm thread that swap clobbered the main thread's stdout (pytest's capsys lost a test's
     output). Importing dfg.projections turns the highlighting off before numba loads."""
-    import subprocess
-    import sys
-
-    code = ("import dfg.projections, numba.core.errors as e; "
-            "print(type(e.termcolor()).__name__)")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}  # ours sets it
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    out = _python_without_numba_switch("import dfg.projections, numba.core.errors as e; "
+                                       "print(type(e.termcolor()).__name__)")
     assert out[-1] == "NOPColorScheme"
 
 
 def test_numba_imported_first_still_leaves_sys_stdout_alone():
     """User code that imports numba before dfg.projections (too late for the environment switch) still gets
     plain error messages: numba's colour scheme no longer swaps sys.stdout around its markup."""
-    import subprocess
-    import sys
-
-    code = ("import sys, numba.core.errors as e; import dfg.projections as p; before = sys.stdout; "
-            "t = e.termcolor(); m = t.highlight('x') + t.errmsg('y'); "
-            "print(type(t).__name__, m, sys.stdout is before, getattr(p, '_plain_numba_messages', bool)())")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    out = _python_without_numba_switch(
+        "import sys, numba.core.errors as e; import dfg.projections as p; before = sys.stdout; "
+        "t = e.termcolor(); m = t.highlight('x') + t.errmsg('y'); "
+        "print(type(t).__name__, m, sys.stdout is before, getattr(p, '_plain_numba_messages', bool)())")
     assert out[-4:] == ["PlainScheme", "xy", "True", "False"]  # replaced once; the second call has nothing to do
