@@ -107,6 +107,7 @@ class Config:
     official_keep_bias: bool = False        # 6: ablation zeroes weights, keeps the bias
     official_loss_gate: bool = False        # 7: recompute W only if last L_E < 0.05; pass in train mode
     official_joint_ec: bool = False         # 8: one joint E+C loss (CE counted twice)
+    official_ec_every_nc1: bool = False     # E and C (Alg. 1 lines 16-17) only on the nC1 steps, after G's Eq. 4c
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -57,9 +57,11 @@ def test_dfg_logs_every_loss_of_algorithm_1(data_root, tmp_path):
     assert abs(w["w_target"].mean(1) - 1).max() < 1e-5
 
 
-def test_algorithm_1_update_counts(data_root):
-    """nD critic updates per step, one G update (+1 every nC1), E and C every step, C again every nC2."""
-    cfg = tiny(data_root, n_critic=3, n_c1=2, n_c2=3)
+@pytest.mark.parametrize("ec_every_nc1", [False, True])
+def test_algorithm_1_update_counts(ec_every_nc1, data_root):
+    """nD critic updates per step, one G update (+1 every nC1), E and C every step (official_ec_every_nc1:
+    only on the nC1 steps, as the official code does), C again every nC2."""
+    cfg = tiny(data_root, n_critic=3, n_c1=2, n_c2=3, official_ec_every_nc1=ec_every_nc1)
     _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
     counts = {k: 0 for k in method.opts}
     for name, opt in method.opts.items():
@@ -80,8 +82,9 @@ def test_algorithm_1_update_counts(data_root):
         method.train_step(step, stream)
     assert counts["critic"] == 3 * 6
     assert counts["generator"] == 6 + 3          # steps 2, 4, 6 add the Eq. 4c update
-    assert counts["extractor"] == 6
-    assert counts["classifier"] == 6 + 2         # steps 3, 6 add the full Eq. 4 update
+    ec = 3 if ec_every_nc1 else 6                # steps 2, 4, 6 or every step
+    assert counts["extractor"] == ec
+    assert counts["classifier"] == ec + 2        # steps 3, 6 add the full Eq. 4 update
     assert len(drawn) == (3 + 1) * 6             # nD critic batches + one for G/E/C per step
 
 
@@ -110,6 +113,33 @@ def test_critic_phase_makes_all_fakes_first_on_the_cpu_with_the_same_numbers(dat
     assert all(torch.equal(a, b) for a, b in zip(d1, d2))
     assert all(torch.equal(a, b) for a, b in zip(bn1, bn2))
     assert torch.equal(rng1, rng2)
+
+
+def test_critic_phase_runs_nd_updates_on_batches_shorter_than_batch_size(data_root, monkeypatch):
+    """A training set smaller than the batch gives shorter batches: E's one forward of all nD batches is cut
+    back at their own sizes, so D still gets nD updates, each on one whole batch and as many fakes."""
+    from dfg import wgan_gp
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, n_critic=5)  # batch_size 16
+    _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    seen = []
+    closed_form = wgan_gp.critic_loss_and_grads
+    monkeypatch.setattr(wgan_gp, "critic_loss_and_grads", lambda D, real, fake, mixed, lam: (
+        seen.append((len(real), len(fake), len(mixed))), closed_form(D, real, fake, mixed, lam))[1])
+    method.update_critic(BatchStream(load_data(cfg).train, 6, seed=0))
+    assert seen == [(6, 6, 6)] * 5
+
+
+def test_dfg_starts_from_the_source_weights_alone(data_root):
+    """Alg. 1 lines 2-4: before step 1, W* is W(E_S) thresholded at δ, whatever ρ, even when C's head starts
+    random (a W(E) measured through that head would be noise); step 0's record has W(E) = W(E_S)."""
+    cfg = tiny(data_root, start_head="random", rho=0.5)
+    _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    method.on_start()
+    w_s = method.w_source
+    assert not torch.equal(w_s, torch.ones_like(w_s))  # measured on the source model
+    assert torch.equal(method.w_target, w_s)
+    assert torch.equal(method.w_star, torch.where(w_s >= cfg.delta, w_s, torch.zeros_like(w_s)))
 
 
 def test_finetune_frozen_parameters_do_not_move(data_root):

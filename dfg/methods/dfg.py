@@ -60,20 +60,29 @@ class DFG(Method):
         cfg = self.ctx.cfg
         if not self.attention:
             return
-        if cfg.official_loss_gate and step > 0 and float(self.last_loss_e) >= 0.05:
+        if cfg.official_loss_gate and float(self.last_loss_e) >= 0.05:
             return  # official code: W only refreshed once L_E < 0.05 (DESIGN §2 item 7)
         x, y = self.ctx.fw_sample
-        # in place: a captured step (cudagraphs.py) reads W* from this very tensor
-        self.w_target.copy_(compute_class_weights(
+        self.set_weights(step, compute_class_weights(
             self.extractor, self.classifier, x, y, self.ctx.num_classes, flip_sign=cfg.official_flip_sign,
             keep_bias=cfg.official_keep_bias, eval_mode=not cfg.official_loss_gate))
+
+    def set_weights(self, step: int, w_target: torch.Tensor) -> None:
+        """W(E) := w_target, then W* (Eq. 7 and the δ threshold), and the record of both for the app."""
+        cfg = self.ctx.cfg
+        # in place: a captured step (cudagraphs.py) reads W* from this very tensor
+        self.w_target.copy_(w_target)
         self.w_star.copy_(attention(self.w_source, self.w_target, rho=cfg.rho, delta=cfg.delta,
                                     discard_rho=cfg.official_discard_rho, unscaled=cfg.official_unscaled_weights))
         self.ctx.log_weights(step, w_source=self.w_source.cpu().numpy(), w_target=self.w_target.cpu().numpy(),
                              w_star=self.w_star.cpu().numpy())
 
     def on_start(self) -> None:
-        self.recompute_weights(0)
+        """Alg. 1 lines 2-4: before the first step, W* comes from W(E_S) alone. E starts as E_S, so step 0
+        records W(E) = W(E_S); measuring it through C instead would see a re-initialised head as noise
+        (start_head=random) and otherwise give W(E_S) again."""
+        if self.attention:
+            self.set_weights(0, self.w_source)
 
     def channel_weights(self) -> torch.Tensor | None:
         return self.w_star if self.attention else None
@@ -90,14 +99,15 @@ class DFG(Method):
     # -- the GAN half (lines 6-12), shared with DIFA+cMWGAN ------------------------------------
     def update_critic(self, batches) -> dict[str, torch.Tensor]:
         """Lines 6-9: nD critic updates on Eq. 1. E is fixed during them, so without BN in E one
-        forward of all nD batches gives exactly the per-batch features (`features`: E's output). D's
+        forward of all nD batches gives exactly the per-batch features (`features`: E's output), cut back at
+        the batches' own sizes (a training set smaller than the batch gives shorter batches). D's
         gradients come from the written-out WGAN-GP backward (wgan_gp.py) when D has the standard shape,
         else from autograd."""
         cfg, D = self.ctx.cfg, self.critic
-        m = cfg.batch_size
         xs = [batches.next()[0] for _ in range(cfg.n_critic)]
         with torch.no_grad():
-            reals = self.features(torch.cat(xs)).split(m) if self.batch_real else list(map(self.features, xs))
+            reals = self.features(torch.cat(xs)).split([len(x) for x in xs]) if self.batch_real \
+                else list(map(self.features, xs))
         closed_form = wgan_gp.supports_closed_form(D)
         pairs = (self._critic_inputs(real) for real in reals)  # lazy: each G forward just before its update
         if reals[0].device.type == "cpu" and len(reals) * reals[0].numel() * reals[0].element_size() \
@@ -153,8 +163,9 @@ class DFG(Method):
             loss_cg.backward(inputs=list(G.parameters()))
             self._step(("generator",))
             out["L_cC_G"] = loss_cg.detach()
-        # lines 16-17: E (Eq. 3) then C (Eq. 4a)
-        out.update(self.update_extractor_classifier(x, y))
+        # lines 16-17: E (Eq. 3) then C (Eq. 4a); the official code runs them inside the nC1 block
+        if not cfg.official_ec_every_nc1 or step % cfg.n_c1 == 0:
+            out.update(self.update_extractor_classifier(x, y))
         # lines 18-20: every nC2 steps, C on the full Eq. 4
         if step % cfg.n_c2 == 0:
             z2, y2 = sample_noise(ctx, m, nz)
