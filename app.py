@@ -31,14 +31,17 @@ with st.sidebar:
                   help="datasets and cached source models (DFG_DATA_ROOT)")
     runs = list_runs(root)
     ids = [r.id for r in runs]
-    wanted = st.query_params.get("run")  # the URL wins over the last selection: a shared link opens its run
-    current = wanted if wanted in ids else st.session_state.get("run_id")
-    current = current if current in ids else (ids[0] if ids else None)
+    # Keyed, so the widget stays the same while its labels ("running 380/600") and the list change under a
+    # live run; otherwise a pick made between two refreshes would be lost.
+    wanted = st.query_params.get("run")
+    if wanted in ids and wanted != st.session_state.get("sidebar.url"):  # a link (or another page) chose it
+        st.session_state["sidebar.run"] = wanted
+    if st.session_state.get("sidebar.run") not in ids:  # first visit, other folder, deleted run
+        st.session_state["sidebar.run"] = ids[0] if ids else None
     labels = {r.id: views.run_label(r) for r in runs}
-    selected = st.selectbox("Run", ids, index=ids.index(current) if current else None,
-                            format_func=lambda i: labels.get(i, i), placeholder="no runs yet",
-                            help="the run every page shows; newest first")
-    st.session_state["run_id"] = selected
+    selected = st.selectbox("Run", ids, key="sidebar.run", format_func=lambda i: labels.get(i, i),
+                            placeholder="no runs yet", help="the run every page shows; newest first")
+    st.session_state["run_id"] = st.session_state["sidebar.url"] = selected
     if selected:
         st.query_params["run"] = selected
     elif "run" in st.query_params:

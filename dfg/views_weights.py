@@ -72,8 +72,15 @@ def deactivated_table(w_star: np.ndarray, names: list[str], minority: set[int] =
         off = [j for j, v in enumerate(row) if v == 0]
         rows.append({"class": names[k], "minority": k in minority, "active": int((row > 0).sum()),
                      "deactivated": len(off), "deactivated filters": ", ".join(f"f{j}" for j in off) or "—",
-                     "strongest filter": f"f{int(row.argmax())}"})
+                     "strongest filter": f"f{int(row.argmax())}" if row.max() > 0 else "—"})
     return rows
+
+
+def delta_max(run: Run, steps: list[int], delta: float) -> float:
+    """Top of the δ slider: 2, the run's own δ, or just above the largest recorded weight, whichever is
+    largest, so that 'δ above every weight' (W* all zero) can be set. A blend never exceeds its parts."""
+    top = max(float(np.max(w[k])) for w in map(run.load_filter_weights, steps) for k in ("w_source", "w_target"))
+    return float(np.ceil(max(2.0, delta, top + 0.05) * 20) / 20)
 
 
 def representative_filters(weights: dict, count: int = 2) -> list[int]:

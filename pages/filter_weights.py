@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dfg.runstore import Run
-from dfg.views_weights import figure5, rho_accuracy, rho_figure, weight_view
+from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_view
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -24,7 +24,8 @@ step = c[0].select_slider("Recorded step", steps, value=steps[-1], key=f"fw.step
                           help="W(E) is recomputed every nW steps; each recompute is stored")
 rho = c[1].slider("ρ", 0.0, 1.0, float(cfg["rho"]), 0.05, key=f"fw.rho.{run_id}",
                   help="W = ρ·W(E_S) + (1−ρ)·W(E) (Eq. 7); 1 = the source model's weights only")
-delta = c[2].slider("δ", 0.0, 2.0, float(cfg["delta"]), 0.05, key=f"fw.delta.{run_id}",
+delta = c[2].slider("δ", 0.0, delta_max(run, steps, float(cfg["delta"])), float(cfg["delta"]), 0.05,
+                    key=f"fw.delta.{run_id}",
                     help="weights below δ are set to 0 (rows average 1)")
 view = weight_view(run, step, rho, delta)
 c = st.columns(3)

@@ -20,8 +20,9 @@ cols = st.columns(len(GRADCAM_METHODS))
 chosen = []
 for col, m in zip(cols, GRADCAM_METHODS):
     ids = options[m]
-    pick = col.selectbox(method_label(m), ["—"] + ids, index=(ids.index(run_id) + 1 if run_id in ids else
-                                                               1 if ids else 0), key=f"cam.{m}")
+    pick = col.selectbox(method_label(m), ["—"] + ids,
+                         index=ids.index(run_id) + 1 if run_id in ids else 1 if ids else 0,
+                         key=f"cam.{m}.{run_id}")  # per sidebar run: a new sidebar pick preselects itself
     if pick != "—":
         chosen.append(pick)
 c = st.columns([4, 2, 1])

@@ -3,7 +3,7 @@ error shown next to the field it names; Start launches a background worker; ever
 import streamlit as st
 
 from dfg import views
-from dfg.config import CHOICES, OFFICIAL_SWITCHES, field_docs
+from dfg.config import CHOICES, FIELD_TYPES, OFFICIAL_SWITCHES, field_docs
 from dfg.presets import PRESET_NOTES, PRESETS
 from dfg.data import DATASETS
 from dfg.methods import METHODS
@@ -37,8 +37,8 @@ def field(where, name, label, kind="number", **kw):
         values[name] = where.checkbox(label, value=bool(d), key=key, help=HELP.get(name))
     elif kind == "text":
         values[name] = where.text_input(label, value=str(d), key=key, help=HELP.get(name), **kw)
-    elif isinstance(d, int):
-        values[name] = where.number_input(label, value=d, step=1, key=key, help=HELP.get(name), **kw)
+    elif FIELD_TYPES[name] is int:  # the field's type, not the preset value's (ratio=40 is a float field)
+        values[name] = where.number_input(label, value=int(d), step=1, key=key, help=HELP.get(name), **kw)
     else:
         values[name] = where.number_input(label, value=float(d), key=key, help=HELP.get(name),
                                           step=kw.pop("step", 0.05), format=kw.pop("format", "%.3f"), **kw)
@@ -91,7 +91,7 @@ field(c[0], "steps", "Steps")
 field(c[1], "batch_size", "Batch size m")
 field(c[2], "seed", "Seed")
 field(c[3], "eval_every", "Evaluate every")
-with st.expander("Official-code switches (all off = the paper; see DESIGN §2)"):
+with st.expander("Official-code switches (all off = the paper; README → Official-code switches)"):
     c = st.columns(2)
     for i, name in enumerate(OFFICIAL_SWITCHES):
         field(c[i % 2], name, HELP.get(name, name), "check")
@@ -148,6 +148,8 @@ runs = list_runs(root)
 
 @st.fragment(run_every=2.0 if any(views.progress(r)["active"] for r in runs) else None)
 def job_list():
+    if flash := st.session_state.pop("train.flash", None):
+        st.toast(flash)
     for run in list_runs(root)[:12]:
         p = views.progress(run)
         row = st.columns([6, 1, 1])
@@ -160,7 +162,8 @@ def job_list():
         if p["resumable"] and row[2].button("Resume", key=f"resume.{run.id}", icon=":material/replay:"):
             try:
                 views.resume_run(Run(root, run.id))
-                st.toast(f"Resumed {run.id} from its last checkpoint")
+                st.session_state["train.flash"] = f"Resumed {run.id} from its last checkpoint"
+                st.rerun()  # the whole page: the list polls only when a full run sees an active run
             except ValueError as e:  # still running
                 st.error(str(e))
     if not runs:

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from dfg.config import ConfigError, make_config
 from dfg.filter_weights import attention
+from dfg.presets import PRESETS
 from dfg.runstore import Run
 from dfg.views import field_of_error
 from dfg.views_losses import ema, new_tail, present_keys, update_tail
@@ -129,6 +130,73 @@ def test_rho_slider_recomputes_w_star_like_attention(app, runs):
     assert app.dataframe[0].value["deactivated"].tolist() == (expected == 0).sum(1).tolist()
 
 
+def test_delta_slider_reaches_above_every_weight(app, runs):
+    """δ's top lies above the largest recorded weight, so W* can be all zero; such a class has no strongest
+    filter."""
+    root, _ = runs
+    run = Run(root, "tiny")
+    top = max(float(np.max(run.load_filter_weights(s)[k])) for s in run.filter_weight_steps()
+              for k in ("w_source", "w_target"))
+    goto(app, "filter_weights")
+    slider = app.slider(key="fw.delta.tiny")
+    assert slider.max > top
+    slider.set_value(slider.max).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert table["active"].tolist() == [0] * len(table) and set(table["strongest filter"]) == {"—"}
+
+
+def app_on(root, data_root, monkeypatch) -> AppTest:
+    monkeypatch.setenv("DFG_RUNS_DIR", str(root))
+    monkeypatch.setenv("DFG_DATA_ROOT", str(data_root))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_sidebar_keeps_the_users_pick_while_a_run_moves_and_follows_links(runs, tmp_path, monkeypatch):
+    """A live run rewrites its label ("running 380/600") between two refreshes; the pick must survive it."""
+    root, data_root = runs
+    for name in ("a", "b"):
+        shutil.copytree(root / "tiny", tmp_path / name)
+    at = app_on(tmp_path, data_root, monkeypatch)
+    moving = Run(tmp_path, at.selectbox(key="sidebar.run").value)
+    other = "a" if moving.id == "b" else "b"
+    moving.set_status(step=moving.raw_status()["step"] - 1)  # what a worker does every log_every steps
+    at.selectbox(key="sidebar.run").select(other).run()
+    assert at.selectbox(key="sidebar.run").value == other and at.query_params["run"] == other
+    at.query_params["run"] = moving.id  # a link to the other run (or a page that started one)
+    at.run()
+    assert at.selectbox(key="sidebar.run").value == moving.id
+    shutil.rmtree(tmp_path / moving.id)  # the selected run disappears: the sidebar falls back
+    at.run()
+    assert at.selectbox(key="sidebar.run").value == other and not at.exception
+
+
+def test_gradcam_columns_follow_a_new_sidebar_pick(runs, tmp_path, monkeypatch):
+    root, data_root = runs
+    for name in ("d1", "d2"):
+        shutil.copytree(root / "tiny", tmp_path / name)
+    at = app_on(tmp_path, data_root, monkeypatch)
+    at.selectbox(key="sidebar.run").select("d1").run()
+    goto(at, "gradcam")
+    assert at.selectbox(key="cam.dfg.d1").value == "d1"
+    at.selectbox(key="sidebar.run").select("d2").run()
+    assert not at.exception and at.selectbox(key="cam.dfg.d2").value == "d2"
+
+
+def test_progress_of_a_run_whose_folder_is_gone(runs, tmp_path):
+    from dfg import views
+    root, _ = runs
+    shutil.copytree(root / "tiny", tmp_path / "gone")
+    run = Run(tmp_path, "gone")
+    assert views.progress(run)["state"] == "finished"
+    shutil.rmtree(run.path)
+    p = views.progress(run)  # a live chart still lists it until the next full page run
+    assert p["state"] == "missing" and not p["active"] and "gone" in p["text"]
+
+
 def open_train_page(tmp_path, monkeypatch):
     """The app on its Train page, with runs and data under tmp_path."""
     monkeypatch.setenv("DFG_RUNS_DIR", str(tmp_path / "runs"))
@@ -146,6 +214,15 @@ def test_train_page_refuses_invalid_rho_and_creates_nothing(tmp_path, monkeypatc
     at.button(key="train.start").click().run()
     assert any(e.value.startswith("Not started") and "rho" in e.value for e in at.error)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_train_page_renders_every_preset(preset, tmp_path, monkeypatch):
+    """Each field's widget follows the field's type (svhn's ratio=10 is a float field given as an int)."""
+    at = open_train_page(tmp_path, monkeypatch)
+    at.selectbox(key="train.preset").select(preset).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key=f"train.{preset}.dfg.ratio").value == float(PRESETS[preset].ratio)
 
 
 def test_train_page_offers_the_cuda_switches_with_the_config_defaults(tmp_path, monkeypatch):
