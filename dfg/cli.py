@@ -5,12 +5,14 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from .config import FIELD_TYPES, Config, ConfigError, absolute_path, field_docs, from_dict, make_config
+from .config import (DATA_ROOT_ENV, FIELD_TYPES, Config, ConfigError, absolute_path, default_data_root,
+                     default_runs_dir, field_docs, from_dict, make_config)
 from .presets import PRESET_NOTES, PRESETS
 
 
@@ -44,6 +46,8 @@ def config_from_args(args) -> Config:
                 raise ConfigError(f"{name} is set twice (--set {name}={overrides[name]} and "
                                   f"--{name.replace('_', '-')} {v}); give it once")
             overrides[name] = v
+    if "data_root" not in overrides and os.environ.get(DATA_ROOT_ENV):
+        overrides["data_root"] = os.environ[DATA_ROOT_ENV]  # as in the app
     cfg = make_config(args.preset, overrides)
     return dataclasses.replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
 
@@ -107,11 +111,18 @@ def _report(run, status: dict) -> int:
 
 
 def cmd_resume(args) -> int:
+    from .jobs import check_writable
     from .loop import train
     from .runstore import Run
 
     run = Run(args.runs_dir, args.run).require()
     cfg = from_dict(run.config())
+    s = run.status()
+    if s.get("state") == "finished" and (s.get("step") or 0) >= cfg.steps:
+        print(f"run {run.id} already finished at step {s['step']}/{cfg.steps}: nothing to resume "
+              f"(`python -m dfg eval {run.id}` re-evaluates its checkpoint)", file=sys.stderr)
+        return 0
+    check_writable(run)
     try:
         status = train(cfg, run, resume=True, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
     except KeyboardInterrupt:
@@ -127,7 +138,7 @@ def cmd_worker(args) -> int:
     run = Run(args.runs_dir, args.run).require()
     try:
         cfg = from_dict(run.config())
-        status = train(cfg, run, resume=True, log=lambda m: print(m, flush=True))
+        status = train(cfg, run, resume=True, log=lambda m: print(m, flush=True), keep_stop=True)
     except RunBusyError as e:  # another worker owns the run: leave its status alone
         print(f"error: {e}", flush=True)
         return 1
@@ -212,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # --rh must not mean --rho
     t = sub.add_parser("train", help="train a run (DFG or a baseline) from a preset")
     _add_config_flags(t)
-    t.add_argument("--runs-dir", default="runs")
+    t.add_argument("--runs-dir", default=default_runs_dir())
     t.add_argument("--run-id", default=None)
     t.add_argument("--background", action="store_true", help="train in a detached worker process")
     t.set_defaults(fn=cmd_train)
@@ -221,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("worker", cmd_worker, None)):
         s = sub.add_parser(name, **({"help": hlp} if hlp else {}))  # no help: left out of the listing
         s.add_argument("run")
-        s.add_argument("--runs-dir", default="runs")
+        s.add_argument("--runs-dir", default=default_runs_dir())
         if name == "eval":
             s.add_argument("--device", default=None)
         s.set_defaults(fn=fn)
@@ -232,11 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fields", action="store_true")
     pr.set_defaults(fn=cmd_presets)
     r = sub.add_parser("runs", help="list runs and their state")
-    r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--runs-dir", default=default_runs_dir())
     r.set_defaults(fn=cmd_runs)
     d = sub.add_parser("data", help="list datasets, or --download NAME")
     d.add_argument("--download", default=None, metavar="NAME")
-    d.add_argument("--data-root", default="data")
+    d.add_argument("--data-root", default=default_data_root())
     d.set_defaults(fn=cmd_data)
     _add_sweep_parser(sub)
     return p
@@ -257,7 +268,7 @@ def _add_sweep_parser(sub) -> None:
     s.add_argument("--address", default=None, help="Ray cluster address (default env RAY_ADDRESS, "
                                                    "else a local Ray instance); --runs-dir must be shared storage")
     s.add_argument("--parallel", type=int, default=None, help="runs at a time on CPU (default 1; GPUs: one each)")
-    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--runs-dir", default=default_runs_dir())
     s.add_argument("--name", default=None, help="sweep name (default: the presets joined by '-')")
     s.set_defaults(fn=cmd_sweep)
 
@@ -265,10 +276,13 @@ def _add_sweep_parser(sub) -> None:
 def cmd_sweep(args) -> int:
     """A grid of runs (dfg/sweep.py); prints its results table. Exit 1 when a run failed."""
     from .sweep import parse_seeds, run_sweep, split_commas
+    sets = list(args.set)
+    if os.environ.get(DATA_ROOT_ENV) and not any(t.split("=", 1)[0].strip() == "data_root" for t in sets):
+        sets.insert(0, f"data_root={os.environ[DATA_ROOT_ENV]}")  # as in the app and `train`
     try:
         res = run_sweep(args.runs_dir, split_commas(args.presets), split_commas(args.methods), parse_seeds(args.seeds),
                         name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,
-                        sets=args.set, executor=args.executor, address=args.address, parallel=args.parallel)
+                        sets=sets, executor=args.executor, address=args.address, parallel=args.parallel)
     except KeyboardInterrupt:
         return 130
     print((Path(res["dir"]) / "results.md").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -157,7 +158,13 @@ def parse_value(name: str, text: str):
                 raise ValueError
             return low in {"1", "true", "yes", "on"}
         if kind is int:
-            return int(float(text)) if float(text).is_integer() else int(text)
+            try:
+                return int(str(text).strip())  # exact at any size
+            except ValueError:
+                f = float(text)  # 1e3: whole and exact below 2^53 only
+                if not f.is_integer() or abs(f) >= 2 ** 53:
+                    raise ValueError from None
+                return int(f)
         if kind is float:
             return float(text)
         if kind == tuple[int, ...]:
@@ -165,7 +172,7 @@ def parse_value(name: str, text: str):
             return tuple(int(t) for t in text.replace(",", " ").split()) if text else ()
         return str(text)
     except ValueError:
-        allowed = {bool: " (true or false)", int: " (a whole number)", float: " (a number)"}.get(kind, "")
+        allowed = {bool: " (true or false)", int: " (a whole number; above 2^53 write it in digits)", float: " (a number)"}.get(kind, "")
         raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}{allowed}") from None
 
 
@@ -192,6 +199,18 @@ def from_dict(d: dict) -> Config:
 # source head, their DIFA+cMWGAN generated E's feature maps, and DELTA's regulariser compared E's output on every
 # backbone, so they resume and re-evaluate as they started.
 LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv", "delta_layers": "extractor"}
+
+
+RUNS_DIR_ENV = "DFG_RUNS_DIR"    # the app's and the command line's default runs folder
+DATA_ROOT_ENV = "DFG_DATA_ROOT"  # their default data root (datasets + cached source models)
+
+
+def default_runs_dir() -> str:
+    return os.environ.get(RUNS_DIR_ENV) or "runs"
+
+
+def default_data_root() -> str:
+    return os.environ.get(DATA_ROOT_ENV) or "data"
 
 
 def absolute_path(path: str) -> str:
@@ -246,6 +265,11 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, f.name)
         _need(not isinstance(v, float) or v == v and abs(v) != float("inf"), f.name, v, "must be a finite number")
     _need(0 <= cfg.seed < 2 ** 63, "seed", cfg.seed, "must be a whole number in [0, 2^63)")
+    for f in fields(cfg):  # torch and the data code take C ints: a larger count would fail deep inside a run
+        v = getattr(cfg, f.name)
+        if f.name != "seed" and isinstance(v, int) and not isinstance(v, bool):
+            _need(v < 2 ** 31, f.name, v, "must be below 2^31")
+    _need(cfg.data_root.strip() != "", "data_root", cfg.data_root, "must name a folder (default: data)")
     _need(0.0 <= cfg.rho <= 1.0, "rho", cfg.rho, "must lie in [0, 1]")
     _need(cfg.delta >= 0.0, "delta", cfg.delta, "must be >= 0 (rows of W average 1; the paper uses 0.95)")
     for name in ("alpha", "beta", "gamma"):

@@ -223,15 +223,25 @@ def make_executor(kind: str, address: str | None = None, parallel: int | None = 
     raise ValueError(f"--executor {kind!r} is invalid: choose local or ray")
 
 
+# Every config field that `preflight` reads besides the method: `load_data`'s (dfg/loop.py; each of them changes
+# what the data building accepts, e.g. n_max against a class's images, or the seed's majority draw with
+# short_classes=error), the device, and the source model's (source_key, refit_needed). Configs that agree on
+# all of them pass or fail preflight together. tests/test_sweep.py checks that the list covers those functions.
+PREFLIGHT_FIELDS = ("dataset", "folder", "data_root", "download", "image_size", "grayscale", "backbone",
+                    "imbalance", "ratio", "n_max", "num_majority", "majority", "val_fraction", "limit_test",
+                    "short_classes", "seed", "device", "source", "head_refit", "allow_random_init",
+                    "pretrain_steps", "source_per_class")
+
+
 def preflight_all(configs: list[tuple[str, object]], log=print) -> None:
     """Check data files and source models once per distinct data setting of (run id, Config) pairs, before
-    any run folder exists: a missing dataset fails the sweep here, not in every one of its runs."""
+    any run folder exists: a missing dataset or an impossible imbalance fails the sweep here, not in its runs."""
     from .preflight import preflight
     from .methods import METHODS
 
     groups: dict[tuple, tuple] = {}
     for run_id, cfg in configs:
-        key = (cfg.dataset, cfg.folder, cfg.data_root, cfg.backbone, cfg.source, cfg.imbalance)
+        key = tuple(getattr(cfg, f) for f in PREFLIGHT_FIELDS)
         if key not in groups or METHODS[cfg.method].from_source:
             groups[key] = (run_id, cfg)  # prefer a method that needs the source model: checks both
     for run_id, cfg in groups.values():

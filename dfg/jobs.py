@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .fileio import writable_problem
-from .runstore import Run, RunBusyError, pid_alive
+from .runstore import Run, RunBusyError, RunError, pid_alive
 
 # The workers this process started. Each is polled at the next launch, which reaps those that have ended
 # (a finished child stays a zombie until its parent waits on it); holding them also keeps Python from
@@ -24,6 +24,8 @@ def launch(run: Run) -> int:
         raise RunBusyError(f"run {run.id!r} is still running (pid {s.get('pid')}); stop it before resuming")
     if s.get("state") == "created" and pid_alive(_worker_pid(run)):
         raise RunBusyError(f"run {run.id!r} is starting (worker pid {_worker_pid(run)}); wait for it")
+    check_writable(run)
+    run.clear_stop()  # an old request; one made from now on (even before the worker is up) is honoured
     log = open(run.path / "log.txt", "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     root = str(Path(__file__).resolve().parent.parent)
@@ -35,6 +37,14 @@ def launch(run: Run) -> int:
     _children[:] = [p for p in _children if p.poll() is None] + [proc]
     (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
     return proc.pid
+
+
+def check_writable(run: Run) -> None:
+    """Training writes into the run folder: say so plainly when it cannot (a read-only mount)."""
+    problem = writable_problem(run.path)
+    if problem:
+        raise RunError(f"cannot write into the run folder {run.path} ({problem}); copy the run to a runs "
+                       "folder you can write to and resume it there (--runs-dir)")
 
 
 def _worker_pid(run: Run) -> int:

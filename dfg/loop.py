@@ -163,16 +163,21 @@ def _state_finite(method) -> str | None:
 
 
 def train(cfg: Config, run: Run, *, resume: bool = False,
-          progress: Callable[[int, int, float, dict], None] | None = None, log=print, data=None) -> dict:
+          progress: Callable[[int, int, float, dict], None] | None = None, log=print, data=None,
+          keep_stop: bool = False) -> dict:
     """Train `cfg` into `run` (resuming from its checkpoint when asked). Returns the final status.
     Divergence, out of memory and a full disk end the run with a clear status; any other error marks
-    it failed and is raised again. `data`: the bundle from `preflight.preflight(cfg)`, if already built."""
+    it failed and is raised again. `data`: the bundle from `preflight.preflight(cfg)`, if already built.
+    keep_stop: honour a stop request already on file (a background worker: `jobs.launch` cleared the old
+    ones before starting it, so a request made since is the user's); otherwise it is cleared first."""
     validate(cfg)
     device = resolve_device(cfg.device)
-    where = {"step": 0}  # the step reached, for the status of a run that ends by an exception
+    # the step reached, for the status of a run that ends by an exception; a resume that fails before its
+    # checkpoint loads keeps the step on record
+    where = {"step": run.raw_status().get("step") or 0 if resume else 0}
     with run.writer():
         try:
-            return _train(cfg, run, device, resume, progress, log, data, where)
+            return _train(cfg, run, device, resume, progress, log, data, where, keep_stop)
         except Diverged as e:
             return run.set_status(state="diverged", step=where["step"], error=str(e), heartbeat=time.time())
         except (torch.OutOfMemoryError, MemoryError):
@@ -191,10 +196,11 @@ def train(cfg: Config, run: Run, *, resume: bool = False,
             raise
 
 
-def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, where: dict) -> dict:
+def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, where: dict, keep_stop: bool) -> dict:
     from .data import BatchStream
 
-    run.clear_stop()
+    if not keep_stop:
+        run.clear_stop()
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
                    device=str(device), error=None, started=time.time())
     data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),
@@ -248,6 +254,20 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
 
+    def evaluate(step: int) -> None:
+        nonlocal best
+        row = {"kind": "eval", "step": step, "time": time.time(), "split": "test", **run_eval(method, data, device)}
+        rows = [row]
+        if data.val is not None:
+            val = {"kind": "eval", "step": step, "time": time.time(), "split": "val",
+                   **run_eval(method, data, device, "val")}
+            rows.append(val)
+            if val["top1"] > best["val_top1"]:
+                best = {"val_top1": val["top1"], "step": step, "test": row}
+        run.append_metrics(rows, skip=on_file)
+
+    if start == cfg.steps and ("eval", "test", start) not in on_file:
+        evaluate(start)  # resumed at its last step, with that step's rows lost (a deleted metrics.jsonl)
     for step in range(start + 1, cfg.steps + 1):
         where["step"] = step
         pending.append((step, train_step(step, stream)))
@@ -271,16 +291,7 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
             if progress:
                 progress(step, cfg.steps, rate, row)
         if step % cfg.eval_every == 0 or last:
-            row = {"kind": "eval", "step": step, "time": time.time(), "split": "test",
-                   **run_eval(method, data, device)}
-            rows = [row]
-            if data.val is not None:
-                val = {"kind": "eval", "step": step, "time": time.time(), "split": "val",
-                       **run_eval(method, data, device, "val")}
-                rows.append(val)
-                if val["top1"] > best["val_top1"]:
-                    best = {"val_top1": val["top1"], "step": step, "test": row}
-            run.append_metrics(rows, skip=on_file)
+            evaluate(step)
         if ckpt_now or stop:
             save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
                                                   "best": best, "loop": {"sums": sums, "counts": counts}},

@@ -21,10 +21,23 @@ import numpy as np
 from .fileio import (DiskFullError, atomic_write_bytes, atomic_write_json, disk_full_error, fault,  # noqa: F401
                      jsonable, pid_alive)
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: `$` would also pass a final "\n"
 HEARTBEAT_TIMEOUT_S = 60.0  # a "running" run whose heartbeat is older than this is reported interrupted
 HEARTBEAT_EVERY_S = 5.0     # the writer touches <run>/heartbeat this often, even during long setups
 ACTIVE = ("created", "running")
+# status.json fields that code reads, with their JSON types: a hand-edited value of another type is dropped
+# (readers then see the field as absent) rather than breaking `runs`, liveness or the app
+STATUS_TYPES = {"state": str, "step": int, "total_steps": int, "pid": int, "error": str, "host": str,
+                "device": str, "created": float, "updated": float, "heartbeat": float, "started": float,
+                "finished": float, "steps_per_s": float, "top1": float}
+
+
+def _typed_status(s: dict) -> dict:
+    def ok(v, kind) -> bool:
+        if kind is float:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        return isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+    return {k: v for k, v in s.items() if k not in STATUS_TYPES or v is None or ok(v, STATUS_TYPES[k])}
 
 
 class RunError(ValueError):
@@ -148,7 +161,7 @@ class Run:
     def raw_status(self) -> dict:
         try:
             s = json.loads((self.path / "status.json").read_text())
-            return s if isinstance(s, dict) else {"state": "unknown", "step": 0}
+            return _typed_status(s) if isinstance(s, dict) else {"state": "unknown", "step": 0}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {"state": "unknown", "step": 0}
 
@@ -222,9 +235,11 @@ class Run:
         rows = []
         for line in data[:end].splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # never produced by the writer; tolerate a hand-edited file
+            if isinstance(row, dict):
+                rows.append(row)
         return rows, offset + end
 
     def prepare_metrics(self, keep: bool) -> set:
@@ -232,6 +247,7 @@ class Run:
         rows on file, which a resumed run does not write again; keep=False empties the file (fresh start).
         The file is only ever cut at its end, so every reader's offset (a line end) stays valid."""
         path = self.path / "metrics.jsonl"
+        path.touch()  # a deleted file: the resumed run starts a new one (its earlier rows are gone)
         with open(path, "r+b") as f:
             data = f.read() if keep else b""
             f.truncate(data.rfind(b"\n") + 1)
@@ -293,4 +309,4 @@ def list_runs(root: str | Path) -> list[Run]:
         return []
     runs = [Run(root, p.name) for p in root.iterdir()
             if p.is_dir() and RUN_ID.match(p.name) and ".." not in p.name and (p / "config.json").exists()]
-    return sorted(runs, key=lambda r: r.raw_status().get("created", 0), reverse=True)
+    return sorted(runs, key=lambda r: r.raw_status().get("created") or 0, reverse=True)

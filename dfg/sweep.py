@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, absolute_path, make_config
+from .config import ConfigError, absolute_path, make_config, parse_value
+from .fileio import writable_problem
 from .presets import PRESETS
 from .runstore import RUN_ID, Run, atomic_write_json, check_run_id
 from .tables import rho_curve, run_row, summarise, write_tables
@@ -27,7 +28,7 @@ class Cell:
     method: str
     seed: int
     majority: tuple[int, ...] | None        # None: the config's own seeded draw (or a balanced dataset)
-    sets: dict = field(default_factory=dict)  # --set values of this cell (text), fixed and varied
+    sets: dict = field(default_factory=dict)  # --set values of this cell (canonical text), fixed and varied
 
     def overrides(self, threads: int = 0) -> dict:
         o = {**self.sets, "method": self.method, "seed": self.seed}
@@ -49,17 +50,47 @@ def split_commas(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_sets(items: list[str]) -> dict[str, list[str]]:
-    """['rho=0,0.5', 'steps=100'] -> {'rho': ['0', '0.5'], 'steps': ['100']} (commas = several values)."""
+def canonical(key: str, text: str) -> str:
+    """A --set value as the one text its parsed value gets, so that 0.5 and 0.50, or 1000 and 1e3, are one
+    cell and one run id. Ordinary spellings are their own canonical text (0, 0.5, 1, 1e-5, 2e-4, 1000, true),
+    which keeps the ids of sweeps made before values were parsed: a whole float is written as an integer,
+    another as the shorter of its repr and scientific forms (0.75, 1e-4); text fields stay as given."""
+    v = parse_value(key, text)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if not isinstance(v, float):
+        return str(v)
+    if v.is_integer() and abs(v) < 1e16:
+        return str(int(v))
+
+    def tidy(t: str) -> str:  # 1e-05 -> 1e-5, 1e+20 -> 1e20 (nan and inf have no exponent)
+        return f"{t.split('e')[0]}e{int(t.split('e')[1])}" if "e" in t and t[-1].isdigit() else t
+
+    sci = [tidy(f"{v:.{p}e}") for p in range(17) if float(f"{v:.{p}e}") == v][:1]  # the fewest digits
+    return min([tidy(repr(v))] + sci, key=len)  # a tie keeps repr's 0.01
+
+
+def parse_sets(items: list[str], log=None) -> dict[str, list[str]]:
+    """['rho=0,0.50', 'steps=1e2'] -> {'rho': ['0', '0.5'], 'steps': ['100']}: commas give several values,
+    each in its canonical text; a value equal to an earlier one of its key is dropped (with a note to
+    `log`), as it would only run the same cells again and pool them as extra samples."""
     out: dict[str, list[str]] = {}
+    first: dict[tuple[str, str], str] = {}  # (key, canonical text) -> how it was first spelt, for the note
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE or KEY=V1,V2,..., e.g. --set rho=0,0.5,1")
         k, v = (t.strip() for t in item.split("=", 1))
         if k in GRID_KEYS:
             raise ConfigError(f"--set {k}=... is set by the sweep grid: use {GRID_KEYS[k]} instead")
-        out.setdefault(k, [])
-        out[k] += split_commas(v) or [""]
+        values = out.setdefault(k, [])
+        for text in split_commas(v) or [""]:
+            value = canonical(k, text)  # a bad value or an unknown key stops here, with make_config's message
+            if (k, value) in first:
+                if log:
+                    log(f"note: {k}={text} repeats {k}={first[k, value]}; the duplicate is dropped")
+            else:
+                first[k, value] = text
+                values.append(value)
     return out
 
 
@@ -89,16 +120,26 @@ def _majority_sets(preset: str, sets: dict, combos: str | None) -> list[tuple[in
         raise ConfigError(f"--majority-combos needs a dataset with known classes; {cfg.dataset!r} has none")
     if combos == "all":
         return list(majority_combinations(n, cfg.num_majority))
+    return list(majority_combinations(n, cfg.num_majority, sample=int(combos), seed=0))  # same for every seed
+
+
+def _check_combos(combos: str | None) -> None:
+    """--majority-combos is 'all' or a whole number >= 1; checked for every preset (balanced ones ignore it)."""
+    if combos in (None, "all"):
+        return
     try:
         k = int(combos)
     except ValueError:
-        raise ConfigError(f"--majority-combos {combos!r}: use 'all' or a number of sampled sets") from None
-    return list(majority_combinations(n, cfg.num_majority, sample=k, seed=0))  # same sets for every seed
+        k = 0
+    if k < 1:
+        raise ConfigError(f"--majority-combos {combos!r} is invalid: give 'all' or a whole number >= 1 "
+                          "(the number of majority sets sampled)")
 
 
 def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[int], *,
                 majority_combos: str | None = None, sets: dict[str, list[str]] | None = None) -> list[Cell]:
-    """Every cell of the grid, in order, with its run id; every config is validated before any work."""
+    """Every cell of the grid, in order, with its run id; every config is validated before any work.
+    `sets`: parse_sets's canonical texts (the run ids hash them)."""
     from .methods import METHODS  # lazy: methods import torch
 
     for flag, items, valid in (("--presets", presets, sorted(PRESETS)), ("--methods", methods, sorted(METHODS))):
@@ -112,12 +153,13 @@ def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[i
         raise ConfigError("--seeds gives no seeds: give a count >= 1 (10 = seeds 0..9) or a list (0,3,7)")
     if not RUN_ID.match(name or ""):
         raise ConfigError(f"--name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
+    _check_combos(majority_combos)
     sets = sets or {}
     keys = sorted(sets)
     cells, ids = [], set()
     for preset, values in itertools.product(presets, itertools.product(*(sets[k] for k in keys))):
         these = dict(zip(keys, values))
-        tag = _short_hash(these)
+        tag = _short_hash(these)  # over canonical texts (parse_sets): one id per value, however spelt
         for majority in _majority_sets(preset, these, majority_combos):
             for method, seed in itertools.product(methods, seeds):
                 maj = ".".join(map(str, majority)) if majority is not None else "auto"
@@ -174,7 +216,7 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
         raise ConfigError(f"--parallel must be >= 1 (got {parallel}): the number of runs at a time on CPU; "
                           "leave it out for 1")
     name = name or "-".join(presets)
-    parsed = parse_sets(list(sets) + ([f"num_majority={num_majority}"] if num_majority is not None else []))
+    parsed = parse_sets(list(sets) + ([f"num_majority={num_majority}"] if num_majority is not None else []), log)
     if len(parsed.get("num_majority", [])) > 1 and num_majority is not None:
         raise ConfigError("give the number of majority classes once: --num-majority or --set num_majority")
     cells = expand_grid(name, presets, methods, seeds, majority_combos=majority_combos, sets=parsed)
@@ -185,6 +227,10 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
     # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
     grid = _grid_json(name, cells, args, by)
+    problem = writable_problem(runs_dir)  # the tables are written even when every run is done
+    if problem:
+        raise ConfigError(f"cannot write runs into {runs_dir} ({problem}); choose a runs folder you can write "
+                          "to (--runs-dir)")
     ex = None
     if todo:
         preflight_all([(c.run_id, c.config()) for c in todo], log)

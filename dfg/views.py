@@ -9,22 +9,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import FIELD_TYPES, Config, ConfigError, make_config
+from .config import (DATA_ROOT_ENV, FIELD_TYPES, RUNS_DIR_ENV, Config, ConfigError,  # noqa: F401
+                     default_data_root, default_runs_dir, make_config)
 from .presets import PRESETS
-from .runstore import ACTIVE, Run, list_runs
+from .runstore import ACTIVE, Run, RunError, list_runs
 
-RUNS_DIR_ENV = "DFG_RUNS_DIR"          # default runs folder (the tests point it at a tmp dir)
-DATA_ROOT_ENV = "DFG_DATA_ROOT"        # default data root (datasets + cached source models)
 DEMO_OVERRIDES_ENV = "DFG_DEMO_OVERRIDES"  # "k=v,k=v" applied to the Start page's demo run (tests: fewer steps)
 RESUMABLE = ("stopped", "interrupted", "failed")
-
-
-def default_runs_dir() -> str:
-    return os.environ.get(RUNS_DIR_ENV) or "runs"
-
-
-def default_data_root() -> str:
-    return os.environ.get(DATA_ROOT_ENV) or "data"
 
 
 def device_info() -> dict:
@@ -64,9 +55,15 @@ def runs_table(root: str | Path) -> list[dict]:
 
 def progress(run: Run) -> dict:
     """Progress of a run for a bar: fraction in [0, 1], one line of text, state, error, active flag."""
+    if not run.exists():
+        return {"fraction": 0.0, "text": "its folder is gone (deleted or moved)", "state": "missing",
+                "error": None, "active": False, "resumable": False}
     s = run.status()
     state, step = s.get("state", "unknown"), int(s.get("step") or 0)
-    total = int(s.get("total_steps") or run.config().get("steps") or 1)
+    try:
+        total = int(s.get("total_steps") or run.config().get("steps") or 1)
+    except (RunError, TypeError, ValueError):  # a damaged config.json
+        total = 1
     rate = s.get("steps_per_s") or 0.0
     if state == "created":
         text = "waiting for its worker process to start"

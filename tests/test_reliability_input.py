@@ -71,7 +71,10 @@ BAD = {
     "alpha-sum": (["--set", "alpha=0.5"], "alpha+beta+gamma"),
     "gamma": (["--set", "gamma=-1", "--set", "alpha=1", "--set", "beta=1"], "gamma=-1.0 is invalid"),
     "steps": (["--set", "steps=0"], "steps=0 is invalid"),
-    "steps-text": (["--set", "steps=ten"], "steps='ten' is not a valid int (a whole number)"),
+    "steps-text": (["--set", "steps=ten"], "steps='ten' is not a valid int (a whole number"),
+    "batch-float-huge": (["--set", "batch_size=1e40"], "batch_size='1e40' is not a valid int (a whole number; "
+                         "above 2^53 write it in digits)"),
+    "threads-huge": (["--set", f"threads={2 ** 40}"], f"threads={2 ** 40} is invalid: must be below 2^31"),
     "bool-text": (["--set", "cuda_graphs=maybe"], "cuda_graphs='maybe' is not a valid bool (true or false)"),
     "ckpt": (["--set", "ckpt_every=-5"], "ckpt_every=-5 is invalid"),
     "lr-zero": (["--set", "lr_critic=0"], "lr_critic=0.0 is invalid"),
@@ -89,6 +92,7 @@ BAD = {
     "folder-escape": (["--set", "dataset=folder", "--set", "folder=../outside"], "outside the allowed data root"),
     "run-id-dots": (["--run-id", "../evil"], "invalid run id '../evil'"),
     "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
+    "run-id-newline": (["--run-id", "nl\n"], "invalid run id 'nl\\n'"),
     "preset-set": (["--set", "preset=svhn"], "cannot be overridden: choose the preset with --preset NAME"),
     "seed": (["--set", "seed=-5"], "seed=-5 is invalid"),
     "seed-huge": (["--set", f"seed={2 ** 70}"], f"seed={2 ** 70} is invalid"),
@@ -170,6 +174,114 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
     assert f"interrupted at step 3; continue with `python -m dfg resume cc --runs-dir {runs}`" in err
+
+
+def test_whole_numbers_are_read_exactly_and_an_empty_data_root_is_refused(tmp_path, monkeypatch):
+    from dfg.config import parse_value
+    assert parse_value("seed", "12345678901234567") == 12345678901234567  # was rounded through a float
+    assert parse_value("seed", str(2 ** 63 - 1)) == 2 ** 63 - 1
+    assert make_config("demo", {"seed": str(2 ** 63 - 1)}).seed == 2 ** 63 - 1
+    assert parse_value("steps", "1e3") == 1000 and parse_value("steps", " 20 ") == 20
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_value("steps", "2.5")
+    with pytest.raises(ConfigError, match="data_root='' is invalid: must name a folder"):
+        make_config("demo", {"data_root": ""})
+
+
+def test_the_command_line_takes_its_folders_from_the_apps_variables(finished, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DFG_RUNS_DIR", str(finished.root))
+    monkeypatch.setenv("DFG_DATA_ROOT", str(tmp_path / "elsewhere"))
+    assert cli.main(["runs"]) == 0
+    assert finished.id in capsys.readouterr().out
+    args = cli.build_parser().parse_args(["train"])
+    assert args.runs_dir == str(finished.root)
+    assert cli.config_from_args(args).data_root == str(tmp_path / "elsewhere")
+    args = cli.build_parser().parse_args(["train", "--set", f"data_root={tmp_path}"])
+    assert cli.config_from_args(args).data_root == str(tmp_path)  # an explicit value wins
+
+
+def test_resuming_a_finished_run_changes_nothing(finished, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished.path, runs / finished.id)
+    run = Run(runs, finished.id)
+    before = (run.path / "status.json").read_text(), (run.path / "metrics.jsonl").read_text()
+    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 0
+    err = capsys.readouterr().err
+    assert f"run {finished.id} already finished at step 5/5: nothing to resume" in err
+    assert ((run.path / "status.json").read_text(), (run.path / "metrics.jsonl").read_text()) == before
+
+
+def test_a_resume_that_fails_before_its_checkpoint_loads_keeps_the_step_on_record(finished, tmp_path,
+                                                                                   monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished.path, runs / finished.id)
+    run = Run(runs, finished.id)
+    run.set_status(state="stopped", step=5)
+
+    def interrupted_setup(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("dfg.loop.setup", interrupted_setup)
+    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 130
+    assert "interrupted at step 5" in capsys.readouterr().err
+    assert run.status()["state"] == "interrupted" and run.status()["step"] == 5  # was step 0
+
+
+def test_hand_edited_run_records_do_not_break_the_listing_or_a_resume(finished, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(finished.path, runs / name)
+    b = Run(runs, "b")
+    b.set_status(created=None, pid="123", top1="0.9", step="5", state="running")
+    assert cli.main(["runs", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 2 and "a " in out and "b " in out, out
+    assert b.status()["state"] == "interrupted"  # no live pid: not 'running'
+    rows = (b.path / "metrics.jsonl").read_text().splitlines()
+    (b.path / "metrics.jsonl").write_text("\n".join([rows[0], "null", "[1, 2]", *rows[1:]]) + "\n")
+    assert len(b.read_metrics()[0]) == len(rows)  # rows that are not objects are skipped
+    b.set_status(state="stopped", step=5)
+    assert cli.main(["resume", "b", "--runs-dir", str(runs)]) == 0
+    assert b.status()["state"] == "finished"
+    a = Run(runs, "a")
+    a.set_status(state="stopped")
+    (a.path / "metrics.jsonl").unlink()
+    assert cli.main(["resume", "a", "--runs-dir", str(runs)]) == 0
+    assert a.status()["state"] == "finished" and [r["kind"] for r in a.read_metrics()[0]][-1] == "eval"
+
+
+def test_a_run_folder_that_cannot_be_written_is_named_before_a_resume(finished, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished.path, runs / finished.id)
+    run = Run(runs, finished.id)
+    run.set_status(state="stopped", step=3)
+    before = (run.path / "status.json").read_text()
+    monkeypatch.setattr("dfg.jobs.writable_problem", lambda folder: "OSError: Read-only file system")
+    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: cannot write into the run folder {run.path} (OSError: Read-only file system); copy "
+                   "the run to a runs folder you can write to and resume it there (--runs-dir)\n")
+    assert (run.path / "status.json").read_text() == before
+
+
+def test_stop_pressed_before_the_worker_is_up_is_honoured(data_root, tmp_path, monkeypatch):
+    """The app offers Stop while a run is 'created'. `jobs.launch` clears old requests before the worker
+    starts, and the worker keeps any made since: the run stops at its first step instead of training on."""
+    from dfg import jobs
+    cfg = make_config("demo", {**TINY, "data_root": data_root, "steps": 20, "ckpt_every": 20})
+    run = Run.create(tmp_path, "early", cfg.to_dict())
+    run.request_stop()  # left over from before: must not stop the new worker
+
+    class NoProcess:
+        pid = 0
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: NoProcess())
+    jobs.launch(run)
+    assert not run.stop_requested()
+    run.request_stop()  # the user's Stop, while the worker is still starting
+    assert cli.main(["worker", "early", "--runs-dir", str(tmp_path)]) == 0
+    assert run.status()["state"] == "stopped" and run.status()["step"] == 1
 
 
 def test_eval_checks_the_run_record_and_the_device(finished, capsys):
@@ -347,7 +459,8 @@ def test_filter_weights_with_pickled_objects_are_refused(tmp_path):
 
 
 # -- names and paths --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a..b", "/abs", ".hidden", "", "x" * 200, "a\\b", "a\nb"])
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a..b", "/abs", ".hidden", "", "x" * 200, "a\\b", "a\nb",
+                                 "ok\n"])
 def test_run_ids_cannot_name_a_path(bad, tmp_path):
     with pytest.raises(RunError, match="invalid run id"):
         Run(tmp_path, bad)

@@ -138,6 +138,44 @@ def test_grid_rejects_bad_input():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5") == [0, 5]
 
 
+def test_equal_set_values_are_one_cell_however_spelt():
+    notes = []
+    sets = parse_sets(["rho=0.5,0.50", "steps=1e3", "lr_extractor=0.0001,1e-4", "download=yes"], notes.append)
+    assert sets == {"rho": ["0.5"], "steps": ["1000"], "lr_extractor": ["1e-4"], "download": ["true"]}
+    assert notes == ["note: rho=0.50 repeats rho=0.5; the duplicate is dropped",
+                     "note: lr_extractor=1e-4 repeats lr_extractor=0.0001; the duplicate is dropped"]
+    assert varied(sets) == [] and varied(parse_sets(["rho=0.5,0.50,1"])) == ["rho"]
+    cells = expand_grid("x", ["demo"], ["dfg"], [0], sets=sets)
+    assert len(cells) == 1 and cells[0].config().rho == 0.5
+    # a re-launch spelling the values otherwise finds the same runs
+    other = parse_sets(["rho=0.500", "steps=1000", "lr_extractor=1e-4", "download=1"])
+    assert [c.run_id for c in expand_grid("x", ["demo"], ["dfg"], [0], sets=other)] == [c.run_id for c in cells]
+    # ordinary spellings keep the ids that sweeps got before values were parsed (the code at 17f110f)
+    for raw, ids in ((["rho=0.5", "steps=1000"], ["563fc1"]),
+                     (["rho=0,0.25,0.5,0.75,1"], ["32fdb7", "cfeb20", "cb971f", "34a563", "874109"]),
+                     (["lr_extractor=1e-4", "download=true"], ["034983"]),
+                     (["source=glyphs+mnist5k", "lr_classifier=2e-4"], ["efd621"])):
+        assert [c.run_id for c in expand_grid("x", ["demo"], ["dfg"], [0], sets=parse_sets(raw))] == [
+            f"sw-x-demo-dfg-s0-mauto-{i}" for i in ids]
+
+
+def test_preflight_groups_key_on_every_field_that_preflight_reads():
+    """Configs that agree on PREFLIGHT_FIELDS are preflighted once: every field read by the data building and
+    the source model checks must be among them (the method is handled apart), else a value that cannot work
+    passes preflight and fails in its run folder."""
+    import inspect
+    import re
+
+    from dfg import loop, preflight, source
+    from dfg.executors import PREFLIGHT_FIELDS
+
+    read = set()
+    for f in (loop.load_data, preflight.preflight, source.source_key, source.refit_needed, source.source_classes):
+        read |= set(re.findall(r"\bcfg\.(\w+)", inspect.getsource(f)))
+    assert {"n_max", "seed", "ratio", "short_classes"} <= read
+    assert read - {"method"} <= set(PREFLIGHT_FIELDS)
+
+
 def _finished_sweep(runs, name="x"):
     """A sweep folder as a finished sweep leaves it; returns {path: bytes} to compare after a bad re-launch."""
     d = runs / "sweeps" / name
@@ -169,6 +207,21 @@ def test_failed_preflight_keeps_the_sweeps_grid(tmp_path, capsys):
     assert "num_majority=20 is invalid" in err
 
 
+@pytest.mark.parametrize("order", ["600,300", "300,600"])
+def test_preflight_checks_every_data_setting(tmp_path, capsys, order):
+    # demo's majority classes have 400 images: n_max=600 fails preflight whatever its place in the grid
+    err = _bad_relaunch(tmp_path, capsys, "--set", f"n_max={order}")
+    assert "asks for 600" in err and "only 400 are available" in err
+
+
+@pytest.mark.parametrize("args, shown", [(("--majority-combos", "0"), "'0'"), (("--majority-combos=-1",), "'-1'"),
+                                         (("--majority-combos", "most"), "'most'"),
+                                         (("--majority-combos", "0", "--presets", "stl10"), "'0'")])  # balanced too
+def test_bad_majority_combos_names_the_flag(tmp_path, capsys, args, shown):
+    err = _bad_relaunch(tmp_path, capsys, *args)
+    assert f"--majority-combos {shown} is invalid: give 'all' or a whole number >= 1" in err and "sample=" not in err
+
+
 @pytest.mark.parametrize("args, msg", [
     (("--seeds", "0"), "--seeds gives no seeds: give a count >= 1"),
     (("--seeds", "-1"), "--seeds gives no seeds"),
@@ -198,6 +251,12 @@ def test_unknown_preset_or_method_lists_the_valid_names(tmp_path, capsys):
     assert "--methods: unknown method 'nope'; choose from delta, dfg, difa_cmwgan, finetune, original" in err
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         expand_grid("g", ["nope"], ["dfg"], [0], majority_combos="all")
+
+
+def test_a_runs_folder_that_cannot_be_written_is_named_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dfg.sweep.writable_problem", lambda folder: "OSError: Read-only file system")
+    err = _bad_relaunch(tmp_path, capsys, "--set", "rho=0.25")
+    assert f"cannot write runs into {tmp_path / 'runs'} (OSError: Read-only file system); choose a runs folder" in err
 
 
 @pytest.mark.parametrize("n", ["0", "-2"])
