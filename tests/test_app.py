@@ -28,15 +28,19 @@ def runs(tiny_dfg_run, tmp_path_factory):
     return root, tiny_dfg_run.data_root
 
 
-@pytest.fixture
-def app(runs, monkeypatch):
-    root, data_root = runs
+def app_on(root, data_root, monkeypatch) -> AppTest:
+    """The app on its first page, with runs under root and data under data_root."""
     monkeypatch.setenv("DFG_RUNS_DIR", str(root))
     monkeypatch.setenv("DFG_DATA_ROOT", str(data_root))
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+@pytest.fixture
+def app(runs, monkeypatch):
+    return app_on(*runs, monkeypatch)
 
 
 def goto(at: AppTest, page: str) -> AppTest:
@@ -146,15 +150,6 @@ def test_delta_slider_reaches_above_every_weight(app, runs):
     assert table["active"].tolist() == [0] * len(table) and set(table["strongest filter"]) == {"—"}
 
 
-def app_on(root, data_root, monkeypatch) -> AppTest:
-    monkeypatch.setenv("DFG_RUNS_DIR", str(root))
-    monkeypatch.setenv("DFG_DATA_ROOT", str(data_root))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_sidebar_keeps_the_users_pick_while_a_run_moves_and_follows_links(runs, tmp_path, monkeypatch):
     """A live run rewrites its label ("running 380/600") between two refreshes; the pick must survive it."""
     root, data_root = runs
@@ -199,12 +194,7 @@ def test_progress_of_a_run_whose_folder_is_gone(runs, tmp_path):
 
 def open_train_page(tmp_path, monkeypatch):
     """The app on its Train page, with runs and data under tmp_path."""
-    monkeypatch.setenv("DFG_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DFG_DATA_ROOT", str(tmp_path / "data"))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    goto(at, "train")
-    return at
+    return goto(app_on(tmp_path / "runs", tmp_path / "data", monkeypatch), "train")
 
 
 def test_train_page_refuses_invalid_rho_and_creates_nothing(tmp_path, monkeypatch):
