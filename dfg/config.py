@@ -307,6 +307,8 @@ def validate(cfg: Config) -> Config:
     _need(cfg.optimizer_ec in CHOICES["optimizer_ec"], "optimizer_ec", cfg.optimizer_ec, "choose adam or sgd")
     _need(cfg.transfer_reg in CHOICES["transfer_reg"], "transfer_reg", cfg.transfer_reg,
           "choose auto, none, delta or l2sp")
+    _need(cfg.method != "original" or cfg.transfer_reg in ("auto", "none"), "transfer_reg", cfg.transfer_reg,
+          "Original trains from scratch: there is no source model to regularise towards; use auto or none")
     _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
           "must lie in [0, 1)")
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,

@@ -162,8 +162,13 @@ def summary_markdown(summary: list[dict], by: list[str]) -> str:
     return text + ("\nNotes:\n" + "\n".join(notes) + "\n" if notes else "")
 
 
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _tex(text: str) -> str:
-    return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    """Every LaTeX special character escaped, in one pass (the braces that escapes add stay as they are)."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
 def _tex_pm(mean, std) -> str:

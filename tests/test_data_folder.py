@@ -75,6 +75,10 @@ def test_folder_train_test_layout(tmp_path):
                 _img("RGB", seed=i).save(tmp_path / part / c / f"{i}.png")
     b = build_data("folder", backbone="lenet", root=str(tmp_path), folder=str(tmp_path), imbalance="none")
     assert len(b.train) == 4 and len(b.test) == 4 and not b.warnings
+    (tmp_path / "test" / "c").mkdir()  # a class only the test split has: its images would be dropped silently
+    _img("RGB").save(tmp_path / "test" / "c" / "0.png")
+    with pytest.raises(DataError, match=r"has class sub-folder\(s\) \['c'\] that .*train lacks; add them to train/"):
+        build_data("folder", backbone="lenet", root=str(tmp_path), folder=str(tmp_path), imbalance="none")
 
 
 def test_one_class_folder_is_an_error(tmp_path):

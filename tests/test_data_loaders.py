@@ -4,6 +4,8 @@ import gzip
 import os
 import struct
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,9 @@ def test_gray_conversion_matches_pillow_and_stl_like_resize():
     assert all(np.array_equal(ours[i], np.asarray(Image.fromarray(rgb[i]).convert("L"))) for i in range(3))
     t = adapt_array(rgb, BACKBONE_INPUT["lenet"])                             # STL-10-like 96 → 32, gray
     assert t.shape == (3, 1, 32, 32) and t.dtype == torch.uint8
+    gray3 = adapt_array(rgb, replace(BACKBONE_INPUT["vgg16"], gray=True))     # gray images for a 3-channel net
+    assert gray3.shape == (3, 3, 32, 32) and torch.equal(gray3[:, 0], gray3[:, 2])
+    assert torch.equal(gray3[:, :1], adapt_array(rgb_to_gray(rgb), BACKBONE_INPUT["lenet"]))
 
 
 def _tiny(path, seed=0, size=(8, 8)):

@@ -100,6 +100,8 @@ BAD = {
     "flag-and-set": (["--set", "rho=0.5", "--rho", "0.6"], "rho is set twice"),
     "head-refit": (["--set", "head_refit=sometimes"], "head_refit='sometimes' is invalid"),
     "short-classes": (["--set", "short_classes=some"], "short_classes='some' is invalid"),
+    "original-reg": (["--set", "method=original", "--set", "transfer_reg=l2sp"], "transfer_reg='l2sp' is invalid: "
+                     "Original trains from scratch: there is no source model to regularise towards; use auto or none"),
     "class-too-small": (["--set", "n_max=600"], "only 400 are available; lower n_max to at most 400 (or leave it "
                         "unset), or set short_classes=all"),
 }

@@ -293,6 +293,10 @@ def test_paper_values_and_rendering():
     assert "| F-MNIST | Original | 1 | 70.00 ± — | 77.13 ± 3.24 |" in md and "boom" in md
     tex = summary_latex(summary, [])
     assert r"$82.00 \pm 2.00$ & $82.65 \pm 0.28$" in tex
+    odd = [{**r, "folder": "/d/a_b#1$x{y}~^%&\\"} for r in rows[:1]]
+    row = [line for line in summary_latex(summarise([], ["folder"], rows=odd), ["folder"]).splitlines()
+           if "DFG" in line][0]
+    assert (r"/d/a\_b\#1\$x\{y\}\textasciitilde{}\textasciicircum{}\%\&\textbackslash{}" in row), row
 
 
 def test_table2_is_the_papers_table_digit_by_digit():

@@ -83,6 +83,11 @@ def load_folder(folder: str | os.PathLike, root: str | os.PathLike | None, spec:
         where = parts.get("train", path)
         raise DataError(f"folder {where} has {len(classes)} class sub-folder(s) {list(classes)}; a classifier needs "
                         f"at least 2: {where}/<class>/<image files>")
+    if split_dirs:
+        only_test = sorted({d.name for d in _class_dirs(parts["test"])} - set(classes))
+        if only_test:  # their images would silently be left out of the test set
+            raise DataError(f"folder {parts['test']} has class sub-folder(s) {only_test} that {parts['train']} lacks; "
+                            "add them to train/ or remove them from test/")
     files = {part: [(f, c) for c, name in enumerate(classes) for f in _candidates(p / name, _root(root))]
              for part, p in parts.items()}
     n = sum(len(v) for v in files.values())

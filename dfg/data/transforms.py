@@ -51,8 +51,8 @@ def adapt_array(images: np.ndarray, spec: BackboneInput) -> torch.Tensor:
     28×28 is zero-padded to 32×32 (the paper's F-MNIST recipe); other sizes are resized (PIL bilinear)."""
     if images.ndim == 4 and (spec.channels == 1 or spec.gray):
         images = rgb_to_gray(images)
-    elif images.ndim == 3 and spec.channels == 3:
-        images = np.repeat(images[..., None], 3, axis=-1)         # gray replicated to RGB
+    if images.ndim == 3 and spec.channels == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)         # gray (or made gray) replicated to RGB
     n, h, w = images.shape[:3]
     s = spec.size
     if (h, w) == (28, 28) and s == 32:
