@@ -6,7 +6,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from dfg.metrics import confusion, scores
 
 
-@pytest.mark.filterwarnings("ignore:A single label was found")
+@pytest.mark.filterwarnings("ignore:A single label was found", "ignore:y_pred contains classes not in y_true")
 @pytest.mark.parametrize("y, p", [([0, 1, 2, 2, 1], [0, 2, 2, 2, 1]),   # mixed
                                   ([1, 1, 1], [0, 1, 1]),                # a predicted class absent from the test
                                   ([0, 0, 1, 2], [0, 0, 0, 0]),          # classes never predicted
