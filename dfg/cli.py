@@ -27,6 +27,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                            help=argparse.SUPPRESS)
 
 
+def _env_data_root(given) -> str | None:
+    """DFG_DATA_ROOT, as the app reads it, when the command line's `given` field names hold no data_root."""
+    return None if "data_root" in given else os.environ.get(DATA_ROOT_ENV) or None
+
+
 def config_from_args(args) -> Config:
     """The preset with the command line's values. A field given twice (two --set, or --set and its --flag)
     is refused rather than silently resolved. A relative data_root is made absolute, so `eval` and `resume`
@@ -46,8 +51,8 @@ def config_from_args(args) -> Config:
                 raise ConfigError(f"{name} is set twice (--set {name}={overrides[name]} and "
                                   f"--{name.replace('_', '-')} {v}); give it once")
             overrides[name] = v
-    if "data_root" not in overrides and os.environ.get(DATA_ROOT_ENV):
-        overrides["data_root"] = os.environ[DATA_ROOT_ENV]  # as in the app
+    if env := _env_data_root(overrides):
+        overrides["data_root"] = env
     cfg = make_config(args.preset, overrides)
     return dataclasses.replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
 
@@ -277,8 +282,8 @@ def cmd_sweep(args) -> int:
     """A grid of runs (dfg/sweep.py); prints its results table. Exit 1 when a run failed."""
     from .sweep import parse_seeds, run_sweep, split_commas
     sets = list(args.set)
-    if os.environ.get(DATA_ROOT_ENV) and not any(t.split("=", 1)[0].strip() == "data_root" for t in sets):
-        sets.insert(0, f"data_root={os.environ[DATA_ROOT_ENV]}")  # as in the app and `train`
+    if env := _env_data_root({t.split("=", 1)[0].strip() for t in sets}):
+        sets.insert(0, f"data_root={env}")
     try:
         res = run_sweep(args.runs_dir, split_commas(args.presets), split_commas(args.methods), parse_seeds(args.seeds),
                         name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,

@@ -172,7 +172,8 @@ def parse_value(name: str, text: str):
             return tuple(int(t) for t in text.replace(",", " ").split()) if text else ()
         return str(text)
     except ValueError:
-        allowed = {bool: " (true or false)", int: " (a whole number; above 2^53 write it in digits)", float: " (a number)"}.get(kind, "")
+        allowed = {bool: " (true or false)", int: " (a whole number; above 2^53 write it in digits)",
+                   float: " (a number)"}.get(kind, "")
         raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}{allowed}") from None
 
 
@@ -261,12 +262,12 @@ def validate(cfg: Config) -> Config:
     _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
           "ImageNet weights exist for backbone=resnet50 only")
     _need(cfg.dataset != "folder" or bool(cfg.folder), "folder", cfg.folder, "set folder=<path> for dataset=folder")
-    for f in fields(cfg):  # NaN/inf slip through range checks (nan compares False, inf >= 0)
-        v = getattr(cfg, f.name)
-        _need(not isinstance(v, float) or v == v and abs(v) != float("inf"), f.name, v, "must be a finite number")
     _need(0 <= cfg.seed < 2 ** 63, "seed", cfg.seed, "must be a whole number in [0, 2^63)")
-    for f in fields(cfg):  # torch and the data code take C ints: a larger count would fail deep inside a run
+    for f in fields(cfg):
         v = getattr(cfg, f.name)
+        # NaN/inf slip through range checks (nan compares False, inf >= 0)
+        _need(not isinstance(v, float) or v == v and abs(v) != float("inf"), f.name, v, "must be a finite number")
+        # torch and the data code take C ints: a larger count fails here, not deep inside a run
         if f.name != "seed" and isinstance(v, int) and not isinstance(v, bool):
             _need(v < 2 ** 31, f.name, v, "must be below 2^31")
     _need(cfg.data_root.strip() != "", "data_root", cfg.data_root, "must name a folder (default: data)")

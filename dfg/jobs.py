@@ -39,6 +39,14 @@ def launch(run: Run) -> int:
     return proc.pid
 
 
+def check_runs_folder(root: str | Path) -> None:
+    """New runs (and a sweep's tables) are written under root: say so plainly when they cannot be."""
+    problem = writable_problem(root)
+    if problem:
+        raise RunError(f"cannot write runs into {root} ({problem}); choose a runs folder you can write to "
+                       "(--runs-dir)")
+
+
 def check_writable(run: Run) -> None:
     """Training writes into the run folder: say so plainly when it cannot (a read-only mount)."""
     problem = writable_problem(run.path)
@@ -63,10 +71,7 @@ def create_checked(cfg, runs_dir: str | Path, run_id: str):
     run = Run(runs_dir, run_id)  # checks the id
     if run.path.exists():
         raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
-    problem = writable_problem(run.root)
-    if problem:
-        raise RunError(f"cannot write runs into {run.root} ({problem}); choose a runs folder you can write to "
-                       "(--runs-dir)")
+    check_runs_folder(run.root)
     data = preflight(cfg)
     return Run.create(runs_dir, run_id, cfg.to_dict()), data
 

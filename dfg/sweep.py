@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, absolute_path, make_config, parse_value
-from .fileio import writable_problem
 from .presets import PRESETS
 from .runstore import RUN_ID, Run, atomic_write_json, check_run_id
 from .tables import rho_curve, run_row, summarise, write_tables
@@ -211,6 +210,7 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
               parallel: int | None = None, log=print) -> dict:
     """Expand, run what is not done yet (finished runs are skipped, others resumed), write the tables."""
     from .executors import DONE, action_for, make_executor, preflight_all, reporter
+    from .jobs import check_runs_folder
 
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel must be >= 1 (got {parallel}): the number of runs at a time on CPU; "
@@ -227,10 +227,7 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
     # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
     grid = _grid_json(name, cells, args, by)
-    problem = writable_problem(runs_dir)  # the tables are written even when every run is done
-    if problem:
-        raise ConfigError(f"cannot write runs into {runs_dir} ({problem}); choose a runs folder you can write "
-                          "to (--runs-dir)")
+    check_runs_folder(runs_dir)  # the tables are written even when every run is done
     ex = None
     if todo:
         preflight_all([(c.run_id, c.config()) for c in todo], log)

@@ -254,7 +254,7 @@ def test_unknown_preset_or_method_lists_the_valid_names(tmp_path, capsys):
 
 
 def test_a_runs_folder_that_cannot_be_written_is_named_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("dfg.sweep.writable_problem", lambda folder: "OSError: Read-only file system")
+    monkeypatch.setattr("dfg.jobs.writable_problem", lambda folder: "OSError: Read-only file system")
     err = _bad_relaunch(tmp_path, capsys, "--set", "rho=0.25")
     assert f"cannot write runs into {tmp_path / 'runs'} (OSError: Read-only file system); choose a runs folder" in err
 
