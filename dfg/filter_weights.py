@@ -57,7 +57,7 @@ def loss_increase(extractor: Extractor, classifier: nn.Module, x: torch.Tensor, 
     base = F.cross_entropy(classifier(e), y, reduction="none")  # (N,)
     bias = extractor.last_conv.bias
     fill = bias.view(nf, 1, 1) if (keep_bias and bias is not None) else None
-    out = torch.empty(n, nf, device=h.device)
+    out = torch.empty(n, nf, device=h.device, dtype=base.dtype)
     split = _first_conv_split(classifier)
     batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
                       for net in (extractor, classifier) for m in net.modules())
@@ -111,7 +111,7 @@ def class_weights(per_sample: torch.Tensor, y: torch.Tensor, num_classes: int) -
     """Eq. 6: W(c) = nf · mean_{i: y_i = c} W(x_i) — each class row averages 1. Returns (K, nf);
     a class with no sample gets the uniform row (all ones)."""
     nf = per_sample.shape[1]
-    sums = torch.zeros(num_classes, nf, device=per_sample.device).index_add_(0, y, per_sample)
+    sums = torch.zeros(num_classes, nf, device=per_sample.device, dtype=per_sample.dtype).index_add_(0, y, per_sample)
     counts = torch.bincount(y, minlength=num_classes).clamp(min=1).unsqueeze(1)
     w = nf * sums / counts
     w[torch.bincount(y, minlength=num_classes) == 0] = 1.0

@@ -129,3 +129,12 @@ def test_first_conv_shortcut_equals_the_plain_batched_path():
         plain = fw.loss_increase(e, plain_c, x, y, keep_bias=keep_bias)
         assert fast.abs().max() > 1e-3  # removing a filter does change the loss
         assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_class_weights_keep_float64_and_average_per_class():
+    """Eq. 6 in the inputs' dtype (float64 stays float64, as the float64 checks of the ablations need)."""
+    per_sample = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], dtype=torch.float64)
+    w = fw.class_weights(per_sample, torch.tensor([0, 0, 2]), num_classes=3)
+    assert w.dtype == torch.float64
+    torch.testing.assert_close(w, torch.tensor([[0.8, 1.2], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
+                               atol=1e-15, rtol=0)
