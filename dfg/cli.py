@@ -280,7 +280,8 @@ def _add_sweep_parser(sub) -> None:
 
 def cmd_sweep(args) -> int:
     """A grid of runs (dfg/sweep.py); prints its results table. Exit 1 when a run failed."""
-    from .sweep import parse_seeds, run_sweep, split_commas
+    from .grid import parse_seeds, split_commas
+    from .sweep import run_sweep
     sets = list(args.set)
     if env := _env_data_root({t.split("=", 1)[0].strip() for t in sets}):
         sets.insert(0, f"data_root={env}")

@@ -14,7 +14,8 @@ from dfg.data import majority_combinations
 from dfg.executors import cpu_cores
 from dfg.paper import TABLE2, figure6_top1, paper_top1
 from dfg.runstore import Run, check_run_id
-from dfg.sweep import expand_grid, list_sweeps, load_sweep, parse_seeds, parse_sets, run_sweep, varied
+from dfg.grid import expand_grid, parse_seeds, parse_sets, varied
+from dfg.sweep import list_sweeps, load_sweep, run_sweep
 from dfg.tables import rho_curve, summarise, summary_latex, summary_markdown
 
 TINY = ["steps=6", "pretrain_steps=20", "head_refit_steps=5", "log_every=3", "eval_every=6", "ckpt_every=6",
@@ -90,7 +91,7 @@ def test_ray_sweep(dirs):
 
 
 def test_importing_dfg_does_not_import_ray():
-    code = "import sys, dfg, dfg.sweep, dfg.executors, dfg.tables, dfg.cli; print('ray' in sys.modules)"
+    code = "import sys, dfg, dfg.grid, dfg.sweep, dfg.executors, dfg.tables, dfg.cli; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 
