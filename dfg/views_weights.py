@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from .filter_weights import attention, blend
 from .paper import figure6_top1
-from .runstore import Run, list_runs
+from .runstore import Run, RunError, list_runs
 
 
 def class_names(run: Run, num_classes: int) -> list[str]:
@@ -42,11 +42,46 @@ def heatmap(w: np.ndarray, title: str, names: list[str], zmax: float, minority: 
     return fig
 
 
-def weight_view(run: Run, step: int, rho: float, delta: float) -> dict:
+_LOADED: dict[tuple, dict[str, np.ndarray]] = {}  # (file, inode, mtime_ns, size) → its arrays
+
+
+def weight_history(run: Run) -> tuple[dict[int, dict[str, np.ndarray]], list[str]]:
+    """Every recorded step's stored weights, {step: {"w_source", "w_target", "w_star", …}}, and one
+    message per file that could not be read (damaged, or not plain arrays); those steps are left out.
+    A file is read once per process and reused while it is the same file (inode, modification time, size), so
+    a slider move reads nothing from disk; a file rewritten in place (a resumed run's step) is read again."""
+    history, problems, seen = {}, [], set()
+    folder = run.path / "filter_weights"
+    for step in run.filter_weight_steps():
+        path = folder / f"w_{step:08d}.npz"
+        try:
+            st = path.stat()
+            key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)  # an atomic rewrite is a new inode
+            if key not in _LOADED:
+                w = run.load_filter_weights(step)
+                shapes = {np.shape(w.get(k)) for k in ("w_source", "w_target", "w_star")}
+                if len(shapes) != 1 or len(shapes.pop()) != 2:
+                    raise RunError(f"{path} does not hold W(E_S), W(E) and W* as three arrays of one "
+                                   f"class × filter shape (it holds {sorted(w)})")
+                _LOADED[key] = w
+        except FileNotFoundError:  # removed between the listing and now
+            continue
+        except RunError as e:
+            problems.append(str(e))
+            continue
+        history[step] = _LOADED[key]
+        seen.add(key)
+    for key in [k for k in _LOADED if Path(k[0]).parent == folder and k not in seen]:
+        del _LOADED[key]  # superseded versions of this run's files
+    return history, problems
+
+
+def weight_view(run: Run, step: int, rho: float, delta: float, stored: dict | None = None) -> dict:
     """Everything the page shows for one recorded step and a chosen ρ/δ: the three heatmaps, the
-    recomputed W* (array), whether it equals the recorded one, and the deactivated-channel table."""
+    recomputed W* (array), whether it equals the recorded one, and the deactivated-channel table.
+    `stored`: that step's weights when the caller has them (weight_history), else they are read."""
     cfg = run.config()
-    stored = run.load_filter_weights(step)
+    stored = run.load_filter_weights(step) if stored is None else stored
     w_star = recompute_w_star(stored, rho, delta, cfg)
     names = class_names(run, w_star.shape[0])
     minority = set((run.read_json("data.json") or {}).get("minority") or [])
@@ -76,10 +111,11 @@ def deactivated_table(w_star: np.ndarray, names: list[str], minority: set[int] =
     return rows
 
 
-def delta_max(run: Run, steps: list[int], delta: float) -> float:
-    """Top of the δ slider: 2, the run's own δ, or just above the largest recorded weight, whichever is
-    largest, so that 'δ above every weight' (W* all zero) can be set. A blend never exceeds its parts."""
-    top = max(float(np.max(w[k])) for w in map(run.load_filter_weights, steps) for k in ("w_source", "w_target"))
+def delta_max(history: dict[int, dict], delta: float) -> float:
+    """Top of the δ slider: 2, the run's own δ, or just above the largest recorded weight (of
+    weight_history's steps), whichever is largest, so that 'δ above every weight' (W* all zero) can be
+    set. A blend never exceeds its parts."""
+    top = max(float(np.max(w[k])) for w in history.values() for k in ("w_source", "w_target"))
     return float(np.ceil(max(2.0, delta, top + 0.05) * 20) / 20)
 
 
@@ -89,11 +125,11 @@ def representative_filters(weights: dict, count: int = 2) -> list[int]:
     return [int(j) for j in np.argsort(-spread)[:count]]
 
 
-def figure5(run: Run, filters: list[int], rhos=(0.75, 0.0)) -> go.Figure:
+def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 0.0)) -> go.Figure:
     """Paper Fig. 5: blended weight ρ·W(E_S) + (1−ρ)·W(E) of each chosen filter per class, one panel per
-    (filter, ρ), one line per recorded step (later steps darker); red line = equality of all filters (1)."""
-    steps = run.filter_weight_steps()
-    stored = {s: run.load_filter_weights(s) for s in steps}
+    (filter, ρ), one line per recorded step of `history` (weight_history; later steps darker); red line =
+    equality of all filters (1)."""
+    steps, stored = sorted(history), history
     num_classes = stored[steps[0]]["w_source"].shape[0]
     names = class_names(run, num_classes)
     fig = make_subplots(rows=len(filters), cols=len(rhos), shared_yaxes=True,

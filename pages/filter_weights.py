@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dfg.runstore import Run
-from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_view
+from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_history, weight_view
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -13,7 +13,10 @@ if not run_id:
     st.info("No run selected: pick one in the sidebar.")
     st.stop()
 run = Run(root, run_id)
-steps = run.filter_weight_steps()
+history, problems = weight_history(run)  # each file read once, reused across reruns
+for problem in problems:
+    st.warning(f"{problem}; that step is left out.")
+steps = sorted(history)
 if not steps:
     st.info(f"{run_id} has no recorded filter weights yet (method {run.config().get('method')!r}: only DFG "
             "records them, at step 0 and every nW steps).")
@@ -24,10 +27,10 @@ step = c[0].select_slider("Recorded step", steps, value=steps[-1], key=f"fw.step
                           help="W(E) is recomputed every nW steps; each recompute is stored")
 rho = c[1].slider("ρ", 0.0, 1.0, float(cfg["rho"]), 0.05, key=f"fw.rho.{run_id}",
                   help="W = ρ·W(E_S) + (1−ρ)·W(E) (Eq. 7); 1 = the source model's weights only")
-delta = c[2].slider("δ", 0.0, delta_max(run, steps, float(cfg["delta"])), float(cfg["delta"]), 0.05,
+delta = c[2].slider("δ", 0.0, delta_max(history, float(cfg["delta"])), float(cfg["delta"]), 0.05,
                     key=f"fw.delta.{run_id}",
                     help="weights below δ are set to 0 (rows average 1)")
-view = weight_view(run, step, rho, delta)
+view = weight_view(run, step, rho, delta, history[step])
 c = st.columns(3)
 for col, name in zip(c, ["w_source", "w_target", "w_star"]):
     col.plotly_chart(view[name], key=f"fw.{name}", width="stretch")
@@ -49,7 +52,7 @@ filters = st.multiselect("Filters", list(range(view["num_filters"])), default=vi
                          format_func=lambda j: f"f{j}", key=f"fw.filters.{run_id}",
                          help="default: the two filters whose source weights differ most between classes")
 if filters:
-    st.plotly_chart(figure5(run, filters), key="fw.fig5", width="stretch")
+    st.plotly_chart(figure5(run, filters, history), key="fw.fig5", width="stretch")
     st.caption("ρ·W(E_S) + (1−ρ)·W(E) before the δ threshold, one line per recorded step (later = darker). "
                "Red: equality of all filters. The paper finds ρ=0 drifts to the line; ρ=0.75 keeps class structure.")
 

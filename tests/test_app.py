@@ -15,6 +15,7 @@ from dfg.filter_weights import attention
 from dfg.presets import PRESETS
 from dfg.runstore import Run
 from dfg.views import field_of_error
+from dfg.views_weights import delta_max, weight_history
 from dfg.views_losses import ema, new_tail, present_keys, update_tail
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -148,6 +149,41 @@ def test_delta_slider_reaches_above_every_weight(app, runs):
     assert not app.exception
     table = app.dataframe[0].value
     assert table["active"].tolist() == [0] * len(table) and set(table["strongest filter"]) == {"—"}
+
+
+def test_weight_history_reads_each_file_once_and_a_rewritten_one_again(runs, tmp_path, monkeypatch):
+    """Slider moves rerun the page; the weight files are read once, and again only when rewritten."""
+    root, _ = runs
+    shutil.copytree(root / "tiny", tmp_path / "tiny")
+    run = Run(tmp_path, "tiny")
+    steps = run.filter_weight_steps()
+    reads = []
+    real = Run.load_filter_weights
+    monkeypatch.setattr(Run, "load_filter_weights", lambda self, step: reads.append(step) or real(self, step))
+    first, _ = weight_history(run)
+    again, problems = weight_history(run)
+    assert reads == steps and sorted(again) == steps and not problems
+    assert all(again[s] is first[s] for s in steps)  # served from memory
+    stored = {k: v for k, v in first[steps[-1]].items() if k != "step"}
+    run.save_filter_weights(steps[-1], **{**stored, "w_target": stored["w_target"] + 1.0})
+    third, _ = weight_history(run)
+    assert reads == steps + [steps[-1]]
+    assert np.allclose(third[steps[-1]]["w_target"], stored["w_target"] + 1.0)
+    assert delta_max(third, 0.95) > float(stored["w_target"].max()) + 1.0
+
+
+def test_a_damaged_weight_file_is_named_and_the_other_steps_still_show(runs, tmp_path, monkeypatch):
+    root, data_root = runs
+    shutil.copytree(root / "tiny", tmp_path / "tiny")
+    steps = Run(tmp_path, "tiny").filter_weight_steps()
+    bad = tmp_path / "tiny" / "filter_weights" / f"w_{steps[-1]:08d}.npz"
+    bad.write_bytes(b"not an npz file")
+    np.savez(tmp_path / "tiny" / "filter_weights" / f"w_{steps[0]:08d}.npz", w_star=np.ones((3, 4)))
+    at = goto(app_on(tmp_path, data_root, monkeypatch), "filter_weights")
+    warnings = [w.value for w in at.warning]
+    assert any(str(bad) in w and "damaged" in w for w in warnings), warnings
+    assert any("does not hold W(E_S), W(E) and W*" in w for w in warnings), warnings
+    assert list(at.select_slider(key="fw.step.tiny").options) == [str(s) for s in steps[1:-1]]
 
 
 def test_sidebar_keeps_the_users_pick_while_a_run_moves_and_follows_links(runs, tmp_path, monkeypatch):
