@@ -291,3 +291,26 @@ def test_config_errors_map_to_the_field_they_name(overrides, field):
     with pytest.raises(ConfigError) as err:
         make_config("demo", overrides)
     assert field_of_error(err.value) == field
+
+
+def test_resume_on_the_train_page_launches_the_run_and_the_list_shows_it_active(runs, tmp_path, monkeypatch):
+    """Resume launches the worker (dfg.jobs.launch), reruns the whole page (so the list polls again) and
+    says so; the stopped run's Resume button gives way to Stop."""
+    root, data_root = runs
+    shutil.copytree(root / "tiny", tmp_path / "r")
+    Run(tmp_path, "r").set_status(state="stopped", error=None)
+    launched = []
+
+    def fake_launch(run):
+        launched.append(run.id)
+        run.set_status(state="created")  # what jobs.launch leaves before its worker starts
+        return 0
+    monkeypatch.setattr("dfg.jobs.launch", fake_launch)
+    at = goto(app_on(tmp_path, data_root, monkeypatch), "train")
+    assert not [b for b in at.button if b.key == "stop.r"]
+    at.button(key="resume.r").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert launched == ["r"]
+    assert [t.value for t in at.toast] == ["Resumed r from its last checkpoint"]
+    keys = {b.key for b in at.button}
+    assert "stop.r" in keys and "resume.r" not in keys
