@@ -221,7 +221,7 @@ def _compute(run: Run, ckpt: tuple, method: str, n: int, seed: int, device, prog
         progress(0.4, "scoring label agreement and real/generated separability")
         meta = {"run_id": run.id, "step": int(step), "n": n, "seed": seed, "class_names": list(data.class_names),
                 "has_generator": has_generator(m), "metrics": feature_metrics(fs, seed=seed),
-                "feature_name": m.feature_name}
+                "feature_name": m.feature_name, "weighted": getattr(m, "channel_weights", lambda: None)() is not None}
         hit = _remember(_features, fkey, (fs, meta), FEATURE_ENTRIES)
     fs, meta = hit
     progress(0.5, f"projecting {len(fs.labels)} points with {method.upper()}")

@@ -26,14 +26,23 @@ class Composed(nn.Module):
 
 
 def default_layer(method) -> nn.Module:
-    """The layer whose maps Grad-CAM weighs: ResNet-50's last bottleneck (its output, after the residual
-    add), else C's last Conv2d; a C without convolutions falls back to E's last conv."""
+    """The layer whose maps Grad-CAM weighs, always the rectified maps the rest of the net reads: ResNet-50's
+    last bottleneck (its output, after the residual add and ReLU), else the ReLU right after C's last Conv2d
+    (the conv itself when no ReLU module follows it); a C without convolutions falls back to E's last conv.
+    (The conv's pre-activation output would count activations the ReLU discards: zero gradient, yet
+    negative values that pull the map down.)"""
     from torchvision.models.resnet import Bottleneck
     blocks = [m for m in method.classifier.modules() if isinstance(m, Bottleneck)]
     if blocks:
         return blocks[-1]
-    convs = [m for m in method.classifier.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1] if convs else method.extractor.last_conv
+    mods = list(method.classifier.modules())
+    convs = [i for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return method.extractor.last_conv
+    i = convs[-1]
+    after = mods[i + 1] if i + 1 < len(mods) else None
+    used_once = sum(m is after for m in mods) == 1  # a shared ReLU module would fire the hook more than once
+    return after if isinstance(after, nn.ReLU) and not after.inplace and used_once else mods[i]
 
 
 def gradcam(method, x: torch.Tensor, target: torch.Tensor | Sequence[int] | None = None,
@@ -87,15 +96,30 @@ def overlay(image: torch.Tensor | np.ndarray, cam: np.ndarray, *, alpha: float =
     return np.clip(np.rint(((1 - alpha) * rgb + alpha * heat) * 255), 0, 255).astype(np.uint8)
 
 
+def _same_images(a, b) -> bool:
+    """Whether two test sets hold the same images: the stored uint8 tensors, or the same files / arrays that
+    are decoded one at a time (dfg.data.images); True for other dataset types (labels and sizes decide)."""
+    if hasattr(a, "images") and hasattr(b, "images"):
+        return torch.equal(a.images, b.images)
+    if hasattr(a, "items") and hasattr(b, "items"):
+        if isinstance(a.items, np.ndarray) or isinstance(b.items, np.ndarray):
+            return isinstance(a.items, np.ndarray) and isinstance(b.items, np.ndarray) \
+                and np.array_equal(a.items, b.items)
+        return list(a.items) == list(b.items)
+    return True
+
+
 def _check_same_test_set(restored: list[tuple], runs: list[Run]) -> None:
     ref = restored[0][1]
     for (cfg, data, _, _), run in zip(restored[1:], runs[1:]):
         same = (len(data.test) == len(ref.test) and data.image_size == ref.image_size
                 and data.in_channels == ref.in_channels
-                and np.array_equal(np.asarray(data.test.labels), np.asarray(ref.test.labels)))
+                and np.array_equal(np.asarray(data.test.labels), np.asarray(ref.test.labels))
+                and _same_images(data.test, ref.test))
         if not same:
             raise ValueError(f"run {run.id!r} has a different test set than {runs[0].id!r} (dataset, limit_test "
-                             "or backbone input differ); compare runs made on the same dataset and backbone")
+                             "and its seed, or backbone input differ); compare runs made on the same dataset and "
+                             "backbone")
 
 
 def _select(idx: np.ndarray, only: str, ref, limit: int | None) -> np.ndarray:

@@ -67,6 +67,9 @@ def project(features: np.ndarray, method: str, *, seed: int = 0, n_jobs: int = T
         raise ValueError(f"need a 2-D array of at least 5 points to project, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or Inf (a diverged run?); pick an earlier checkpoint or another run")
+    if not np.ptp(x, axis=0).any():
+        raise ValueError(f"all {len(x)} feature vectors are identical (a dead extractor: every ReLU output zero?), "
+                         "so there is nothing to project; pick an earlier checkpoint or another run")
     with one_thread():
         if method == "pca":
             out = pca(x, 2, seed)
@@ -74,6 +77,9 @@ def project(features: np.ndarray, method: str, *, seed: int = 0, n_jobs: int = T
             x50 = pca(x, PRE_PCA, seed) if x.shape[1] > PRE_PCA else x
             out = _tsne(x50, seed, n_jobs) if method == "tsne" else _umap(x50, seed)
     out = np.asarray(out, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{method} gave non-finite coordinates (nearly identical features?); try PCA, more points "
+                         "or another checkpoint")
     return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))) if out.shape[1] < 2 else out  # D = 1 edge case
 
 

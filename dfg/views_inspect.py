@@ -10,7 +10,10 @@ import pandas as pd
 from .paper import method_label
 from .runstore import Run, list_runs
 
-GRADCAM_METHODS = ("original", "finetune", "delta", "dfg")  # the paper's Fig. 3-4 columns
+GRADCAM_METHODS = ("original", "finetune", "delta", "dfg", "difa_cmwgan")  # Fig. 3-4's columns, then DIFA+cMWGAN
+# config fields that decide the test images a run is evaluated on (with the dataset): runs that differ in one
+# cannot be compared image by image
+TEST_SET_FIELDS = ("dataset", "backbone", "limit_test", "image_size", "grayscale", "folder")
 
 
 def has_checkpoint(run: Run) -> bool:
@@ -52,9 +55,9 @@ def embedding_chart(result: dict, size: int = 360) -> alt.HConcatChart:
         brush, alt.Color("kind:N", title="real / generated",
                          scale=alt.Scale(domain=["real", "generated"], range=["#1f77b4", "#ff7f0e"])),
         alt.value("lightgray"))).properties(title="real vs generated")
+    kinds = " and generated G(z, ŷ)" if result.get("has_generator", True) else ""
     return alt.hconcat(by_class, by_kind).resolve_scale(color="independent").properties(
-        title=f"{result['method'].upper()} of real {result.get('feature_name', 'E(x)')} "
-              "and generated G(z, ŷ) features")
+        title=f"{result['method'].upper()} of real {result.get('feature_name', 'E(x)')}{kinds} features")
 
 
 def embedding_summary(result: dict) -> str:
@@ -72,12 +75,21 @@ def embedding_summary(result: dict) -> str:
     return text
 
 
-def comparable_runs(root: str | Path, dataset: str) -> dict[str, list[str]]:
-    """{method: ids of runs with a checkpoint on `dataset`, newest first} for the Grad-CAM columns."""
+def comparable_runs(root: str | Path, like: dict | str) -> dict[str, list[str]]:
+    """{method: ids of runs with a checkpoint and the same test set as the run config `like` (dataset,
+    backbone, limit_test, ...: TEST_SET_FIELDS, and the seed when limit_test draws a seeded subset), newest
+    first} for the Grad-CAM columns. A dataset name alone matches on the dataset only."""
+    like = {"dataset": like} if isinstance(like, str) else like
+    fields = [f for f in TEST_SET_FIELDS if f in like]
     out: dict[str, list[str]] = {m: [] for m in GRADCAM_METHODS}
     for run in list_runs(root):
-        cfg = run.config()
-        if cfg.get("dataset") == dataset and cfg.get("method") in out and has_checkpoint(run):
+        try:
+            cfg = run.config()
+        except ValueError:  # a damaged config.json: not offered
+            continue
+        same_draw = not like.get("limit_test") or cfg.get("seed") == like.get("seed")  # the cap is seeded
+        if all(cfg.get(f) == like[f] for f in fields) and same_draw and cfg.get("method") in out \
+                and has_checkpoint(run):
             out[cfg["method"]].append(run.id)
     return out
 
@@ -91,7 +103,21 @@ def image_order(run: Run, seed: int) -> list[int] | None:
 
     ev = last_eval(run) or {}
     n = ev.get("n") or sum(sum(row) for row in ev.get("confusion") or [])
+    if not n:  # no test evaluation yet: the test size data.json records per class
+        counts = (run.read_json("data.json") or {}).get("class_counts") or []
+        n = sum(int(c.get("test") or 0) for c in counts if isinstance(c, dict))
     return np.random.default_rng(seed).permutation(int(n)).tolist() if n else None
+
+
+def embedding_caption(result: dict) -> str:
+    """What the two panels show, for this run: its feature name, and generated points only when it has a
+    generator (with W* only for DFG's class-wise weights)."""
+    feature = result.get("feature_name", "E(x)")
+    text = f"Circles: real {feature} of test images (hover one to see it)"
+    if result.get("has_generator"):
+        weights = " with the run's W*" if result.get("weighted", feature == "E(x)") else ""
+        text += f"; crosses: generated G(z, ŷ){weights}"
+    return text + ". Drag a box on the left to highlight the same points in both panels."
 
 
 def gradcam_grid(entries: list[dict]) -> list[dict]:

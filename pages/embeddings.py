@@ -5,7 +5,7 @@ import streamlit as st
 from dfg.embeddings import embed_run
 from dfg.projections import prewarm_umap_in_background
 from dfg.runstore import Run
-from dfg.views_inspect import checkpoint_stamp, embedding_chart, embedding_summary, has_checkpoint
+from dfg.views_inspect import checkpoint_stamp, embedding_caption, embedding_chart, embedding_summary, has_checkpoint
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -41,5 +41,4 @@ except (ValueError, RuntimeError) as e:
     st.stop()
 st.caption(embedding_summary(result))
 st.altair_chart(embedding_chart(result), key="emb.chart")
-st.caption("Circles: real E(x) of test images (hover one to see it); crosses: generated G(z, ŷ) with the run's "
-           "W*. Drag a box on the left to highlight the same points in both panels.")
+st.caption(embedding_caption(result))

@@ -1,5 +1,5 @@
-"""Grad-CAM page (paper Fig. 3-4): the same test images through Original, Fine-tuning, DELTA and DFG
-checkpoints side by side, each with its predicted label and confidence."""
+"""Grad-CAM page (paper Fig. 3-4): the same test images through Original, Fine-tuning, DELTA and DFG (and
+DIFA+cMWGAN) checkpoints side by side, each map for the predicted class, with its label and confidence."""
 import streamlit as st
 
 from dfg.gradcam import compare_runs
@@ -13,9 +13,11 @@ st.title("Grad-CAM: where each method looks")
 if not run_id:
     st.info("Pick a run in the sidebar: the page compares runs on its dataset.")
     st.stop()
-dataset = Run(root, run_id).config().get("dataset")
-options = comparable_runs(root, dataset)
-st.caption(f"Runs with a checkpoint on **{dataset}**, one per method (newest first).")
+selected = Run(root, run_id).config()
+dataset = selected.get("dataset")
+options = comparable_runs(root, selected)
+st.caption(f"Runs with a checkpoint on **{dataset}** and the same test images as {run_id} (backbone, limit_test), "
+           "one per method (newest first). Each map is for the class the run predicts.")
 cols = st.columns(len(GRADCAM_METHODS))
 chosen = []
 for col, m in zip(cols, GRADCAM_METHODS):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dfg.runstore import list_runs
+from dfg.runstore import Run, list_runs
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -124,6 +124,7 @@ def test_demo_from_the_browser(server):
         deadline = time.time() + 120
         while not ckpt.exists() and time.time() < deadline:  # embeddings and Grad-CAM need a checkpoint
             time.sleep(0.5)
+        Run(runs_dir, run_id).request_stop()  # the worker checkpoints and ends: the pages below get the CPU
         for n, name, ready in ((2, "train", "Start training"), (7, "results", "Per class"),
                                (5, "embeddings", "generated features, checkpoint step"),
                                (6, "gradcam", "DFG: ")):

@@ -226,3 +226,21 @@ def test_numba_imported_first_still_leaves_sys_stdout_alone():
         "t = e.termcolor(); m = t.highlight('x') + t.errmsg('y'); "
         "print(type(t).__name__, m, sys.stdout is before, getattr(p, '_plain_numba_messages', bool)())")
     assert out[-4:] == ["PlainScheme", "xy", "True", "False"]  # replaced once; the second call has nothing to do
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
+def test_identical_features_are_refused_with_the_reason(method):
+    """A dead extractor gives identical vectors: t-SNE returned NaN coordinates (a blank chart) and UMAP
+    an invented spread; now every projection names the cause."""
+    with pytest.raises(ValueError, match="all 40 feature vectors are identical"):
+        emb.project(np.zeros((40, 60), np.float32), method, seed=0)
+
+
+def test_embedding_caption_follows_the_runs_features():
+    from dfg.views_inspect import embedding_caption
+    dfg = embedding_caption({"feature_name": "E(x)", "has_generator": True, "weighted": True})
+    difa = embedding_caption({"feature_name": "C[:-1](E(x))", "has_generator": True, "weighted": False})
+    plain = embedding_caption({"feature_name": "E(x)", "has_generator": False, "weighted": False})
+    assert "real E(x)" in dfg and "generated G(z, ŷ) with the run's W*" in dfg
+    assert "real C[:-1](E(x))" in difa and "generated" in difa and "W*" not in difa
+    assert "real E(x)" in plain and "generated" not in plain

@@ -53,10 +53,11 @@ def test_cam_mass_lies_in_the_quadrant_the_logit_reads(q, name):
 def test_default_layer_per_backbone():
     from torchvision.models.resnet import Bottleneck
     e, c = build_backbone("lenet", num_classes=10)
-    assert gc.default_layer(type("M", (), {"extractor": e, "classifier": c})) is c[0]
+    assert gc.default_layer(type("M", (), {"extractor": e, "classifier": c})) is c[1]  # the ReLU after C's conv
     e, c = build_backbone("vgg16", num_classes=10)
-    convs = [m for m in c.modules() if isinstance(m, nn.Conv2d)]
-    assert gc.default_layer(type("M", (), {"extractor": e, "classifier": c})) is convs[-1]
+    last = max(i for i, m in enumerate(c) if isinstance(m, nn.Conv2d))
+    layer = gc.default_layer(type("M", (), {"extractor": e, "classifier": c}))
+    assert isinstance(layer, nn.ReLU) and layer is c[last + 1]  # rectified maps, as ResNet's block output
     e, c = build_backbone("resnet50", num_classes=10)
     layer = gc.default_layer(type("M", (), {"extractor": e, "classifier": c}))
     assert isinstance(layer, Bottleneck) and layer is c[2][-1]  # layer4's last block
@@ -137,3 +138,104 @@ def test_runs_with_different_test_sets_are_refused():
     gc._check_same_test_set([fake([0, 1, 2]), fake([0, 1, 2])], runs)  # same: accepted
     with pytest.raises(ValueError, match="'b' has a different test set than 'a'"):
         gc._check_same_test_set([fake([0, 1, 2]), fake([0, 2, 1])], runs)
+
+
+def hand_cam(method, layer, x, target):
+    """Grad-CAM by hand on `layer`'s output A: weights = spatial mean of ∂score/∂A, ReLU(Σ_k w_k A_k),
+    bilinear upsampling to the image, each map divided by its own maximum."""
+    from torch.nn import functional as F
+    store = {}
+    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            logits = method.classifier(method.extractor(x))
+            g, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), store["a"])
+    finally:
+        hook.remove()
+    cam = F.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return (cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).detach().numpy()
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "vgg16"])
+def test_maps_weigh_the_rectified_feature_maps(backbone):
+    """A^k are the maps after the ReLU that follows C's last conv (what the rest of C reads, as ResNet's block
+    output already is): the conv's raw output would let activations the ReLU discards pull the map down."""
+    torch.manual_seed(0)
+    channels = 1 if backbone == "lenet" else 3
+    e, c = build_backbone(backbone, num_classes=10, in_channels=channels)
+    e.eval(), c.eval()
+    method = type("M", (), {"extractor": e, "classifier": c})()
+    x = torch.randn(16, channels, 32, 32)
+    cams, pred, _ = gc.gradcam(method, x)
+    last = max(i for i, m in enumerate(c) if isinstance(m, nn.Conv2d))
+    np.testing.assert_allclose(cams, hand_cam(method, c[last + 1], x, torch.as_tensor(pred)), atol=1e-5)
+    raw = hand_cam(method, c[last], x, torch.as_tensor(pred))
+    assert np.abs(cams - raw).max() > 0.1  # the two layers really differ here
+
+
+def test_same_labels_but_other_images_are_a_different_test_set():
+    """limit_test's cap is seeded: two runs can draw the same label sequence from different images."""
+    from types import SimpleNamespace
+    from dfg.data.images import TensorImages
+    from dfg.runstore import Run
+
+    labels = torch.tensor([0, 1, 2])
+    images = torch.randint(0, 255, (3, 1, 32, 32), dtype=torch.uint8)
+
+    def bundle(imgs):
+        return (None, SimpleNamespace(test=TensorImages(imgs, labels), image_size=32, in_channels=1), None, 0)
+
+    runs = [Run("/nonexistent", "a"), Run("/nonexistent", "b")]
+    gc._check_same_test_set([bundle(images), bundle(images.clone())], runs)
+    with pytest.raises(ValueError, match="'b' has a different test set than 'a'"):
+        gc._check_same_test_set([bundle(images), bundle(images.flip(0))], runs)
+
+
+def test_comparable_runs_share_the_selected_runs_test_set(tiny_dfg_run, tmp_path):
+    """The Grad-CAM columns offer only runs whose test images are the selected run's: same dataset, backbone and
+    limit_test, and the same seed when limit_test draws a seeded subset; DIFA+cMWGAN gets a column."""
+    import json
+    import shutil
+    from dfg.runstore import Run
+    from dfg.views_inspect import GRADCAM_METHODS, comparable_runs
+
+    changes = {"same": {}, "other_cap": {"limit_test": 100}, "other_seed": {"seed": 99},
+               "other_backbone": {"backbone": "vgg16"}, "difa": {"method": "difa_cmwgan"}}
+    for name, change in changes.items():
+        shutil.copytree(tiny_dfg_run.run.path, tmp_path / name)
+        path = tmp_path / name / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    like = Run(tmp_path, "same").config()
+    assert like["limit_test"] > 0
+    found = comparable_runs(tmp_path, like)
+    assert "difa_cmwgan" in GRADCAM_METHODS
+    assert sorted(found["dfg"]) == ["same"] and found["difa_cmwgan"] == ["difa"]
+    assert comparable_runs(tmp_path, Run(tmp_path, "other_seed").config())["dfg"] == ["other_seed"]
+    for name in ("same", "other_seed"):  # without a cap the whole test set is used, whatever the seed
+        path = tmp_path / name / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "limit_test": 0}))
+    assert sorted(comparable_runs(tmp_path, Run(tmp_path, "same").config())["dfg"]) == ["other_seed", "same"]
+    assert sorted(comparable_runs(tmp_path, like["dataset"])["dfg"]) == [
+        "other_backbone", "other_cap", "other_seed", "same"]  # a dataset name alone: the dataset decides
+
+
+def test_image_draw_mixes_classes_before_the_first_evaluation(tiny_dfg_run, tmp_path):
+    """A run with a checkpoint but no test evaluation yet still gets a seeded draw over its whole test set
+    (from data.json's per-class test counts), not the first images, all of one class."""
+    import json
+    import shutil
+    from dfg.runstore import Run
+    from dfg.views_inspect import image_order
+
+    shutil.copytree(tiny_dfg_run.run.path, tmp_path / "noeval")
+    (tmp_path / "noeval" / "final.json").unlink()
+    metrics = tmp_path / "noeval" / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line).get("kind") != "eval"))
+    run = Run(tmp_path, "noeval")
+    n = sum(c["test"] for c in run.read_json("data.json")["class_counts"])
+    first, second = image_order(run, 0), image_order(run, 1)
+    assert sorted(first) == list(range(n)) and first != second
+    shown = gc.compare_runs([run], first, limit=6)
+    assert len({e["label"] for e in shown}) > 1
