@@ -132,8 +132,9 @@ def _select(idx: np.ndarray, only: str, ref, limit: int | None) -> np.ndarray:
         return idx[:limit]
     if only == "minority":
         if not data.majority:
-            raise ValueError("only='minority' needs step-imbalanced data (a majority set); this run's data is "
-                             "balanced or long-tailed: use only='all' or only='misclassified'")
+            raise ValueError("minority images (only='minority') need step-imbalanced data with a majority set; "
+                             "this run's data is balanced or long-tailed: show all images or the misclassified "
+                             "ones instead (only='all' or 'misclassified')")
         return idx[~np.isin(labels[idx], list(data.majority))][:limit]
     device = next(method.extractor.parameters()).device
     wrong: list[int] = []
