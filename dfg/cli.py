@@ -19,8 +19,11 @@ from .presets import PRESET_NOTES, PRESETS
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One --flag per Config field (text, parsed by the field's type), plus --set key=value."""
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    g = p.add_argument_group("config fields (see `python -m dfg presets --fields`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    g = p.add_argument_group("config fields", "Every config field is also a flag, --key-with-dashes VALUE: "
+                             "--pretrain-steps 5 is --set pretrain_steps=5. `python -m dfg presets --fields` "
+                             "lists the fields with their defaults and meaning.")
     for f in dataclasses.fields(Config):
         if f.name != "preset":
             g.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None, metavar="V",
@@ -220,6 +223,9 @@ def cmd_data(args) -> int:
     return 0
 
 
+RUNS_HELP = "runs folder (default: $DFG_RUNS_DIR, else ./runs)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dfg", description="Discriminative Feature Generation (DFG)",
                                 allow_abbrev=False)
@@ -228,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # --rh must not mean --rho
     t = sub.add_parser("train", help="train a run (DFG or a baseline) from a preset")
     _add_config_flags(t)
-    t.add_argument("--runs-dir", default=default_runs_dir())
-    t.add_argument("--run-id", default=None)
+    t.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
+    t.add_argument("--run-id", default=None, help="the run folder's name (default: "
+                   "<yyyymmdd-hhmmss>-<preset>-<method>-s<seed>)")
     t.add_argument("--background", action="store_true", help="train in a detached worker process")
     t.set_defaults(fn=cmd_train)
     for name, fn, hlp in (("resume", cmd_resume, "continue a run from its last checkpoint"),
@@ -237,9 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                           ("worker", cmd_worker, None)):
         s = sub.add_parser(name, **({"help": hlp} if hlp else {}))  # no help: left out of the listing
         s.add_argument("run")
-        s.add_argument("--runs-dir", default=default_runs_dir())
+        s.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
         if name == "eval":
-            s.add_argument("--device", default=None)
+            s.add_argument("--device", default=None, help="evaluate on this device (cpu, cuda, cuda:1) "
+                           "instead of the run's own")
         s.set_defaults(fn=fn)
     pt = sub.add_parser("pretrain", help="train (or reuse) the preset's source model")
     _add_config_flags(pt)
@@ -248,11 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fields", action="store_true")
     pr.set_defaults(fn=cmd_presets)
     r = sub.add_parser("runs", help="list runs and their state")
-    r.add_argument("--runs-dir", default=default_runs_dir())
+    r.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
     r.set_defaults(fn=cmd_runs)
     d = sub.add_parser("data", help="list datasets, or --download NAME")
     d.add_argument("--download", default=None, metavar="NAME")
-    d.add_argument("--data-root", default=default_data_root())
+    d.add_argument("--data-root", default=default_data_root(),
+                   help="datasets and cached source models (default: $DFG_DATA_ROOT, else ./data)")
     d.set_defaults(fn=cmd_data)
     _add_sweep_parser(sub)
     return p
@@ -273,7 +282,7 @@ def _add_sweep_parser(sub) -> None:
     s.add_argument("--address", default=None, help="Ray cluster address (default env RAY_ADDRESS, "
                                                    "else a local Ray instance); --runs-dir must be shared storage")
     s.add_argument("--parallel", type=int, default=None, help="runs at a time on CPU (default 1; GPUs: one each)")
-    s.add_argument("--runs-dir", default=default_runs_dir())
+    s.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
     s.add_argument("--name", default=None, help="sweep name (default: the presets joined by '-')")
     s.set_defaults(fn=cmd_sweep)
 

@@ -303,6 +303,11 @@ def test_the_command_line_hides_worker_refuses_abbreviations_and_keeps_data_root
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "SUPPRESS" not in out and "worker" not in out and "sweep" in out
+    for verb in ("train", "pretrain"):  # the per-field flags are hidden, but their existence is stated
+        with pytest.raises(SystemExit):
+            cli.main([verb, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--key-with-dashes VALUE" in out and "--rho" not in out
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--rh", "0.9"])  # would silently have set rho
     assert e.value.code == 2 and "unrecognized arguments: --rh" in capsys.readouterr().err
