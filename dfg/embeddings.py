@@ -117,12 +117,15 @@ def feature_metrics(fs: FeatureSet, *, k: int = 5, seed: int = 0) -> dict:
     """Both scores on the first PRE_PCA principal components (as the projections see them); None without
     generated points."""
     if fs.is_real.all() or not fs.is_real.any():
-        return {"knn_label_agreement": None, "separability": None, "k": k}
+        return {"knn_label_agreement": None, "separability": None, "k": k, "negative_generated": None}
     r, f = fs.is_real, ~fs.is_real
+    # real features follow a ReLU (never negative); G ends with BatchNorm (Table A.4), so its values can be
+    # negative, which alone lets a linear model tell them apart: the share of such values, when real has none
+    negative = float((fs.features[f] < 0).mean()) if (fs.features[r] >= 0).all() else None
     with one_thread():
         x = pca(fs.features, PRE_PCA, seed) if fs.features.shape[1] > PRE_PCA else fs.features
         return {"knn_label_agreement": knn_label_agreement(x[r], fs.labels[r], x[f], fs.labels[f], k),
-                "separability": separability(x[r], x[f], seed=seed), "k": k}
+                "separability": separability(x[r], x[f], seed=seed), "k": k, "negative_generated": negative}
 
 
 # -- per-run embedding with caches ---------------------------------------------------------------

@@ -70,6 +70,9 @@ def embedding_summary(result: dict) -> str:
         text += (f" · generated features whose {m['k']} nearest real neighbours share their label: "
                  f"{m['knn_label_agreement']:.0%} · real/generated separability (0.5 = indistinguishable): "
                  f"{m['separability']:.2f}")
+        if m.get("negative_generated"):
+            text += (f" · real features are never negative (they follow a ReLU), but {m['negative_generated']:.0%} "
+                     "of generated values are (G ends with BatchNorm, Table A.4): that alone makes them separable")
     elif not result.get("has_generator"):
         text += " · this method has no generator: real features only"
     return text

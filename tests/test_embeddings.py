@@ -244,3 +244,17 @@ def test_embedding_caption_follows_the_runs_features():
     assert "real E(x)" in dfg and "generated G(z, ŷ) with the run's W*" in dfg
     assert "real C[:-1](E(x))" in difa and "generated" in difa and "W*" not in difa
     assert "real E(x)" in plain and "generated" not in plain
+
+
+def test_negative_generated_values_are_counted_and_explained(feats):
+    """Real E(x) follows a ReLU; G ends with BatchNorm (Table A.4), so some generated values are negative,
+    which by itself separates them: the share is measured and the page's summary says so."""
+    from dfg.views_inspect import embedding_summary
+    real, fake = feats.features[feats.is_real], feats.features[~feats.is_real]
+    assert (real >= 0).all() and (fake < 0).any()
+    m = emb.feature_metrics(feats)
+    assert m["negative_generated"] == pytest.approx(float((fake < 0).mean()))
+    shifted = emb.FeatureSet(**{**vars(feats), "features": feats.features - 1.0})  # real ones negative too
+    assert emb.feature_metrics(shifted)["negative_generated"] is None
+    text = embedding_summary({"metrics": m, "step": 20, "points": {"kind": ["real"] * 100 + ["generated"] * 60}})
+    assert f"{m['negative_generated']:.0%} of generated values are" in text
