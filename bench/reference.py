@@ -32,7 +32,7 @@ def per_filter_class_weights(extractor, classifier, x, y, num_classes: int, keep
     classifier.eval()
     base = F.cross_entropy(classifier(extractor(x)), y, reduction="none")
     nf = extractor.last_conv.out_channels
-    inc = torch.zeros(len(x), nf, device=x.device)
+    inc = torch.zeros(len(x), nf, device=x.device, dtype=base.dtype)  # the nets' dtype (float64 stays float64)
     for j in range(nf):
         ablated = copy.deepcopy(extractor)
         ablated.last_conv.weight[j] = 0
