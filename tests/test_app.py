@@ -92,6 +92,7 @@ def test_every_page_shows_the_runs_numbers(app, runs):
 
     goto(app, "embeddings")  # limit_test=200: 200 real test images, 300 generated features
     assert any("200 real and 300 generated features, checkpoint step 20" in c.value for c in app.caption)
+    assert any("crosses: generated G(z, ŷ) with the run's W*" in c.value for c in app.caption)
 
     goto(app, "gradcam")  # 6 test images, each shown raw and through the one DFG run
     captions = [i.proto.imgs[0].caption for i in app.image]
