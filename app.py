@@ -3,7 +3,7 @@ runs folder, the selected run (also in the URL as ?run=<id>, so any page can be 
 import streamlit as st
 
 from dfg import views
-from dfg.runstore import list_runs
+from dfg.runstore import Run, list_runs
 
 st.set_page_config(page_title="DFG Explorer", page_icon=":material/hub:", layout="wide")
 
@@ -31,16 +31,18 @@ with st.sidebar:
                   help="datasets and cached source models (DFG_DATA_ROOT)")
     runs = list_runs(root)
     ids = [r.id for r in runs]
-    # Keyed, so the widget stays the same while its labels ("running 380/600") and the list change under a
-    # live run; otherwise a pick made between two refreshes would be lost.
+    # Keyed, so the widget stays the same while the list changes under a live run.
     wanted = st.query_params.get("run")
     if wanted in ids and wanted != st.session_state.get("sidebar.url"):  # a link (or another page) chose it
         st.session_state["sidebar.run"] = wanted
     if st.session_state.get("sidebar.run") not in ids:  # first visit, other folder, deleted run
         st.session_state["sidebar.run"] = ids[0] if ids else None
-    labels = {r.id: views.run_label(r) for r in runs}
-    selected = st.selectbox("Run", ids, key="sidebar.run", format_func=lambda i: labels.get(i, i),
-                            placeholder="no runs yet", help="the run every page shows; newest first")
+    # The options show the bare id: Streamlit keeps a selectbox's value as its shown text, so a label with a
+    # live step ("running 380/600") would stop matching once the step moves and the pick would be lost.
+    selected = st.selectbox("Run", ids, key="sidebar.run", placeholder="no runs yet",
+                            help="the run every page shows; newest first")
+    if selected:
+        st.caption(views.run_label(Run(root, selected)).split(" · ", 1)[-1])
     st.session_state["run_id"] = st.session_state["sidebar.url"] = selected
     if selected:
         st.query_params["run"] = selected

@@ -148,7 +148,8 @@ def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[i
     if not seeds:  # e.g. --seeds 0 or --seeds ,: a sweep that would only rewrite its tables as empty ones
         raise ConfigError("--seeds gives no seeds: give a count >= 1 (10 = seeds 0..9) or a list (0,3,7)")
     if not RUN_ID.match(name or ""):
-        raise ConfigError(f"--name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
+        raise ConfigError(f"--name {name!r} is invalid: use letters, digits, '.', '_' and '-', starting with a "
+                          "letter or digit")
     _check_combos(majority_combos)
     sets = sets or {}
     keys = sorted(sets)

@@ -50,8 +50,8 @@ class RunBusyError(RunError):
 
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
-        raise RunError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only "
-                       "(no path separators, no '..')")
+        raise RunError(f"invalid run id {run_id!r}: use 1 to 128 letters, digits, '.', '_' and '-', starting "
+                       "with a letter or digit (no path separators, no '..')")
     return run_id
 
 
@@ -300,6 +300,19 @@ class Run:
 
     def clear_stop(self) -> None:
         (self.path / "STOP").unlink(missing_ok=True)
+
+
+def readable_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """(the runs whose config.json reads as a JSON object, one message per run whose does not): views that
+    compare runs use the first and name the second, instead of failing on one damaged folder."""
+    ok, bad = [], []
+    for run in runs:
+        try:
+            run.config()
+            ok.append(run)
+        except RunError as e:
+            bad.append(str(e))
+    return ok, bad
 
 
 def list_runs(root: str | Path) -> list[Run]:

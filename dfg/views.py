@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import (DATA_ROOT_ENV, FIELD_TYPES, RUNS_DIR_ENV, Config, ConfigError,  # noqa: F401
                      default_data_root, default_runs_dir, make_config)
 from .presets import PRESETS
-from .runstore import ACTIVE, Run, RunError, list_runs
+from .runstore import ACTIVE, Run, RunError, list_runs, pid_alive
 
 DEMO_OVERRIDES_ENV = "DFG_DEMO_OVERRIDES"  # "k=v,k=v" applied to the Start page's demo run (tests: fewer steps)
 RESUMABLE = ("stopped", "interrupted", "failed")
@@ -36,7 +36,10 @@ def run_ids(root: str | Path) -> list[str]:
 def run_label(run: Run) -> str:
     """'<id> · running 40/1500' — how the sidebar lists a run."""
     s = run.status()
-    total = s.get("total_steps") or run.config().get("steps", "?")
+    try:
+        total = s.get("total_steps") or run.config().get("steps", "?")
+    except RunError:
+        return f"{run.id} · damaged config.json"
     return f"{run.id} · {s.get('state', '?')} {s.get('step', 0)}/{total}"
 
 
@@ -44,12 +47,19 @@ def runs_table(root: str | Path) -> list[dict]:
     """One row per run (newest first): id, method, dataset, rho, state, step, top1, error."""
     rows = []
     for run in list_runs(root):
-        cfg, s = run.config(), run.status()
+        try:
+            cfg = run.config()
+        except RunError as e:
+            cfg = {}
+            damaged = str(e)
+        else:
+            damaged = None
+        s = run.status()
         rows.append({"run": run.id, "method": cfg.get("method"), "dataset": cfg.get("dataset"),
                      "backbone": cfg.get("backbone"), "rho": cfg.get("rho"), "seed": cfg.get("seed"),
                      "state": s.get("state"), "step": s.get("step", 0),
                      "total_steps": s.get("total_steps") or cfg.get("steps"), "top1": s.get("top1"),
-                     "error": s.get("error") if s.get("state") not in ("finished", "running") else None})
+                     "error": damaged or (s.get("error") if s.get("state") not in ("finished", "running") else None)})
     return rows
 
 
@@ -65,7 +75,8 @@ def progress(run: Run) -> dict:
     except (RunError, TypeError, ValueError):  # a damaged config.json
         total = 1
     rate = s.get("steps_per_s") or 0.0
-    if state == "created":
+    relaunched = state in RESUMABLE and _worker_starting(run, s)  # Resume pressed, worker not yet reporting
+    if state == "created" or relaunched:
         text = "waiting for its worker process to start"
     elif state == "running" and step == 0:
         text = "preparing data, source model and filter weights..."
@@ -78,7 +89,18 @@ def progress(run: Run) -> dict:
             text += f" · test top-1 {s['top1']:.2%}"
     return {"fraction": min(1.0, step / max(total, 1)), "text": text, "state": state,
             "error": s.get("error") if state in ("failed", "diverged", "interrupted") else None,
-            "active": state in ACTIVE, "resumable": state in RESUMABLE}
+            "active": state in ACTIVE or relaunched, "resumable": state in RESUMABLE and not relaunched}
+
+
+def _worker_starting(run: Run, status: dict) -> bool:
+    """Whether a worker launched after the run's last status write (a Resume; status.json is the worker's
+    alone, so it still says "stopped") is alive: the run counts as active, and the pages keep polling."""
+    path = run.path / "worker.pid"
+    try:
+        launched, pid = path.stat().st_mtime, int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return False
+    return launched > float(status.get("updated") or 0) and pid_alive(pid)
 
 
 def format_seconds(sec: float) -> str:
@@ -108,6 +130,20 @@ def start_run(cfg: Config, root: str | Path, run_id: str | None = None) -> Run:
     if cfg.threads == 0 and any(r.status().get("state") in ACTIVE for r in list_runs(root)):
         cfg = replace(cfg, threads=1)
     return submit(cfg, root, run_id or new_run_id(cfg, root))
+
+
+def all_core_runs(root: str | Path) -> list[str]:
+    """Ids of active runs that train on every core (threads=0): a run started beside one of them slows it down
+    sharply (on 2 cores the first run fell from ~6.7 to ~0.3 steps/s while a second trained on 1 thread)."""
+    out = []
+    for run in list_runs(root):
+        try:
+            auto = run.config().get("threads") == 0
+        except RunError:
+            continue
+        if auto and progress(run)["active"]:
+            out.append(run.id)
+    return out
 
 
 def parse_overrides(text: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from .paper import method_label
-from .runstore import Run, list_runs
+from .runstore import Run, list_runs, readable_runs
 from .tables import run_row, summarise, to_csv, varied_keys
 
 def _pm(mean, std) -> str:
@@ -29,11 +29,13 @@ def format_summary(raw: list[dict], by: list[str]) -> list[dict]:
 
 def comparison(runs: list[Run]) -> dict:
     """{"summary": display rows, "summary_raw": summarise() rows, "per_run": one row per run (in %),
-    "by": the config fields that vary between runs of one preset/method (they split the groups)}."""
+    "by": the config fields that vary between runs of one preset/method (they split the groups),
+    "damaged": one message per run left out because its config.json cannot be read}."""
+    runs, damaged = readable_runs(runs)
     by = varied_keys([r.config() for r in runs])
     rows = [run_row(r, by) for r in runs]
     raw = summarise(runs, by, rows=rows)
-    return {"summary": format_summary(raw, by), "summary_raw": raw, "per_run": rows, "by": by}
+    return {"summary": format_summary(raw, by), "summary_raw": raw, "per_run": rows, "by": by, "damaged": damaged}
 
 
 def sweeps(root: str | Path) -> list[dict]:

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from .filter_weights import attention, blend
 from .paper import figure6_top1
-from .runstore import Run, RunError, list_runs
+from .runstore import Run, RunError, list_runs, readable_runs
 
 
 def class_names(run: Run, num_classes: int) -> list[str]:
@@ -152,14 +152,19 @@ def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 
     return fig
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
 def rho_accuracy(root: str | Path, run: Run) -> list[dict]:
     """Paper Fig. 6 from our runs: DFG runs of the run's preset/dataset grouped by ρ via
     dfg.tables.summarise (top-1 mean ± std in %, finished runs only). Empty unless two ρ have results."""
     from .tables import summarise
 
     cfg = run.config()
-    runs = [r for r in list_runs(root) if r.config().get("method") == "dfg"
-            and r.config().get("dataset") == cfg.get("dataset") and r.config().get("preset") == cfg.get("preset")]
+    runs = [r for r in readable_runs(list_runs(root))[0] if r.config().get("method") == "dfg"
+            and r.config().get("dataset") == cfg.get("dataset") and r.config().get("preset") == cfg.get("preset")
+            and _is_number(r.config().get("rho"))]  # a hand-edited ρ of another type cannot be placed
     rows = [s for s in summarise(runs, by=["rho"]) if s["n"] > 0]
     if len({s["rho"] for s in rows}) < 2:
         return []

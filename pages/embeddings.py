@@ -11,7 +11,8 @@ from pages._shared import page_context
 root, run_id = page_context()
 st.title("Feature embeddings: real vs generated")
 if not run_id or not has_checkpoint(Run(root, run_id)):
-    st.info("Pick a run with a checkpoint in the sidebar (a run writes one every ckpt_every steps).")
+    st.info(f"{run_id} has no checkpoint yet: a run writes one every ckpt_every steps and when it stops. Wait, or "
+            "pick another run in the sidebar." if run_id else "Pick a run in the sidebar.")
     st.stop()
 
 prewarm_umap_in_background()  # numba compiles UMAP while the user looks at PCA

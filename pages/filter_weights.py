@@ -3,7 +3,7 @@ weights at once (no retraining); the channels each class switches off; paper Fig
 import pandas as pd
 import streamlit as st
 
-from dfg.runstore import Run
+from dfg.runstore import Run, RunError
 from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_history, weight_view
 from pages._shared import page_context
 
@@ -13,21 +13,28 @@ if not run_id:
     st.info("No run selected: pick one in the sidebar.")
     st.stop()
 run = Run(root, run_id)
+try:  # a hand-edited or damaged config.json: say so instead of a traceback
+    cfg = run.config()
+    rho0, delta0, method = float(cfg["rho"]), float(cfg["delta"]), cfg.get("method")
+    if not (0 <= rho0 <= 1 and delta0 >= 0):  # NaN fails here too
+        raise ValueError(f"rho={rho0} must lie in [0, 1] and delta={delta0} must be >= 0")
+except (RunError, KeyError, TypeError, ValueError) as e:
+    st.error(f"{run_id}'s config.json cannot be used here ({type(e).__name__}: {e}); pick another run.")
+    st.stop()
 history, problems = weight_history(run)  # each file read once, reused across reruns
 for problem in problems:
     st.warning(f"{problem}; that step is left out.")
 steps = sorted(history)
 if not steps:
-    st.info(f"{run_id} has no recorded filter weights yet (method {run.config().get('method')!r}: only DFG "
-            "records them, at step 0 and every nW steps).")
+    st.info(f"{run_id} has no recorded filter weights yet (DFG records them at step 0 and every nW steps)."
+            if method == "dfg" else f"{run_id} is a {method!r} run: only DFG runs record filter weights.")
     st.stop()
-cfg = run.config()
 c = st.columns(3)
 step = c[0].select_slider("Recorded step", steps, value=steps[-1], key=f"fw.step.{run_id}",
                           help="W(E) is recomputed every nW steps; each recompute is stored")
-rho = c[1].slider("ρ", 0.0, 1.0, float(cfg["rho"]), 0.05, key=f"fw.rho.{run_id}",
+rho = c[1].slider("ρ", 0.0, 1.0, rho0, 0.05, key=f"fw.rho.{run_id}",
                   help="W = ρ·W(E_S) + (1−ρ)·W(E) (Eq. 7); 1 = the source model's weights only")
-delta = c[2].slider("δ", 0.0, delta_max(history, float(cfg["delta"])), float(cfg["delta"]), 0.05,
+delta = c[2].slider("δ", 0.0, delta_max(history, delta0), delta0, 0.05,
                     key=f"fw.delta.{run_id}",
                     help="weights below δ are set to 0 (rows average 1)")
 view = weight_view(run, step, rho, delta, history[step])

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dfg.gradcam import compare_runs
 from dfg.paper import method_label
-from dfg.runstore import Run
+from dfg.runstore import Run, RunError
 from dfg.views_inspect import GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid, image_order
 from pages._shared import page_context
 
@@ -13,13 +13,17 @@ st.title("Grad-CAM: where each method looks")
 if not run_id:
     st.info("Pick a run in the sidebar: the page compares runs on its dataset.")
     st.stop()
-selected = Run(root, run_id).config()
+try:
+    selected = Run(root, run_id).config()
+except RunError as e:
+    st.error(f"{e}. Pick another run in the sidebar.")
+    st.stop()
 dataset = selected.get("dataset")
 options = comparable_runs(root, selected)
 st.caption(f"Runs with a checkpoint on **{dataset}** and the same test images as {run_id} (backbone, limit_test), "
            "one per method (newest first). Each map is for the class the run predicts.")
 cols = st.columns(len(GRADCAM_METHODS))
-chosen = []
+chosen, picked = [], {}  # picked: run id -> the method column it was picked in
 for col, m in zip(cols, GRADCAM_METHODS):
     ids = options[m]
     pick = col.selectbox(method_label(m), ["—"] + ids,
@@ -27,6 +31,7 @@ for col, m in zip(cols, GRADCAM_METHODS):
                          key=f"cam.{m}.{run_id}")  # per sidebar run: a new sidebar pick preselects itself
     if pick != "—":
         chosen.append(pick)
+        picked[pick] = m
 c = st.columns([4, 2, 1])
 only = c[0].radio("Images", ["all", "minority", "misclassified"], horizontal=True, key="cam.only",
                   format_func={"all": "all", "minority": "minority classes",
@@ -60,5 +65,6 @@ if not entries:
 for row in gradcam_grid(entries):
     cols = st.columns(1 + len(GRADCAM_METHODS))  # fixed grid: images keep their size whatever is picked
     cols[0].image(row["image"], caption=f"test #{row['index']}: true {row['label_name']}", width=120)
-    for col, cell in zip(cols[1:], row["cells"]):
+    for cell in row["cells"]:
+        col = cols[1 + GRADCAM_METHODS.index(picked[cell["run_id"]])]  # under its method's heading
         col.image(cell["overlay"], caption=f"{cell['title']}: {cell['caption']}", width=120)

@@ -26,6 +26,8 @@ def table(rows: list[dict], name: str, key: str, csv_rows: list[dict] | None = N
 
 st.subheader("All runs in this folder (Table 2 layout)")
 comp = comparison(runs)
+for problem in comp["damaged"]:
+    st.warning(f"Left out: {problem}")
 st.caption("Top-1 etc. in %, mean ± sample std over finished runs of each preset/method"
            + (f" and {', '.join(comp['by'])}" if comp["by"] else "") + "; the paper's Table 2 beside ours.")
 table(comp["summary"], "results.csv", "summary", comp["summary_raw"])

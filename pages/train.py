@@ -130,6 +130,10 @@ with st.expander("More settings"):
 cfg, bad_field, message = views.build_config(preset, values)
 if cfg is None:
     (error_slots[bad_field] if bad_field in error_slots else st).error(message, icon=":material/error:")
+if busy := views.all_core_runs(root):
+    st.warning(f"{', '.join(busy)} trains on every core (threads=0). A run started now gets 1 thread, and the "
+               "two slow each other down sharply (the first by ~20× on 2 cores): stop it first, or give each run "
+               "threads=1 (or fewer threads than cores in all).", icon=":material/speed:")
 if st.button("Start training", type="primary", icon=":material/play_arrow:", key="train.start"):
     if cfg is None:
         st.error(f"Not started — fix the setting first: {message}")

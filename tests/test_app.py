@@ -2,6 +2,7 @@
 every page renders and shows the run's real numbers; the ρ slider recomputes W* exactly as
 dfg.filter_weights.attention does; the Train page refuses an invalid ρ and creates nothing."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -198,6 +199,12 @@ def test_sidebar_keeps_the_users_pick_while_a_run_moves_and_follows_links(runs, 
     moving.set_status(step=moving.raw_status()["step"] - 1)  # what a worker does every log_every steps
     at.selectbox(key="sidebar.run").select(other).run()
     assert at.selectbox(key="sidebar.run").value == other and at.query_params["run"] == other
+    # a served app keeps a selectbox's value as its shown text: the options must not carry the live step
+    assert sorted(at.selectbox(key="sidebar.run").options) == ["a", "b"]
+    moving.set_status(step=moving.raw_status()["step"] - 1)
+    at.run()
+    assert at.selectbox(key="sidebar.run").value == other
+    assert any(c.value.startswith(("finished", "running")) for c in at.sidebar.caption)  # state under the box
     at.query_params["run"] = moving.id  # a link to the other run (or a page that started one)
     at.run()
     assert at.selectbox(key="sidebar.run").value == moving.id
@@ -315,3 +322,65 @@ def test_resume_on_the_train_page_launches_the_run_and_the_list_shows_it_active(
     assert [t.value for t in at.toast] == ["Resumed r from its last checkpoint"]
     keys = {b.key for b in at.button}
     assert "stop.r" in keys and "resume.r" not in keys
+
+
+def test_a_damaged_run_folder_is_named_and_the_other_runs_still_show(runs, tmp_path, monkeypatch):
+    """One config.json that is not an object, one that is not JSON, one with a ρ of the wrong type: the app,
+    the Results and Filter-weights pages keep working for the healthy run and name the damaged ones."""
+    root, data_root = runs
+    shutil.copytree(root / "tiny", tmp_path / "tiny")
+    (tmp_path / "notobj").mkdir()
+    (tmp_path / "notobj" / "config.json").write_text("[]")
+    shutil.copytree(root / "tiny", tmp_path / "broken")
+    (tmp_path / "broken" / "config.json").write_text('{"method": "dfg", "rho": ')
+    shutil.copytree(root / "tiny", tmp_path / "oddrho")
+    cfg = json.loads((tmp_path / "oddrho" / "config.json").read_text())
+    (tmp_path / "oddrho" / "config.json").write_text(json.dumps({**cfg, "rho": "abc"}))
+    at = app_on(tmp_path, data_root, monkeypatch)
+    at.selectbox(key="sidebar.run").select("tiny").run()
+    for page in ("results", "filter_weights", "gradcam", "losses", "train"):
+        goto(at, page)
+    goto(at, "results")
+    left_out = " ".join(w.value for w in at.warning)
+    assert "notobj" in left_out and "broken" in left_out and "oddrho" not in left_out
+    for bad, pages in (("broken", ("filter_weights", "gradcam")), ("notobj", ("filter_weights", "gradcam")),
+                       ("oddrho", ("filter_weights",))):  # Grad-CAM has no use for ρ: it shows oddrho
+        at.selectbox(key="sidebar.run").select(bad).run()
+        for page in pages:
+            goto(at, page)
+            assert any(bad in e.value and "config.json" in e.value for e in at.error), (bad, page)
+
+
+def test_a_resumed_run_counts_as_active_until_its_worker_reports(runs, tmp_path):
+    """Resume starts a worker but status.json is the worker's alone: until it writes, the run still reads
+    "stopped". A worker launched after the last status write keeps the pages polling."""
+    from dfg import views
+    root, _ = runs
+    shutil.copytree(root / "tiny", tmp_path / "r")
+    run = Run(tmp_path, "r")
+    run.set_status(state="stopped")
+    assert not views.progress(run)["active"] and views.progress(run)["resumable"]
+    (run.path / "worker.pid").write_text(str(os.getpid()))  # a live process, launched after the status write
+    p = views.progress(run)
+    assert p["active"] and not p["resumable"] and "waiting for its worker" in p["text"]
+    run.set_status(state="stopped")  # the worker has reported (and stopped again)
+    assert not views.progress(run)["active"]
+    (run.path / "worker.pid").write_text("999999999")  # no such process
+    assert not views.progress(run)["active"]
+
+
+def test_train_page_warns_before_a_run_beside_one_on_every_core(runs, tmp_path, monkeypatch):
+    from dfg import views
+    root, data_root = runs
+    shutil.copytree(root / "tiny", tmp_path / "r")
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**cfg, "threads": 0}))
+    Run(tmp_path, "r").set_status(state="created")  # active, as a run whose worker is starting
+    assert views.all_core_runs(tmp_path) == ["r"]
+    at = goto(app_on(tmp_path, data_root, monkeypatch), "train")
+    assert any("r trains on every core" in w.value for w in at.warning)
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**cfg, "threads": 1}))
+    assert views.all_core_runs(tmp_path) == []
+    Run(tmp_path, "r").set_status(state="finished")
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**cfg, "threads": 0}))
+    assert views.all_core_runs(tmp_path) == []
