@@ -3,6 +3,7 @@ weights at once (no retraining); the channels each class switches off; paper Fig
 import pandas as pd
 import streamlit as st
 
+from dfg import views
 from dfg.runstore import Run, RunError
 from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_history, weight_view
 from pages._shared import page_context
@@ -22,6 +23,13 @@ except (RunError, KeyError, TypeError, ValueError) as e:
     st.error(f"{run_id}'s config.json cannot be used here ({type(e).__name__}: {e}); pick another run.")
     st.stop()
 history, problems = weight_history(run)  # each file read once, reused across reruns
+listed = run.filter_weight_steps()
+if views.progress(run)["active"]:  # a training run records W(E) every nW steps: show new ones as they come
+    @st.fragment(run_every=5.0)
+    def follow_new_steps():
+        if run.filter_weight_steps() != listed:
+            st.rerun()  # the whole page, with the new step on the slider
+    follow_new_steps()
 for problem in problems:
     st.warning(f"{problem}; that step is left out.")
 steps = sorted(history)

@@ -384,3 +384,22 @@ def test_train_page_warns_before_a_run_beside_one_on_every_core(runs, tmp_path, 
     Run(tmp_path, "r").set_status(state="finished")
     (tmp_path / "r" / "config.json").write_text(json.dumps({**cfg, "threads": 0}))
     assert views.all_core_runs(tmp_path) == []
+
+
+def test_filter_weights_page_follows_a_training_run(runs, tmp_path, monkeypatch):
+    """With an active run the page renders with its polling fragment (every 5 s in a served app, where it
+    reruns the page when a step is recorded; AppTest does not run timed fragments) and a rerun shows the
+    newly recorded step."""
+    root, data_root = runs
+    shutil.copytree(root / "tiny", tmp_path / "r")
+    at = goto(app_on(tmp_path, data_root, monkeypatch), "filter_weights")
+    assert not at.exception
+    Run(tmp_path, "r").set_status(state="created")  # active
+    at.run()
+    before = list(at.select_slider(key="fw.step.r").options)
+    run = Run(tmp_path, "r")
+    last = run.filter_weight_steps()[-1]
+    stored = {k: v for k, v in run.load_filter_weights(last).items() if k != "step"}
+    run.save_filter_weights(last + 10, **stored)  # what the worker writes at the next nW
+    at.run()
+    assert list(at.select_slider(key="fw.step.r").options) == before + [str(last + 10)]
