@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import (DATA_ROOT_ENV, FIELD_TYPES, RUNS_DIR_ENV, Config, ConfigError,  # noqa: F401
                      default_data_root, default_runs_dir, make_config)
 from .presets import PRESETS
-from .runstore import ACTIVE, Run, RunError, list_runs, pid_alive
+from .runstore import ACTIVE, Run, RunError, list_runs, pid_alive, readable_runs
 
 DEMO_OVERRIDES_ENV = "DFG_DEMO_OVERRIDES"  # "k=v,k=v" applied to the Start page's demo run (tests: fewer steps)
 RESUMABLE = ("stopped", "interrupted", "failed")
@@ -135,15 +135,8 @@ def start_run(cfg: Config, root: str | Path, run_id: str | None = None) -> Run:
 def all_core_runs(root: str | Path) -> list[str]:
     """Ids of active runs that train on every core (threads=0): a run started beside one of them slows it down
     sharply (on 2 cores the first run fell from ~6.7 to ~0.3 steps/s while a second trained on 1 thread)."""
-    out = []
-    for run in list_runs(root):
-        try:
-            auto = run.config().get("threads") == 0
-        except RunError:
-            continue
-        if auto and progress(run)["active"]:
-            out.append(run.id)
-    return out
+    return [run.id for run in readable_runs(list_runs(root))[0]
+            if run.config().get("threads") == 0 and progress(run)["active"]]
 
 
 def parse_overrides(text: str) -> dict[str, str]:

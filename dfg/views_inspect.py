@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 
 from .paper import method_label
-from .runstore import Run, list_runs
+from .runstore import Run, list_runs, readable_runs
 
 GRADCAM_METHODS = ("original", "finetune", "delta", "dfg", "difa_cmwgan")  # Fig. 3-4's columns, then DIFA+cMWGAN
 # config fields that decide the test images a run is evaluated on (with the dataset): runs that differ in one
@@ -85,11 +85,8 @@ def comparable_runs(root: str | Path, like: dict | str) -> dict[str, list[str]]:
     like = {"dataset": like} if isinstance(like, str) else like
     fields = [f for f in TEST_SET_FIELDS if f in like]
     out: dict[str, list[str]] = {m: [] for m in GRADCAM_METHODS}
-    for run in list_runs(root):
-        try:
-            cfg = run.config()
-        except ValueError:  # a damaged config.json: not offered
-            continue
+    for run in readable_runs(list_runs(root))[0]:  # a damaged config.json: not offered
+        cfg = run.config()
         same_draw = not like.get("limit_test") or cfg.get("seed") == like.get("seed")  # the cap is seeded
         if all(cfg.get(f) == like[f] for f in fields) and same_draw and cfg.get("method") in out \
                 and has_checkpoint(run):

@@ -76,6 +76,19 @@ def weight_history(run: Run) -> tuple[dict[int, dict[str, np.ndarray]], list[str
     return history, problems
 
 
+def page_settings(run: Run) -> tuple[float, float, str | None]:
+    """(ρ, δ, method) the page starts from: the run's own. ValueError (RunError is one) naming the problem
+    when config.json is damaged, lacks them, or holds values the sliders cannot show."""
+    cfg = run.config()
+    try:
+        rho, delta = float(cfg["rho"]), float(cfg["delta"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    if not (0 <= rho <= 1 and delta >= 0):  # NaN fails here too
+        raise ValueError(f"rho={rho} must lie in [0, 1] and delta={delta} must be >= 0")
+    return rho, delta, cfg.get("method")
+
+
 def weight_view(run: Run, step: int, rho: float, delta: float, stored: dict | None = None) -> dict:
     """Everything the page shows for one recorded step and a chosen ρ/δ: the three heatmaps, the
     recomputed W* (array), whether it equals the recorded one, and the deactivated-channel table.

@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from dfg import views
-from dfg.runstore import Run, RunError
-from dfg.views_weights import delta_max, figure5, rho_accuracy, rho_figure, weight_history, weight_view
+from dfg.runstore import Run
+from dfg.views_weights import (delta_max, figure5, page_settings, rho_accuracy, rho_figure, weight_history,
+                               weight_view)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -15,12 +16,9 @@ if not run_id:
     st.stop()
 run = Run(root, run_id)
 try:  # a hand-edited or damaged config.json: say so instead of a traceback
-    cfg = run.config()
-    rho0, delta0, method = float(cfg["rho"]), float(cfg["delta"]), cfg.get("method")
-    if not (0 <= rho0 <= 1 and delta0 >= 0):  # NaN fails here too
-        raise ValueError(f"rho={rho0} must lie in [0, 1] and delta={delta0} must be >= 0")
-except (RunError, KeyError, TypeError, ValueError) as e:
-    st.error(f"{run_id}'s config.json cannot be used here ({type(e).__name__}: {e}); pick another run.")
+    rho0, delta0, method = page_settings(run)
+except ValueError as e:
+    st.error(f"{run_id}'s config.json cannot be used here ({e}); pick another run.")
     st.stop()
 history, problems = weight_history(run)  # each file read once, reused across reruns
 listed = run.filter_weight_steps()
@@ -53,7 +51,7 @@ if view["matches_recorded"]:
     st.caption("ρ and δ are the run's own: W* equals the one recorded during training.")
 else:
     st.caption(f"W* recomputed from the stored W(E_S) and W(E) for ρ={rho:.2f}, δ={delta:.2f} "
-               f"(the run trained with ρ={cfg['rho']}, δ={cfg['delta']}).")
+               f"(the run trained with ρ={rho0:g}, δ={delta0:g}).")
 
 st.subheader("Channels each class switches off")
 st.dataframe(pd.DataFrame(view["deactivated"]), hide_index=True, key="fw.deactivated")
