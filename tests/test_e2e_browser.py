@@ -1,11 +1,14 @@
 """End to end in a real browser: `streamlit run app.py` as a subprocess, Debian's chromium driven by
 Playwright. Start the demo run from the first page, watch the loss chart gain points, move the ρ slider
-and see W* change, and keep a screenshot of every page in test-artifacts/.
+and see W* change while the sidebar keeps the training run picked, and keep a screenshot of every page in
+test-artifacts/.
 
 The demo is shortened through DFG_DEMO_OVERRIDES (read by dfg.views.demo_config) and reuses the tiny
 run's data root, whose cached source model matches pretrain_steps=50. It has enough steps to still be
 training while the test watches; the fixture ends its worker."""
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,7 +83,23 @@ def points_read(page) -> int:
     return int(text.rsplit(":", 1)[1])
 
 
-def test_demo_from_the_browser(server):
+def make_newest(runs_dir: Path, finished: Path) -> None:
+    """A copy of a finished run that lists first in the sidebar (newest created)."""
+    newer = runs_dir / "newer"
+    shutil.copytree(finished, newer)
+    status = json.loads((newer / "status.json").read_text())
+    (newer / "status.json").write_text(json.dumps({**status, "created": time.time()}))
+
+
+def wait_for_step(run: Run) -> None:
+    """Until the training run records a step after this call."""
+    step, deadline = run.raw_status()["step"], time.time() + 60
+    while run.raw_status()["step"] <= step and time.time() < deadline:
+        time.sleep(0.3)
+    assert run.raw_status()["step"] > step
+
+
+def test_demo_from_the_browser(server, tiny_dfg_run):
     url, runs_dir = server
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir()
@@ -106,8 +125,16 @@ def test_demo_from_the_browser(server):
         assert points_read(page) > first >= 1
         page.screenshot(path=ARTIFACTS / "3_losses.png")
 
+        # The sidebar's pick of a training run that is not the newest must survive its steps: a served
+        # selectbox keeps its shown text as its value, and labels that carried the live step lost the pick
+        # at the first rerun after a step and fell back to the newest run.
+        make_newest(runs_dir, tiny_dfg_run.run.path)
         page.goto(f"{url}/filter_weights?run={run_id}")
         expect(page.get_by_text("W* for ρ=0.75, δ=0.95").first).to_be_visible(timeout=60_000)
+        pick = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
+        shown = re.compile(f"^{re.escape(run_id)}( |$)")  # the bare id (older code: the id and its live step)
+        expect(pick).to_have_value(shown)
+        wait_for_step(Run(runs_dir, run_id))
         heatmap = page.locator(".stPlotlyChart").nth(2)
         before = heatmap.screenshot()
         page.screenshot(path=ARTIFACTS / "4_filter_weights.png")
@@ -115,6 +142,9 @@ def test_demo_from_the_browser(server):
         rho.focus()
         for _ in range(15):  # 0.75 -> 0.00 in steps of 0.05
             rho.press("ArrowLeft")
+        page.wait_for_timeout(2000)  # the reruns the key presses started
+        expect(pick).to_have_value(shown)
+        assert page.url.endswith(f"run={run_id}")
         expect(page.get_by_text("W* for ρ=0.00, δ=0.95").first).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1000)
         assert heatmap.screenshot() != before
