@@ -78,7 +78,9 @@ def loss_increase(extractor: Extractor, classifier: nn.Module, x: torch.Tensor, 
             ce = F.cross_entropy(run_sequential(rest, zv, folded), y.repeat(v), reduction="none").view(v, n)
             out[:, j0:j0 + v] = (ce - base).T
         return out
-    per_variant = max(1, CHUNK_ELEMENTS // max(1, h[0].numel() * n))  # filters per chunk
+    # Filters per chunk. A net that normalises over the batch (train-mode BN: the official code's pass,
+    # DESIGN §2 item 7) must see each ablation alone, or its statistics would mix the removals.
+    per_variant = 1 if batch_stats else max(1, CHUNK_ELEMENTS // max(1, h[0].numel() * n))
     for j0 in range(0, nf, per_variant):
         js = torch.arange(j0, min(nf, j0 + per_variant), device=h.device)
         v = len(js)
@@ -143,7 +145,8 @@ def compute_class_weights(extractor: Extractor, classifier: nn.Module, x: torch.
                           eval_mode: bool = True, batch_size: int = 256) -> torch.Tensor:
     """W(E) (K, nf) from a class-balanced sample (x, y): Eq. 5 then Eq. 6, in eval mode under no_grad;
     the nets' previous train/eval modes are restored afterwards. eval_mode=False is the official code's
-    train-mode pass (DESIGN §2 item 7)."""
+    train-mode pass (DESIGN §2 item 7): BN then normalises each ablation by its own batch of up to
+    `batch_size` samples, and its running statistics move, as they do in the official code."""
     modes = [(m, m.training) for m in (extractor, classifier)]
     try:
         if eval_mode:

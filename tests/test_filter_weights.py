@@ -148,3 +148,34 @@ def test_class_weights_keep_float64_and_average_per_class():
     assert w.dtype == torch.float64
     torch.testing.assert_close(w, torch.tensor([[0.8, 1.2], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
                                atol=1e-15, rtol=0)
+
+
+
+def test_train_mode_pass_normalises_each_ablation_alone():
+    """The official code's train-mode pass (official_loss_gate) on nets whose BN normalises over the batch
+    (ResNet-50's E ends in bn3, its C is full of BN): each removed filter must be its own batch, as in one
+    full forward per filter. Batching several removals together mixed their BN statistics (on a random
+    ResNet-50 the loss increases were off by up to ~8). A small E and C with BN in the same places."""
+    import copy
+
+    from torch import nn
+
+    from dfg.networks import Extractor
+
+    torch.manual_seed(3)
+    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
+                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
+    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(6, 3))
+    x, y = torch.randn(6, 3, 8, 8), torch.arange(6) % 3
+    with torch.no_grad():
+        got = fw.loss_increase(e, c, x, y)
+        base = F.cross_entropy(c(e(x)), y, reduction="none")
+        want = torch.empty_like(got)
+        for j in range(e.num_filters):
+            ablated = copy.deepcopy(e)
+            ablated.last_conv.weight[j] = 0
+            ablated.last_conv.bias[j] = 0
+            want[:, j] = F.cross_entropy(c(ablated(x)), y, reduction="none") - base
+    assert got.shape == (6, 8) and want.abs().max() > 0.01  # removals that matter
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
