@@ -13,6 +13,7 @@ from .runstore import Run, atomic_write_bytes
 METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
 METRIC_LABELS = {"top1": "Top-1", "balanced_acc": "Balanced acc.", "macro_f1": "Macro-F1",
                  "minority_recall": "Minority recall"}
+BEST_VAL_LABEL = "Top-1 at best val."  # the test top-1 of the step with the best validation top-1
 # Config fields that make replicates of one condition (averaged over), never a group of their own.
 REPLICATE_KEYS = {"seed", "majority", "threads", "device", "data_root", "download", "log_every", "eval_every",
                   "ckpt_every", "preset", "dataset", "method"}
@@ -23,7 +24,8 @@ _METHOD_ORDER = ("original", "finetune", "delta", "difa_cmwgan", "dfg")
 def run_row(run: Run, keys=()) -> dict:
     """One run's identity, state and final test metrics (in %); `keys` adds those config fields."""
     cfg, status = run.config(), run.status()
-    last = (run.read_json("final.json") or {}).get("last") or {}
+    final = run.read_json("final.json") or {}
+    last = final.get("last") or {}
     data = run.read_json("data.json") or {}
     majority = data.get("majority", cfg.get("majority") or [])
     row = {"run_id": run.id, "preset": cfg.get("preset"), "dataset": cfg.get("dataset"), "method": cfg.get("method"),
@@ -34,6 +36,11 @@ def run_row(run: Run, keys=()) -> dict:
     for m in METRICS:
         v = last.get(m) if done else None
         row[m] = 100.0 * v if v is not None else None
+    # Best-on-validation (only with a validation split): the test top-1 of the step with the best val top-1.
+    best = final.get("best_on_val") if done else None
+    test_at_best = (best or {}).get("test") or {}
+    row["best_val_top1"] = 100.0 * test_at_best["top1"] if test_at_best.get("top1") is not None else None
+    row["best_val_step"] = best.get("step") if row["best_val_top1"] is not None else None
     row["error"] = status.get("error") if row["state"] != "finished" else None
     return row
 
@@ -67,9 +74,25 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _drop_repeats(done: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the first finished run of each (seed, majority classes), the later ones). Within one group a second
+    run of the same seed is the same experiment again (seeded runs repeat exactly on a CPU): counting it would
+    shrink the std without adding a sample. Rows without a seed are all kept."""
+    kept, repeats, seen = [], [], set()
+    for r in done:
+        key = (r.get("seed"), r.get("majority"))
+        if key[0] is not None and key in seen:
+            repeats.append(r)
+        else:
+            seen.add(key)
+            kept.append(r)
+    return kept, repeats
+
+
 def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | None = None) -> list[dict]:
     """Group runs by (preset, dataset, method, *by) — `by` defaults to the varied config fields — and give the
-    mean/std of each metric over finished runs (in %), the paper's Table 2 value and notes on the rest."""
+    mean/std of each metric over finished runs (in %; a repeated seed counts once, the first listed: the
+    newest in the app), the paper's Table 2 value and notes on the rest."""
     if by is None:
         by = varied_keys([r.config() for r in runs])
     rows = rows if rows is not None else [run_row(r, by) for r in runs]
@@ -80,10 +103,11 @@ def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | N
     out = []
     for members in groups.values():
         first, done = members[0], [r for r in members if r["state"] == "finished" and r["top1"] is not None]
+        done, repeats = _drop_repeats(done)
         s = {"preset": first["preset"], "dataset": first["dataset"], "method": first["method"],
              **{k: first.get(k) for k in by}, "n": len(done), "n_runs": len(members)}
-        for m in METRICS:
-            s[f"{m}_mean"], s[f"{m}_std"] = _mean_std([r[m] for r in done if r[m] is not None])
+        for m in (*METRICS, "best_val_top1"):
+            s[f"{m}_mean"], s[f"{m}_std"] = _mean_std([r[m] for r in done if r.get(m) is not None])
         paper = paper_top1(first["dataset"], first["method"])
         s["paper_top1_mean"], s["paper_top1_std"] = paper if paper else (None, None)
         pending = [r for r in members if r not in done]
@@ -91,6 +115,9 @@ def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | N
         for r in pending:
             states[r["state"]] = states.get(r["state"], 0) + 1
         notes = [", ".join(f"{n} {st}" for st, n in sorted(states.items()))] if states else []
+        if repeats:
+            notes.append(f"{len(repeats)} repeat(s) of a seed already counted left out: "
+                         + ", ".join(f"{r['run_id']} (seed {r['seed']})" for r in repeats))
         s["notes"] = "; ".join(notes + [f"{r['run_id']}: {r['error']}" for r in pending if r.get("error")])
         out.append(s)
     return sorted(out, key=lambda s: _sort_key(s, by))
@@ -145,8 +172,8 @@ def _display_rows(summary: list[dict]) -> list[dict]:
     for s in summary:
         d = {**s, "dataset_label": dataset_label(s["dataset"]), "method_label": method_label(s["method"]),
              "paper": _pm(s["paper_top1_mean"], s["paper_top1_std"]) if s["paper_top1_mean"] is not None else "—"}
-        for m in METRICS:
-            d[m] = _pm(s[f"{m}_mean"], s[f"{m}_std"])
+        for m in (*METRICS, "best_val_top1"):
+            d[m] = _pm(s.get(f"{m}_mean"), s.get(f"{m}_std"))
         out.append(d)
     return out
 
@@ -155,15 +182,25 @@ def summary_markdown(summary: list[dict], by: list[str]) -> str:
     cols = [("dataset_label", "Dataset"), ("method_label", "Method"), *[(k, k) for k in by], ("n", "n"),
             ("top1", "Top-1 (%)"), ("paper", "Paper Table 2 (%)"),
             *[(m, f"{METRIC_LABELS[m]} (%)") for m in METRICS[1:]]]
+    if has_best_val(summary):
+        cols.append(("best_val_top1", BEST_VAL_LABEL + " (%)"))
     text = markdown_table(_display_rows(summary), cols)
     notes = [f"- {s['dataset']}/{s['method']}" + "".join(f" {k}={s.get(k)}" for k in by) + f": {s['notes']}"
              for s in summary if s["notes"]]
     text += "\nmean ± sample std (ddof=1) over finished runs; — = a single run or none.\n"
+    if has_best_val(summary):
+        text += (f"{BEST_VAL_LABEL}: the test top-1 at the step with the best validation top-1 (the other columns"
+                 " are the last iterate).\n")
     return text + ("\nNotes:\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def has_best_val(summary: list[dict]) -> bool:
+    """Whether any group has best-on-validation figures (runs with a validation split)."""
+    return any(s.get("best_val_top1_mean") is not None for s in summary)
 
 
 def _tex(text: str) -> str:
@@ -178,15 +215,18 @@ def _tex_pm(mean, std) -> str:
 
 
 def summary_latex(summary: list[dict], by: list[str]) -> str:
-    heads = ["Dataset", "Method", *by, "$n$", "Top-1 (\\%)", "Paper (\\%)", "Min. recall (\\%)"]
-    lines = ["\\begin{tabular}{" + "l" * (2 + len(by)) + "r" * 4 + "}", "\\toprule",
+    best = has_best_val(summary)
+    heads = ["Dataset", "Method", *by, "$n$", "Top-1 (\\%)", "Paper (\\%)", "Min. recall (\\%)",
+             *(["Top-1 best val. (\\%)"] if best else [])]
+    lines = ["\\begin{tabular}{" + "l" * (2 + len(by)) + "r" * (4 + best) + "}", "\\toprule",
              " & ".join(_tex(h) if not h.startswith("$") and "\\%" not in h else h for h in heads) + " \\\\",
              "\\midrule"]
     for s in summary:
         cells = [_tex(dataset_label(s["dataset"])), _tex(method_label(s["method"])),
                  *[_tex(_cell(s.get(k))) for k in by], str(s["n"]), _tex_pm(s["top1_mean"], s["top1_std"]),
                  _tex_pm(s["paper_top1_mean"], s["paper_top1_std"]),
-                 _tex_pm(s["minority_recall_mean"], s["minority_recall_std"])]
+                 _tex_pm(s["minority_recall_mean"], s["minority_recall_std"]),
+                 *([_tex_pm(s["best_val_top1_mean"], s["best_val_top1_std"])] if best else [])]
         lines.append(" & ".join(cells) + " \\\\")
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
 

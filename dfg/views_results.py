@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from .paper import method_label
 from .runstore import Run, list_runs, readable_runs
-from .tables import run_row, summarise, to_csv, varied_keys
+from .tables import BEST_VAL_LABEL, has_best_val, run_row, summarise, to_csv, varied_keys
 
 def _pm(mean, std) -> str:
     if mean is None:
@@ -24,6 +24,8 @@ def format_summary(raw: list[dict], by: list[str]) -> list[dict]:
              "balanced acc (%)": _pm(s["balanced_acc_mean"], s["balanced_acc_std"]),
              "macro F1 (%)": _pm(s["macro_f1_mean"], s["macro_f1_std"]),
              "minority recall (%)": _pm(s["minority_recall_mean"], s["minority_recall_std"]),
+             **({f"{BEST_VAL_LABEL.lower()} (%)": _pm(s["best_val_top1_mean"], s["best_val_top1_std"])}
+                if has_best_val(raw) else {}),
              "notes": s["notes"]} for s in raw]
 
 

@@ -379,6 +379,16 @@ def test_validation_split_selects_on_val_never_on_test(data_root, tmp_path):
     assert best["step"] == chosen["step"] and best["test"]["top1"] == next(
         r["top1"] for r in test if r["step"] == chosen["step"])
     assert run.read_json("final.json")["last"]["step"] == 6  # the headline stays the last iterate
+    # The tables report it beside the last iterate, in its own column, never in place of it.
+    from dfg.tables import run_row, summarise, summary_latex, summary_markdown
+
+    row = run_row(run)
+    assert (row["best_val_step"], row["best_val_top1"]) == (best["step"], pytest.approx(100 * best["test"]["top1"]))
+    assert row["top1"] == pytest.approx(100 * test[-1]["top1"])
+    summary = summarise([run])
+    assert summary[0]["best_val_top1_mean"] == pytest.approx(row["best_val_top1"])
+    assert f"| {row['best_val_top1']:.2f} ± — |" in summary_markdown(summary, []) and "Top-1 at best val." in \
+        summary_markdown(summary, []) and "best val." in summary_latex(summary, [])
 
 
 def test_missing_imagenet_weights_say_where_they_go(tmp_path, monkeypatch):

@@ -294,6 +294,12 @@ def test_paper_values_and_rendering():
     assert "| F-MNIST | Original | 1 | 70.00 ± — | 77.13 ± 3.24 |" in md and "boom" in md
     tex = summary_latex(summary, [])
     assert r"$82.00 \pm 2.00$ & $82.65 \pm 0.28$" in tex
+    repeated = summarise([], [], rows=[_row("fmnist", "dfg", 80.0, seed=0, majority="0 1"),
+                                       {**_row("fmnist", "dfg", 80.0, seed=0, majority="0 1"), "run_id": "again"},
+                                       _row("fmnist", "dfg", 84.0, seed=1, majority="0 1"),
+                                       _row("fmnist", "dfg", 86.0, seed=0, majority="2 3")])[0]
+    assert (repeated["n"], repeated["n_runs"], repeated["top1_mean"]) == (3, 4, 250 / 3)  # the second seed 0 once
+    assert "1 repeat(s) of a seed already counted left out: again (seed 0)" in repeated["notes"]
     odd = [{**r, "folder": "/d/a_b#1$x{y}~^%&\\"} for r in rows[:1]]
     row = [line for line in summary_latex(summarise([], ["folder"], rows=odd), ["folder"]).splitlines()
            if "DFG" in line][0]
