@@ -17,6 +17,7 @@ import torch
 from .runstore import atomic_write_bytes, fault
 
 FORMAT = 2          # 2 adds the content digest; format 1 (no digest) is still read
+REDO = "move it away and `python -m dfg resume` trains the run again from step 0 (its rows on file are kept), or start a new run"
 
 
 class CheckpointError(ValueError):
@@ -48,14 +49,13 @@ def load_checkpoint(path: Path, *, backbone: str | None = None, method: str | No
     except Exception as e:  # truncated zip, bad pickle opcode, disallowed global...
         first = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(f"checkpoint {path} is unreadable or not a plain-tensor checkpoint "
-                              f"({type(e).__name__}: {first}); "
-                              "resume from an earlier run or start a new one") from None
+                              f"({type(e).__name__}: {first}); {REDO}") from None
     if (not isinstance(ckpt, dict) or ckpt.get("format") not in (1, FORMAT) or not isinstance(ckpt.get("state"), dict)
             or not isinstance(ckpt.get("step"), int)):
         raise CheckpointError(f"checkpoint {path} has an unknown layout (not written by dfg)")
     if ckpt["format"] >= 2 and ckpt.get("sha256") != content_digest(ckpt["state"]):
         raise CheckpointError(f"checkpoint {path} does not match its checksum: the file is damaged or was edited; "
-                              "resume from an earlier run or start a new one")
+                              f"{REDO}")
     if backbone is not None and ckpt.get("backbone") != backbone:
         raise CheckpointError(f"checkpoint {path} is for backbone {ckpt.get('backbone')!r}, "
                               f"but this run uses {backbone!r}")

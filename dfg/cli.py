@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
     from .loop import train
 
     cfg = config_from_args(args)
-    run, data = create_checked(cfg, args.runs_dir, args.run_id or new_run_id(cfg))
+    run, data = create_checked(cfg, args.runs_dir, new_run_id(cfg) if args.run_id is None else args.run_id)
     print(f"run {run.id} in {run.path}", file=sys.stderr)
     if args.background:
         pid = launch(run)

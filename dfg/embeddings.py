@@ -217,7 +217,7 @@ def _compute(run: Run, ckpt: tuple, method: str, n: int, seed: int, device, prog
     fkey = (*ckpt, n, seed, str(device))
     hit = _features.get(fkey)  # features and scores shared by every projection of this checkpoint
     if hit is None:
-        progress(0.05, "restoring the run (re-fits the source head)")
+        progress(0.05, "restoring the run from its checkpoint")
         cfg, data, m, step = restore_cached(run, device)
         progress(0.3, "extracting real and generating features")
         fs = collect_features(m, data, n_real=n, n_fake=n, seed=seed, device=device)

@@ -75,9 +75,11 @@ def jsonable(o):
 
 
 def writable_problem(folder: str | os.PathLike) -> str | None:
-    """Why files cannot be written into `folder` (made if missing), or None when they can: checked with a
-    real probe file, since permissions alone miss read-only mounts."""
-    folder = Path(folder)
+    """Why files cannot be written into `folder`, or None when they can: checked with a real probe file,
+    since permissions alone miss read-only mounts. Folders made for the probe are removed again, so a check
+    that is followed by a failed one leaves nothing behind."""
+    folder = Path(folder).absolute()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"
@@ -85,6 +87,10 @@ def writable_problem(folder: str | os.PathLike) -> str | None:
         probe.unlink()
     except OSError as e:
         return f"{type(e).__name__}: {e.strerror or e}"
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 
 from .config import ConfigError, absolute_path, make_config, parse_value
@@ -116,6 +117,11 @@ def _majority_sets(preset: str, sets: dict, combos: str | None) -> list[tuple[in
         raise ConfigError(f"--majority-combos needs a dataset with known classes; {cfg.dataset!r} has none")
     if combos == "all":
         return list(majority_combinations(n, cfg.num_majority))
+    total = math.comb(n, cfg.num_majority)
+    if int(combos) > total:
+        raise ConfigError(f"--majority-combos {combos} asks for more sets than preset {preset!r} has: "
+                          f"C({n}, {cfg.num_majority}) = {total} ways to choose {cfg.num_majority} majority classes "
+                          f"of {n}; give at most {total}, or all")
     return list(majority_combinations(n, cfg.num_majority, sample=int(combos), seed=0))  # same for every seed
 
 

@@ -94,16 +94,18 @@ def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
     return SourceModel(e.eval(), c.eval(), w)
 
 
-def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None):
+def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None, with_source: bool = True):
     """Data, source model and method for a config (shared by train, eval and the app's inspectors).
-    `data`: the bundle `preflight` already built for this config (saves loading it twice)."""
+    `data`: the bundle `preflight` already built for this config (saves loading it twice).
+    with_source=False: no source model (E/C/G/D are fresh until a checkpoint is loaded into them)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     configure_backend(cfg, device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
-    source = build_source(cfg, data, device, sample, log) if METHODS[cfg.method].from_source else None
+    source = build_source(cfg, data, device, sample, log) if with_source and METHODS[cfg.method].from_source \
+        else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)
     rng.manual_seed(cfg.seed)
@@ -118,14 +120,16 @@ def _minority(data) -> tuple[int, ...]:
 
 
 def restore(run: Run, device: torch.device | str | None = None, log=lambda m: None):
-    """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode."""
+    """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode.
+    Only the target's data is loaded: the checkpoint holds every trained network and W*, so the source model
+    (its data, its pretraining, the head re-fit) is never needed to inspect or evaluate a run."""
     from .config import from_dict
 
     cfg = from_dict(run.require().config())
     validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
     device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
-    data, method = setup(cfg, device, log)
+    data, method = setup(cfg, device, log, with_source=False)
     load_method_state(method, ckpt, run.checkpoint_path)
     method.eval()
     return cfg, data, method, ckpt["step"]
@@ -176,8 +180,11 @@ def train(cfg: Config, run: Run, *, resume: bool = False,
     # checkpoint loads keeps the step on record
     where = {"step": run.raw_status().get("step") or 0 if resume else 0}
     with run.writer():
+        # a damaged checkpoint is refused before any setup work, and the run keeps its state on record
+        ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device) \
+            if resume and run.checkpoint_path.exists() else None
         try:
-            return _train(cfg, run, device, resume, progress, log, data, where, keep_stop)
+            return _train(cfg, run, device, resume, ckpt, progress, log, data, where, keep_stop)
         except Diverged as e:
             return run.set_status(state="diverged", step=where["step"], error=str(e), heartbeat=time.time())
         except (torch.OutOfMemoryError, MemoryError):
@@ -196,7 +203,8 @@ def train(cfg: Config, run: Run, *, resume: bool = False,
             raise
 
 
-def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, where: dict, keep_stop: bool) -> dict:
+def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progress, log, data, where: dict,
+           keep_stop: bool) -> dict:
     from .data import BatchStream
 
     if not keep_stop:
@@ -216,8 +224,7 @@ def _train(cfg: Config, run: Run, device, resume: bool, progress, log, data, whe
     counts: dict[str, int] = {}
     # rows already on file (a resumed run redoes at most ckpt_every steps; their rows are not written twice)
     on_file = run.prepare_metrics(keep=resume)
-    if resume and run.checkpoint_path.exists():
-        ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+    if ckpt is not None:
         load_method_state(method, ckpt, run.checkpoint_path)
         stream.load_state_dict(ckpt["state"]["stream"])
         best = ckpt["state"].get("best", best)

@@ -1,4 +1,4 @@
-"""Restored runs cached in-process for the inspection views (restoring re-fits the source head: seconds),
+"""Restored runs cached in-process for the inspection views (restoring loads the target data and the checkpoint),
 keyed by the checkpoint file so a run that keeps training is restored afresh; test images as RGB/PNG."""
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ import shutil
 import socket
 import threading
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,9 @@ def _typed_status(s: dict) -> dict:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
         return isinstance(v, kind) and not (kind is int and isinstance(v, bool))
     return {k: v for k, v in s.items() if k not in STATUS_TYPES or v is None or ok(v, STATUS_TYPES[k])}
+
+
+_DAMAGED = "the run record is damaged: put back a copy of config.json, or delete the run's folder to start it anew"
 
 
 class RunError(ValueError):
@@ -153,9 +158,9 @@ class Run:
         except FileNotFoundError:
             raise RunError(f"no run {self.id!r} in {self.root} (expected {self.path / 'config.json'})") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(f"{self.path / 'config.json'} is not valid JSON ({e}); the run record is damaged") from None
+            raise RunError(f"{self.path / 'config.json'} is not valid JSON ({e}); {_DAMAGED}") from None
         if not isinstance(d, dict):
-            raise RunError(f"{self.path / 'config.json'} must hold a JSON object of config fields")
+            raise RunError(f"{self.path / 'config.json'} must hold a JSON object of config fields; {_DAMAGED}")
         return d
 
     def raw_status(self) -> dict:
@@ -236,8 +241,8 @@ class Run:
         for line in data[:end].splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # never produced by the writer; tolerate a hand-edited file
+            except ValueError:  # bad JSON or bytes that are not UTF-8: never produced by the writer (a
+                continue        # hand-edited file, a disk that zero-filled blocks); the other rows still count
             if isinstance(row, dict):
                 rows.append(row)
         return rows, offset + end
@@ -275,8 +280,8 @@ class Run:
         except FileNotFoundError:
             raise RunError(f"run {self.id!r} has no filter weights for step {step}; "
                            f"recorded steps: {self.filter_weight_steps()}") from None
-        except (OSError, ValueError, EOFError) as e:
-            raise RunError(f"{path} is damaged or not plain arrays ({e})") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:  # a cut file
+            raise RunError(f"{path} is damaged or not plain arrays ({type(e).__name__}: {e})") from None
 
     # -- misc records ---------------------------------------------------------------------
     def write_json(self, name: str, obj) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .grid import Cell, expand_grid, parse_sets, varied
-from .runstore import Run, atomic_write_json
+from .runstore import Run, RunError, atomic_write_json
 from .tables import rho_curve, run_row, summarise, write_tables
 
 
@@ -24,16 +24,20 @@ def _grid_json(name, cells: list[Cell], args: dict, by: list[str]) -> dict:
 
 
 def sweep_rows(runs_dir: str | Path, grid: dict) -> list[dict]:
-    """Per-run rows for every cell: `run_row` for runs that exist, a 'pending' row for the others."""
+    """Per-run rows for every cell: `run_row` for runs that exist, a 'pending' row for the others and a
+    'damaged' one (its error names the file) for a run whose config.json cannot be read."""
     rows = []
     for c in grid["cells"]:
         run = Run(runs_dir, c["run_id"])
-        if run.exists():
+        cell = {"run_id": c["run_id"], "preset": c["preset"], "dataset": c["dataset"], "method": c["method"],
+                "seed": c["seed"], "majority": " ".join(map(str, c["majority"] or [])), **c["values"]}
+        if not run.exists():
+            rows.append({**cell, "state": "pending"})
+            continue
+        try:
             rows.append(run_row(run, grid["varied"]))
-        else:
-            rows.append({"run_id": c["run_id"], "preset": c["preset"], "dataset": c["dataset"],
-                         "method": c["method"], "seed": c["seed"], "majority": " ".join(map(str, c["majority"] or [])),
-                         **c["values"], "state": "pending"})
+        except RunError as e:
+            rows.append({**cell, "state": "damaged", "error": str(e)})
     return rows
 
 

@@ -403,3 +403,31 @@ def test_filter_weights_page_follows_a_training_run(runs, tmp_path, monkeypatch)
     run.save_filter_weights(last + 10, **stored)  # what the worker writes at the next nW
     at.run()
     assert list(at.select_slider(key="fw.step.r").options) == before + [str(last + 10)]
+
+
+def test_damaged_metric_lines_and_weight_files_are_left_out_not_raised(tiny_dfg_run, tmp_path):
+    """Bytes that are not UTF-8 (a disk that zero-filled or scrambled a block), a row without a step and a
+    hand-edited non-numeric loss: the readers skip them and keep the rest; a cut .npz is named, not raised."""
+    from dfg.views_losses import metric_figure
+    from dfg.views_weights import weight_history
+
+    run = Run.create(tmp_path, "copy", tiny_dfg_run.run.config())
+    lines = (tiny_dfg_run.run.path / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    bad = [b'{"kind": "train", "step": 3, "L_D": "\xff\xfe"}\n', b"\x00\x00\x00\x00garbage\n",
+           b'{"kind": "train", "L_D": 1.0}\n', b'{"kind": "train", "step": 4, "L_D": "x", "L_G": 2.5}\n']
+    (run.path / "metrics.jsonl").write_bytes(lines[0] + b"".join(bad) + b"".join(lines[1:]))
+    rows, _ = run.read_metrics()
+    assert len(rows) == len(lines) + 2  # the two readable extra rows (no step; a text L_D) are still rows
+    assert run.prepare_metrics(keep=True)  # a resume reads the file instead of failing on it
+    tail = new_tail()
+    update_tail(tail, run)
+    assert all("step" in r for r in tail["train"]) and any(r.get("L_D") == "x" for r in tail["train"])
+    fig = metric_figure({"copy": tail}, "L_D")
+    assert len(fig.data[0].x) == sum(1 for r in tail["train"] if isinstance(r.get("L_D"), float))
+    assert 4 in metric_figure({"copy": tail}, "L_G").data[0].x
+    shutil.copytree(tiny_dfg_run.run.path / "filter_weights", run.path / "filter_weights", dirs_exist_ok=True)
+    cut = sorted((run.path / "filter_weights").glob("w_*.npz"))[-1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    history, problems = weight_history(run)
+    assert sorted(history) == tiny_dfg_run.run.filter_weight_steps()[:-1]
+    assert len(problems) == 1 and cut.name in problems[0] and "damaged" in problems[0]

@@ -93,6 +93,7 @@ BAD = {
     "run-id-dots": (["--run-id", "../evil"], "invalid run id '../evil'"),
     "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
     "run-id-newline": (["--run-id", "nl\n"], "invalid run id 'nl\\n'"),
+    "run-id-empty": (["--run-id", ""], "invalid run id ''"),
     "preset-set": (["--set", "preset=svhn"], "cannot be overridden: choose the preset with --preset NAME"),
     "seed": (["--set", "seed=-5"], "seed=-5 is invalid"),
     "seed-huge": (["--set", f"seed={2 ** 70}"], f"seed={2 ** 70} is invalid"),
@@ -126,7 +127,7 @@ def test_bad_input_gets_one_clear_message_and_no_run_folder(case, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
-    assert not runs.exists() or not list(runs.iterdir())  # no run folder, not even a half-made one
+    assert not runs.exists()  # no run folder, not even a half-made one, and no runs folder made for it
     assert not (tmp_path / "evil").exists()
 
 
@@ -226,6 +227,24 @@ def test_a_resume_that_fails_before_its_checkpoint_loads_keeps_the_step_on_recor
     assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 130
     assert "interrupted at step 5" in capsys.readouterr().err
     assert run.status()["state"] == "interrupted" and run.status()["step"] == 5  # was step 0
+
+
+def test_a_damaged_checkpoint_is_refused_before_any_setup_and_the_run_keeps_its_state(finished, tmp_path,
+                                                                                        monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished.path, runs / finished.id)
+    run = Run(runs, finished.id)
+    run.set_status(state="stopped", step=5)
+    ckpt = run.checkpoint_path
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+
+    def no_setup(*a, **k):
+        raise AssertionError("setup (data, source model, filter weights) ran before the checkpoint was checked")
+    monkeypatch.setattr("dfg.loop.setup", no_setup)
+    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} is unreadable" in err and "move it away and `python -m dfg resume` trains" in err
+    assert run.status()["state"] == "stopped" and run.status()["step"] == 5 and not run.status().get("error")
 
 
 def test_hand_edited_run_records_do_not_break_the_listing_or_a_resume(finished, tmp_path, capsys):
@@ -544,3 +563,18 @@ def test_two_runs_written_at_once_read_by_two_readers_each(tmp_path):
         assert {x["run"] for x in rows} == {r.id}  # never a row of the other run
         raw = (r.path / "metrics.jsonl").read_bytes()
         assert raw.count(b"\n") == n and all(json.loads(line) for line in raw.splitlines())
+
+
+def test_eval_needs_the_target_data_and_the_checkpoint_only(finished, tmp_path, capsys):
+    """A run folder moved to a machine without its source model: eval gives the run's own last test metrics
+    without pretraining a source (or needing the source's data) and writes nothing into the data root."""
+    moved = tmp_path / "runs"
+    shutil.copytree(finished.path, moved / "moved")
+    cfg = json.loads((moved / "moved" / "config.json").read_text())
+    fresh = tmp_path / "fresh-data"  # the demo's target data needs no files; its source would be cached here
+    (moved / "moved" / "config.json").write_text(json.dumps({**cfg, "data_root": str(fresh)}))
+    assert cli.main(["eval", "moved", "--runs-dir", str(moved)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["top1"] == finished.read_json("final.json")["last"]["top1"]
+    assert "pretrain" not in err and "re-fit" not in err
+    assert not (fresh / "sources").exists()

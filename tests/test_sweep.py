@@ -1,5 +1,6 @@
 """Sweeps: grid expansion and run ids, local and Ray execution with resume, results tables against the
 runs' own metrics, the paper's numbers, and method defaults in make_config."""
+import json
 import csv
 import itertools
 import statistics
@@ -107,6 +108,10 @@ def test_grid_majority_combos_all_and_sampled():
     assert sorted({c.majority for c in sampled}) == majority_combinations(10, 2, sample=5, seed=0)
     k8 = expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="all", sets=parse_sets(["num_majority=8"]))
     assert len(k8) == 45 and all(len(c.majority) == 8 for c in k8)
+    assert len(expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="45")) == 45
+    with pytest.raises(ConfigError, match=r"--majority-combos 46 asks for more sets than preset 'demo' has: "
+                                          r"C\(10, 2\) = 45 ways .*; give at most 45, or all"):
+        expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="46")
     default = expand_grid("g", ["demo"], ["dfg"], [0, 1])
     assert [c.config().majority for c in default] == [(), ()] and "-mauto-" in default[0].run_id
 
@@ -334,3 +339,21 @@ def test_rho_curve_has_paper_points():
     assert [c["rho"] for c in curve] == [0.0, 0.75]
     assert (curve[0]["svhn/dfg mean"], curve[0]["svhn/dfg n"], curve[0]["svhn/dfg paper"]) == (80.0, 2, 79.98)
     assert curve[1]["svhn/dfg std"] is None and curve[1]["svhn/dfg paper"] == 80.81
+
+
+def test_a_damaged_run_is_named_in_its_sweep_and_the_sweep_still_shows(tmp_path):
+    from dfg.views_results import sweeps
+
+    cell = {"preset": "demo", "dataset": "mnist5k", "method": "dfg", "majority": [0, 1], "sets": {}, "values": {}}
+    grid = {"name": "s", "created": 1.0, "args": {}, "varied": [],
+            "cells": [{**cell, "run_id": "broken", "seed": 0}, {**cell, "run_id": "later", "seed": 1}]}
+    (tmp_path / "sweeps" / "s").mkdir(parents=True)
+    (tmp_path / "sweeps" / "s" / "grid.json").write_text(json.dumps(grid))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"broken')
+    shown = sweeps(tmp_path)
+    assert [s["name"] for s in shown] == ["s"]
+    assert [r["state"] for r in shown[0]["runs"]] == ["damaged", "pending"]
+    notes = shown[0]["summary"][0]["notes"]
+    assert "1 damaged, 1 pending" in notes and "config.json is not valid JSON" in notes
+    assert "delete the run's folder to start it anew" in notes
