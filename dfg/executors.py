@@ -135,8 +135,8 @@ class LocalExecutor:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             for _, proc in active:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                if proc.poll() is None:  # SIGTERM would only ask it to stop again
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
         pass

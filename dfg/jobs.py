@@ -1,9 +1,12 @@
 """Background runs: a detached worker process per run that survives the app (and its restarts)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .fileio import writable_problem
@@ -86,3 +89,26 @@ def submit(cfg, runs_dir: str | Path, run_id: str) -> Run:
 def stop(run: Run) -> None:
     """Ask the worker to checkpoint and stop at its next step."""
     run.request_stop()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(run: Run):
+    """While training: SIGTERM (docker stop, a job scheduler's pre-emption, `kill`) asks for a stop as the
+    STOP file does: the step ends, a checkpoint is written and the run is recorded as stopped, not lost
+    back to its last checkpoint. A second SIGTERM ends the process at once. Only the main thread can
+    install a handler; elsewhere (a Ray task's thread) SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    restore = previous if previous is not None else signal.SIG_DFL
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, restore)
+        run.request_stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, restore)

@@ -13,6 +13,7 @@ import torch
 from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, ConfigError, validate
 from .filter_weights import balanced_sample, compute_class_weights
+from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
 from .methods import METHODS, SourceModel, TrainContext, scalars
 from .metrics import evaluate
@@ -179,7 +180,7 @@ def train(cfg: Config, run: Run, *, resume: bool = False,
     # the step reached, for the status of a run that ends by an exception; a resume that fails before its
     # checkpoint loads keeps the step on record
     where = {"step": run.raw_status().get("step") or 0 if resume else 0}
-    with run.writer():
+    with run.writer(), stop_on_sigterm(run):
         # a damaged checkpoint is refused before any setup work, and the run keeps its state on record
         ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device) \
             if resume and run.checkpoint_path.exists() else None

@@ -48,7 +48,8 @@ def imagenet_state_dict(allow_random_init: bool, check_only: bool = False) -> di
                 return torch.load(hub / name, map_location="cpu", weights_only=True)
             except Exception as e:  # truncated download, another file under that name
                 raise SourceError(
-                    f"ResNet-50 ImageNet weights at {hub / name} cannot be read ({type(e).__name__}: {e}); the file "
+                    f"ResNet-50 ImageNet weights at {hub / name} cannot be read ({type(e).__name__}: "
+                    f"{(str(e).splitlines() or [''])[0][:200]}); the file "
                     "is damaged or not a torch checkpoint. Delete it and fetch it again on an online machine with "
                     "`python -c \"import torchvision; torchvision.models.resnet50(weights='IMAGENET1K_V2')\"`."
                 ) from None

@@ -15,7 +15,7 @@ import torch
 
 from dfg.checkpoint import load_checkpoint
 from dfg.config import make_config
-from dfg.jobs import launch, submit
+from dfg.jobs import launch, stop_on_sigterm, submit
 from dfg.runstore import Run, pid_alive
 
 TINY = dict(steps=40, ckpt_every=5, log_every=5, eval_every=20, pretrain_steps=50, head_refit_steps=10,
@@ -146,3 +146,37 @@ def killed_and_resumed(data_root, tmp_path, monkeypatch):
         assert follower.rows[r.id, 0] == follower.rows[r.id, 1] == full
         raw = (r.path / "metrics.jsonl").read_bytes()
         assert raw.endswith(b"\n") and raw.count(b"\n") == len(full)  # every line parses
+
+
+def test_sigterm_checkpoints_and_stops_the_worker_and_a_second_one_ends_it(data_root, tmp_path):
+    """docker stop / a scheduler's pre-emption: SIGTERM ends the step, writes a checkpoint at it and records the
+    run as stopped (none of its steps lost); resumed, it continues from there. A second SIGTERM is not held
+    up by a slow step: the first gives SIGTERM back to the handler that was there before (by default, the
+    end of the process)."""
+    cfg = make_config("demo", {**TINY, "data_root": data_root, "steps": 400, "ckpt_every": 200})
+    run = Run.create(tmp_path, "termed", cfg.to_dict())
+    pid = launch(run)
+    wait_until(lambda: run.raw_status().get("pid") == pid and run.raw_status().get("step", 0) >= 5)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid))
+    s = run.status()
+    assert s["state"] == "stopped" and 5 <= s["step"] < 200, s  # stopped between the checkpoint interval's ends
+    assert load_checkpoint(run.checkpoint_path)["step"] == s["step"] and not run.stop_requested()
+    pid = launch(run)
+    wait_until(lambda: run.raw_status().get("pid") == pid and run.raw_status().get("step", 0) > s["step"])
+    assert f"resumed from step {s['step']}" in (run.path / "log.txt").read_text()
+    run.request_stop()
+    wait_until(lambda: not pid_alive(pid))
+    # in this process: the first SIGTERM only asks for the stop and hands SIGTERM back to its default action
+    # (so a second one ends the process), and leaving the block restores the handler found on entry
+    mine = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        run.clear_stop()
+        with stop_on_sigterm(run):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Python runs the handler at the next bytecode boundary
+            assert run.stop_requested() and signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, mine)

@@ -17,6 +17,9 @@ def download_dataset(name: str, root: str | os.PathLike = "data") -> str:
         return _download(name, root)
     except DataError:
         raise
+    except (NotADirectoryError, FileExistsError, PermissionError) as e:  # the data root, not the network
+        raise DataError(f"cannot write {name!r} into {root} ({type(e).__name__}: {e.strerror or e}); choose a "
+                        "--data-root folder you can write to") from None
     except Exception as e:   # URLError, HTTPError, socket timeouts, checksum failures…
         raise DataError(f"could not download {name!r} into {root}: {type(e).__name__}: {e}. This machine may be "
                         f"offline; on a machine with internet run `python -m dfg data --download {name} "
