@@ -284,6 +284,8 @@ def _add_sweep_parser(sub) -> None:
     s.add_argument("--parallel", type=int, default=None, help="runs at a time on CPU (default 1; GPUs: one each)")
     s.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
     s.add_argument("--name", default=None, help="sweep name (default: the presets joined by '-')")
+    s.add_argument("--replace", action="store_true", help="re-launch a sweep with other fixed --set values "
+                                                           "under the same name (its tables follow the new grid)")
     s.set_defaults(fn=cmd_sweep)
 
 
@@ -297,7 +299,8 @@ def cmd_sweep(args) -> int:
     try:
         res = run_sweep(args.runs_dir, split_commas(args.presets), split_commas(args.methods), parse_seeds(args.seeds),
                         name=args.name, majority_combos=args.majority_combos, num_majority=args.num_majority,
-                        sets=sets, executor=args.executor, address=args.address, parallel=args.parallel)
+                        sets=sets, executor=args.executor, address=args.address, parallel=args.parallel,
+                        replace=args.replace)
     except KeyboardInterrupt:
         return 130
     print((Path(res["dir"]) / "results.md").read_text())

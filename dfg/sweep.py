@@ -44,8 +44,10 @@ def sweep_rows(runs_dir: str | Path, grid: dict) -> list[dict]:
 def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seeds: list[int], *,
               name: str | None = None, majority_combos: str | None = None, num_majority: int | None = None,
               sets: list[str] = (), executor: str = "local", address: str | None = None,
-              parallel: int | None = None, log=print) -> dict:
-    """Expand, run what is not done yet (finished runs are skipped, others resumed), write the tables."""
+              parallel: int | None = None, replace: bool = False, log=print) -> dict:
+    """Expand, run what is not done yet (finished runs are skipped, others resumed), write the tables.
+    A re-launch may add presets, methods, seeds, majority sets and values of a varied --set key; one that
+    changes a fixed --set value is another experiment and is refused unless `replace` (see _changed_fixed)."""
     from .executors import DONE, action_for, make_executor, preflight_all, reporter
     from .jobs import check_runs_folder
 
@@ -60,6 +62,12 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     by, out = varied(parsed), Path(runs_dir) / "sweeps" / name
     args = {"presets": presets, "methods": methods, "seeds": seeds, "majority_combos": majority_combos,
             "sets": parsed}
+    old = _read_json(out / "grid.json")
+    changed = _changed_fixed((old or {}).get("args", {}).get("sets") or {}, parsed) if old else []
+    if changed and not replace:
+        raise ConfigError(f"sweep {name!r} exists with other fixed --set values ({'; '.join(changed)}): that is "
+                          "another experiment. Give it another --name, or add --replace to point this sweep's "
+                          "tables at the new grid (the old runs stay in the runs folder)")
     actions = {c.run_id: action_for(Run(runs_dir, c.run_id)) for c in cells}
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
     # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
@@ -70,7 +78,6 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
         preflight_all([(c.run_id, c.config()) for c in todo], log)
         ex = make_executor(executor, address, parallel)
     try:
-        old = _read_json(out / "grid.json")
         if old and old.get("args") != args:
             log(f"note: sweep {name!r} existed with another grid; its tables now follow this one")
         out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +111,24 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
         f"tables in {out}")
     return {"name": name, "dir": out, "cells": len(cells), "ran": len(results), "finished": ok, "failed": len(bad),
             "skipped": count["skip"], "busy": count["busy"], "results": results, "files": files}
+
+
+# --set keys that change where and how often a run writes, not what it computes
+_BOOKKEEPING = {"threads", "device", "data_root", "download", "log_every", "eval_every", "ckpt_every"}
+
+
+def _changed_fixed(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for each --set key that is fixed (one value) in one grid and absent from, or fixed
+    at another value in, the other. More values on an axis extend a sweep; these change its experiment."""
+    out = []
+    for k in sorted((set(old) | set(new)) - _BOOKKEEPING):
+        a, b = old.get(k), new.get(k)
+        if a is None or b is None:
+            if len(a or b) == 1:
+                out.append(f"{k}: {a[0] if a else '(default)'} -> {b[0] if b else '(default)'}")
+        elif len(a) == len(b) == 1 and a != b:
+            out.append(f"{k}: {a[0]} -> {b[0]}")
+    return out
 
 
 def _prepare(runs_dir, cell: Cell, threads: int, action: str, log) -> Run:

@@ -402,7 +402,7 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(finished, tmp_path):
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(finished, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": 2, "backbone": "lenet", "method": "dfg", "step": 5, "state": {"x": Payload(marker)}}, evil)
@@ -415,7 +415,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(finished,
     assert cli.main(["resume", run.id, "--runs-dir", str(run.root)]) == 2
     assert cli.main(["eval", run.id, "--runs-dir", str(run.root)]) == 2
     assert not marker.exists()
-    assert run.status()["state"] == "failed" and "not a plain-tensor checkpoint" in run.status()["error"]
+    assert "not a plain-tensor checkpoint" in capsys.readouterr().err
+    assert run.status()["state"] == "created"  # refused before training: the run's record is unchanged
     # the payload is live: a plain unpickler would have run it
     torch.load(evil, weights_only=False)
     assert marker.exists()
@@ -444,12 +445,13 @@ def test_truncated_edited_foreign_and_misshapen_checkpoints_are_refused(finished
         load_method_state(method, load_checkpoint(tmp_path / "shape.pt"), tmp_path / "shape.pt")
 
 
-def test_resuming_onto_a_foreign_checkpoint_fails_clearly(finished, tmp_path):
+def test_resuming_onto_a_foreign_checkpoint_fails_clearly(finished, tmp_path, capsys):
     run = Run.create(tmp_path / "runs", "mixed", finished.config())
     save_checkpoint(run.checkpoint_path, load_checkpoint(finished.checkpoint_path)["state"], backbone="vgg16",
                     method="dfg", step=5)
     assert cli.main(["resume", run.id, "--runs-dir", str(run.root)]) == 2
-    assert "is for backbone 'vgg16', but this run uses 'lenet'" in run.status()["error"]
+    assert "is for backbone 'vgg16', but this run uses 'lenet'" in capsys.readouterr().err
+    assert run.status()["state"] == "created" and not run.status().get("error")
 
 
 # -- config.json and filter weights are data --------------------------------------------------------------

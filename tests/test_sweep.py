@@ -16,7 +16,7 @@ from dfg.executors import cpu_cores
 from dfg.paper import TABLE2, figure6_top1, paper_top1
 from dfg.runstore import Run, check_run_id
 from dfg.grid import expand_grid, parse_seeds, parse_sets, varied
-from dfg.sweep import list_sweeps, load_sweep, run_sweep
+from dfg.sweep import _changed_fixed, list_sweeps, load_sweep, run_sweep
 from dfg.tables import rho_curve, summarise, summary_latex, summary_markdown
 
 TINY = ["steps=6", "pretrain_steps=20", "head_refit_steps=5", "log_every=3", "eval_every=6", "ckpt_every=6",
@@ -80,6 +80,20 @@ def test_local_sweep_runs_tabulates_and_resumes(dirs, capsys):
     assert (third["ran"], third["skipped"], third["finished"]) == (1, 3, 1)
     assert failed.status()["state"] == "finished"
     assert [p.stat().st_mtime_ns for p in files[3:]] == before[3:]
+
+    # another fixed --set value is another experiment: refused before anything runs, the grid kept
+    grid = (runs / "sweeps" / "t" / "grid.json").read_text()
+    other = [v for v in dirs["sets"] if not v.startswith("steps=")] + ["steps=7"]
+    with pytest.raises(ConfigError, match=r"sweep 't' exists with other fixed --set values \(steps: \d+ -> 7\).*"
+                                          r"another --name, or add --replace"):
+        run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=other, log=lambda m: None)
+    with pytest.raises(ConfigError, match=r"\(rho: \(default\) -> 0.5\)"):
+        run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"] + ["rho=0.5"], log=lambda m: None)
+    assert (runs / "sweeps" / "t" / "grid.json").read_text() == grid
+    # fewer (or more) methods and seeds, more values on an axis, bookkeeping keys: the same experiment
+    fewer = run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"], log=lambda m: None)
+    assert fewer["cells"] == 1 and fewer["ran"] == 0
+    assert _changed_fixed({"rho": ["0.5"], "log_every": ["3"]}, {"rho": ["0.5", "1"], "threads": ["1"]}) == []
 
 
 def test_ray_sweep(dirs):
