@@ -170,16 +170,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    import torch
+
     from .loop import load_data, resolve_device
     from .source import pretrain_source, source_key
 
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)
+    if cfg.threads:  # as a run's setup does: the cache entry is per thread count (source_key)
+        torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
     t0 = time.perf_counter()
     pretrain_source(cfg, data.in_channels, device,
                     progress=lambda s, n, l: print(f"\rpretrain {s}/{n} loss {l:.3f}", end="", file=sys.stderr))
-    print(f"\nsource model {source_key(cfg, data.in_channels)} ready in {time.perf_counter() - t0:.1f}s "
+    print(f"\nsource model {source_key(cfg, data.in_channels, device)} ready in {time.perf_counter() - t0:.1f}s "
           f"(cache: {Path(cfg.data_root) / 'sources'})")
     return 0
 

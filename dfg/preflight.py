@@ -17,7 +17,7 @@ def preflight(cfg: Config):
     from .source import imagenet_state_dict, refit_needed, source_key
 
     validate(cfg)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root):
         raise ConfigError(f"data_root={cfg.data_root!r} is a file; it must be a folder (datasets and the source "
                           "model cache live there)")
@@ -27,7 +27,7 @@ def preflight(cfg: Config):
         if cfg.source == "imagenet":
             imagenet_state_dict(cfg.allow_random_init, check_only=True)  # SourceError: missing or damaged
         else:
-            cache = os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels)}.pt")
+            cache = os.path.join(cfg.data_root, "sources", f"{source_key(cfg, data.in_channels, device)}.pt")
             if not os.path.exists(cache):
                 problem = writable_problem(os.path.dirname(cache))
                 if problem:

@@ -24,10 +24,15 @@ class SourceError(RuntimeError):
     """A source model cannot be obtained (missing weights or data); the message says how to fix it."""
 
 
-def source_key(cfg: Config, in_channels: int) -> str:
+def source_key(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> str:
+    """The cache name of a source model: its settings and what computes it. A CPU's float sums depend on its
+    thread count (100 demo pretraining steps on 1 and 2 threads ended 0.0175 apart), so one entry per
+    thread count (or per GPU): a seeded run never depends on which run happened to fill the cache."""
+    device = torch.device(device)
+    compute = device.type if device.type != "cpu" else f"cpu{cfg.threads or torch.get_num_threads()}"
     settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
                     per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
-                    batch=64)
+                    batch=64, compute=compute)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.backbone}-{cfg.source}-{digest}"
 
@@ -70,7 +75,7 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
         return e.to(device), c.to(device)
     from .data import BatchStream, build_source_data
 
-    path = Path(cfg.data_root) / "sources" / f"{source_key(cfg, in_channels)}.pt"
+    path = Path(cfg.data_root) / "sources" / f"{source_key(cfg, in_channels, device)}.pt"
     data = None
     if path.exists():
         try:

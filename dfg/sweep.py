@@ -64,18 +64,23 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
             "sets": parsed}
     old = _read_json(out / "grid.json")
     changed = _changed_fixed((old or {}).get("args", {}).get("sets") or {}, parsed) if old else []
-    if changed and not replace:
-        raise ConfigError(f"sweep {name!r} exists with other fixed --set values ({'; '.join(changed)}): that is "
-                          "another experiment. Give it another --name, or add --replace to point this sweep's "
-                          "tables at the new grid (the old runs stay in the runs folder)")
     actions = {c.run_id: action_for(Run(runs_dir, c.run_id)) for c in cells}
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
+    for c in cells:
+        if actions[c.run_id] == "skip" and (diff := _stored_diff(Run(runs_dir, c.run_id), c)):
+            log(f"note: {c.run_id} finished with other values of {', '.join(diff)} than this grid gives it now "
+                "(the code's defaults changed?); it is counted as it was: delete its folder to run it anew")
     # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
     grid = _grid_json(name, cells, args, by)
     check_runs_folder(runs_dir)  # the tables are written even when every run is done
     ex = None
     if todo:
         preflight_all([(c.run_id, c.config()) for c in todo], log)
+    if changed and not replace:  # after the checks of the values themselves, before anything is written
+        raise ConfigError(f"sweep {name!r} exists with other fixed --set values ({'; '.join(changed)}): that is "
+                          "another experiment. Give it another --name, or add --replace to point this sweep's "
+                          "tables at the new grid (the old runs stay in the runs folder)")
+    if todo:
         ex = make_executor(executor, address, parallel)
     try:
         if old and old.get("args") != args:
@@ -137,11 +142,21 @@ def _prepare(runs_dir, cell: Cell, threads: int, action: str, log) -> Run:
     if action == "new":
         return Run.create(runs_dir, cell.run_id, cfg)
     run = Run(runs_dir, cell.run_id)
-    old = run.config()
-    diff = sorted(k for k in cfg if k != "threads" and json.dumps(old.get(k)) != json.dumps(cfg[k]))
+    diff = _stored_diff(run, cell)
     if diff:
         log(f"note: {run.id} was created with other values of {', '.join(diff)}; resuming it as it was")
     return run
+
+
+def _stored_diff(run: Run, cell: Cell) -> list[str]:
+    """Config fields whose stored value differs from what the cell asks for today (a preset default changed in
+    the code since the run was made, say); the thread count aside. A damaged config.json: [] (named elsewhere)."""
+    try:
+        old = run.config()
+    except RunError:
+        return []
+    cfg = cell.config().to_dict()
+    return sorted(k for k in cfg if k != "threads" and json.dumps(old.get(k)) != json.dumps(cfg[k]))
 
 
 def _read_json(path: Path):

@@ -517,3 +517,16 @@ def test_cuda_graphs_needs_a_cuda_run_and_is_ignored_on_the_cpu(data_root, tmp_p
         rows[graphs] = [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")}
                         for r in run.read_metrics()[0] if r["kind"] == "train"]
     assert rows[True] == rows[False] and rows[True]
+
+
+def test_the_source_cache_is_one_entry_per_thread_count_and_device_type():
+    """A CPU's float sums depend on its thread count, so the cached source model does too: runs on one thread
+    count share one entry, another count gets its own, and a GPU's entry is independent of CPU threads."""
+    from dfg.source import source_key
+
+    one, two = make_config("demo", {"threads": 1}), make_config("demo", {"threads": 2})
+    assert source_key(one, 1) != source_key(two, 1)
+    assert source_key(one, 1) == source_key(make_config("demo", {"threads": 1, "steps": 5, "rho": 0.1}), 1)
+    assert source_key(one, 1, "cuda") == source_key(two, 1, "cuda") != source_key(one, 1, "cpu")
+    default = make_config("demo", {"threads": 0})  # torch's own count
+    assert source_key(default, 1) == source_key(make_config("demo", {"threads": torch.get_num_threads()}), 1)

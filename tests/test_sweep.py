@@ -93,6 +93,14 @@ def test_local_sweep_runs_tabulates_and_resumes(dirs, capsys):
     # fewer (or more) methods and seeds, more values on an axis, bookkeeping keys: the same experiment
     fewer = run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"], log=lambda m: None)
     assert fewer["cells"] == 1 and fewer["ran"] == 0
+    # a finished cell whose stored config no longer matches the grid (a default changed in the code) is named
+    run = Run(runs, fewer and load_sweep(runs, "t")["grid"]["cells"][0]["run_id"])
+    stored = json.loads((run.path / "config.json").read_text())
+    (run.path / "config.json").write_text(json.dumps({**stored, "lr_critic": stored["lr_critic"] * 2}))
+    notes = []
+    run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"], log=notes.append)
+    assert any(f"{run.id} finished with other values of lr_critic" in n for n in notes), notes
+    (run.path / "config.json").write_text(json.dumps(stored))
     assert _changed_fixed({"rho": ["0.5"], "log_every": ["3"]}, {"rho": ["0.5", "1"], "threads": ["1"]}) == []
 
 
