@@ -219,34 +219,36 @@ def test_resuming_a_finished_run_changes_nothing(finished, tmp_path, capsys):
     assert ((run.path / "status.json").read_text(), (run.path / "metrics.jsonl").read_text()) == before
 
 
+def stopped_copy(finished: Run, tmp_path) -> Run:
+    """A copy of the finished run, recorded as stopped at its last step (a resume has work to do)."""
+    shutil.copytree(finished.path, tmp_path / "runs" / finished.id)
+    run = Run(tmp_path / "runs", finished.id)
+    run.set_status(state="stopped", step=5)
+    return run
+
+
 def test_a_resume_that_fails_before_its_checkpoint_loads_keeps_the_step_on_record(finished, tmp_path,
                                                                                    monkeypatch, capsys):
-    runs = tmp_path / "runs"
-    shutil.copytree(finished.path, runs / finished.id)
-    run = Run(runs, finished.id)
-    run.set_status(state="stopped", step=5)
+    run = stopped_copy(finished, tmp_path)
 
     def interrupted_setup(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr("dfg.loop.setup", interrupted_setup)
-    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 130
+    assert cli.main(["resume", finished.id, "--runs-dir", str(run.root)]) == 130
     assert "interrupted at step 5" in capsys.readouterr().err
     assert run.status()["state"] == "interrupted" and run.status()["step"] == 5  # was step 0
 
 
 def test_a_damaged_checkpoint_is_refused_before_any_setup_and_the_run_keeps_its_state(finished, tmp_path,
                                                                                         monkeypatch, capsys):
-    runs = tmp_path / "runs"
-    shutil.copytree(finished.path, runs / finished.id)
-    run = Run(runs, finished.id)
-    run.set_status(state="stopped", step=5)
+    run = stopped_copy(finished, tmp_path)
     ckpt = run.checkpoint_path
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
 
     def no_setup(*a, **k):
         raise AssertionError("setup (data, source model, filter weights) ran before the checkpoint was checked")
     monkeypatch.setattr("dfg.loop.setup", no_setup)
-    assert cli.main(["resume", finished.id, "--runs-dir", str(runs)]) == 2
+    assert cli.main(["resume", finished.id, "--runs-dir", str(run.root)]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {ckpt} is unreadable" in err and "move it away and `python -m dfg resume` trains" in err
     assert run.status()["state"] == "stopped" and run.status()["step"] == 5 and not run.status().get("error")
