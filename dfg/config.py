@@ -108,6 +108,8 @@ class Config:
     official_keep_bias: bool = False        # 6: ablation zeroes weights, keeps the bias
     official_loss_gate: bool = False        # 7: recompute W only if last L_E < 0.05; pass in train mode
     official_joint_ec: bool = False         # 8: one joint E+C loss (CE counted twice)
+    official_lenet_head: bool = False       # 9: LeNet's C head FC 1024/128 instead of Table A.3's 120/84
+    official_default_init: bool = False     # 10: PyTorch's default init instead of Xavier/He with zero biases
     official_ec_every_nc1: bool = False     # E and C (Alg. 1 lines 16-17) only on the nC1 steps, after G's Eq. 4c
 
     def to_dict(self) -> dict:

@@ -94,7 +94,7 @@ class Generator(nn.Module):
     W* ⊙ BN(tanh(·)), where dropped channels stay exactly zero (DESIGN §2 item 4)."""
 
     def __init__(self, backbone: str, *, num_classes: int, negative_slope: float = 0.2,
-                 weight_after_bn: bool = False):
+                 weight_after_bn: bool = False, init: str | None = None):
         super().__init__()
         arch, spec = GAN_ARCHS[backbone], BACKBONES[backbone]
         self.noise_dim, self.num_classes, self.weight_after_bn = arch.noise_dim, num_classes, weight_after_bn
@@ -113,7 +113,7 @@ class Generator(nn.Module):
         assert out == spec.feature_shape[0]
         self.last = ConvTranspose2d(cin, out, k, stride=s, padding=p)
         self.bn_out = nn.BatchNorm2d(out)
-        init_weights(self, spec.init)
+        init_weights(self, spec.init if init is None else init)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor, channel_weights: torch.Tensor | None = None):
         """z: (B, noise_dim); labels: (B,) int; channel_weights: (num_classes, C) W* or None (all ones)."""
@@ -130,7 +130,7 @@ class Generator(nn.Module):
 class Critic(nn.Module):
     """D: feature map -> real-valued score; three 5x5 stride-2 convs + FC, no normalisation (WGAN-GP)."""
 
-    def __init__(self, backbone: str, *, negative_slope: float = 0.2):
+    def __init__(self, backbone: str, *, negative_slope: float = 0.2, init: str | None = None):
         super().__init__()
         arch, spec = GAN_ARCHS[backbone], BACKBONES[backbone]
         layers: list[nn.Module] = []
@@ -145,7 +145,7 @@ class Critic(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
-        init_weights(self, spec.init)
+        init_weights(self, spec.init if init is None else init)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(1)

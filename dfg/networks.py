@@ -13,7 +13,10 @@ from torch.nn import functional as F
 
 
 def init_weights(module: nn.Module, scheme: str) -> None:
-    """Xavier (LeNet) or He (VGG, ResNet) for conv/linear weights, zero biases (paper App. A)."""
+    """Xavier (LeNet) or He (VGG, ResNet) for conv/linear weights, zero biases (paper App. A); "default" keeps
+    PyTorch's own init from construction (the official code, DESIGN §2 item 10)."""
+    if scheme == "default":
+        return
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             if scheme == "xavier":
@@ -21,7 +24,7 @@ def init_weights(module: nn.Module, scheme: str) -> None:
             elif scheme == "he":
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             else:
-                raise ValueError(f"unknown init scheme {scheme!r}; use 'xavier' or 'he'")
+                raise ValueError(f"unknown init scheme {scheme!r}; use 'xavier', 'he' or 'default'")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -132,13 +135,19 @@ def stage_views(extractor: ResNetExtractor, classifier: nn.Module) -> list[tuple
     return views
 
 
-def _lenet(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
+LENET_HEAD = (120, 84)             # Table A.3
+OFFICIAL_LENET_HEAD = (1024, 128)  # the official code's (DESIGN §2 item 9)
+
+
+def _lenet(num_classes: int, in_channels: int, init: str = "xavier",
+           head: tuple[int, int] = LENET_HEAD) -> tuple[Extractor, nn.Module]:
     extractor = Extractor(nn.Identity(), nn.Conv2d(in_channels, 6, 5), nn.Sequential(nn.ReLU(), MaxPool2x2()))
-    classifier = nn.Sequential(  # 14x14x6 -> logits; head 120/84 as Table A.3
+    h1, h2 = head
+    classifier = nn.Sequential(  # 14x14x6 -> logits; head h1/h2 (120/84 as Table A.3)
         nn.Conv2d(6, 16, 5), nn.ReLU(), MaxPool2x2(), nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
-    init_weights(extractor, "xavier")
-    init_weights(classifier, "xavier")
+        nn.Linear(16 * 5 * 5, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, num_classes))
+    init_weights(extractor, init)
+    init_weights(classifier, init)
     return extractor, classifier
 
 
@@ -198,19 +207,20 @@ def _vgg_block(cin: int, cout: int, n: int) -> list[nn.Module]:
     return layers + [MaxPool2x2()]
 
 
-def _vgg16(num_classes: int, in_channels: int) -> tuple[Extractor, nn.Module]:
+def _vgg16(num_classes: int, in_channels: int, init: str = "he", head=None) -> tuple[Extractor, nn.Module]:
     extractor = Extractor(nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU()),
                           nn.Conv2d(64, 64, 3, padding=1), nn.Sequential(nn.ReLU(), MaxPool2x2()))
     classifier = Classifier(  # 16x16x64 -> 1x1x512 -> adaptive pool 7x7 (Table A.5) -> 4096 -> 512 -> classes
         *_vgg_block(64, 128, 2), *_vgg_block(128, 256, 3), *_vgg_block(256, 512, 3), *_vgg_block(512, 512, 3),
         nn.AdaptiveAvgPool2d(7), nn.Flatten(),
         nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, num_classes))
-    init_weights(extractor, "he")
-    init_weights(classifier, "he")
+    init_weights(extractor, init)
+    init_weights(classifier, init)
     return extractor, classifier
 
 
-def _resnet50(num_classes: int, in_channels: int, state_dict: dict | None = None) -> tuple[Extractor, nn.Module]:
+def _resnet50(num_classes: int, in_channels: int, state_dict: dict | None = None,
+              init: str = "he") -> tuple[Extractor, nn.Module]:
     from torchvision.models import resnet50
 
     if in_channels != 3:
@@ -221,7 +231,7 @@ def _resnet50(num_classes: int, in_channels: int, state_dict: dict | None = None
     blocks = list(net.layer1.children())
     extractor = ResNetExtractor(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *blocks[:-1]), blocks[-1])
     fc = nn.Linear(net.fc.in_features, num_classes)
-    init_weights(fc, "he")
+    init_weights(fc, init)
     classifier = nn.Sequential(net.layer2, net.layer3, net.layer4, net.avgpool, nn.Flatten(), fc)
     return extractor, classifier
 
@@ -246,16 +256,28 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def build_backbone(name: str, *, num_classes: int, in_channels: int | None = None,
-                   state_dict: dict | None = None) -> tuple[Extractor, nn.Module]:
-    """Fresh (E, C) for a backbone; `state_dict` (ResNet-50 only) is a torchvision ImageNet checkpoint."""
+def build_backbone(name: str, *, num_classes: int, in_channels: int | None = None, state_dict: dict | None = None,
+                   init: str | None = None, lenet_head: tuple[int, int] = LENET_HEAD) -> tuple[Extractor, nn.Module]:
+    """Fresh (E, C) for a backbone; `state_dict` (ResNet-50 only) is a torchvision ImageNet checkpoint.
+    init: the backbone's scheme when None; lenet_head: LeNet's two hidden FC widths. See `backbone_options`."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
     cin = spec.in_channels if in_channels is None else in_channels
+    init = spec.init if init is None else init
     if name == "resnet50":
-        return _resnet50(num_classes, cin, state_dict)
-    return spec.build(num_classes, cin)
+        return _resnet50(num_classes, cin, state_dict, init)
+    return spec.build(num_classes, cin, init, lenet_head)
+
+
+def init_scheme(cfg) -> str:
+    """The init of every net a config builds: the paper's per backbone, or PyTorch's (official_default_init)."""
+    return "default" if cfg.official_default_init else BACKBONES[cfg.backbone].init
+
+
+def backbone_options(cfg) -> dict:
+    """build_backbone's init and LeNet head for a config: the paper's, or the official code's (§2 items 9, 10)."""
+    return {"init": init_scheme(cfg), "lenet_head": OFFICIAL_LENET_HEAD if cfg.official_lenet_head else LENET_HEAD}
 
 
 def last_linear(classifier: nn.Module) -> nn.Linear:

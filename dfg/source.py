@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
-from .networks import BACKBONES, build_backbone, last_linear, replace_head
+from .networks import backbone_options, build_backbone, init_scheme, last_linear, replace_head
 
 # torchvision's ResNet-50 ImageNet checkpoints, as they sit in $TORCH_HOME/hub/checkpoints
 IMAGENET_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
@@ -32,7 +32,7 @@ def source_key(cfg: Config, in_channels: int, device: torch.device | str = "cpu"
     compute = device.type if device.type != "cpu" else f"cpu{cfg.threads or torch.get_num_threads()}"
     settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
                     per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
-                    batch=64, compute=compute)
+                    batch=64, compute=compute, **backbone_options(cfg))
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.backbone}-{cfg.source}-{digest}"
 
@@ -80,7 +80,8 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
     if path.exists():
         try:
             ckpt = load_checkpoint(path, backbone=cfg.backbone, method="source")
-            e, c = build_backbone(cfg.backbone, num_classes=ckpt["state"]["num_classes"], in_channels=in_channels)
+            e, c = build_backbone(cfg.backbone, num_classes=ckpt["state"]["num_classes"], in_channels=in_channels,
+                                  **backbone_options(cfg))
             e.load_state_dict(ckpt["state"]["extractor"])
             c.load_state_dict(ckpt["state"]["classifier"])
             return e.to(device), c.to(device)
@@ -89,7 +90,7 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
     data = build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, seed=SOURCE_SEED,
                              download=cfg.download, n_per_class=cfg.source_per_class)
     torch.manual_seed(SOURCE_SEED)
-    e, c = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=in_channels)
+    e, c = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=in_channels, **backbone_options(cfg))
     e.to(device).train()
     c.to(device).train()
     opt = torch.optim.Adam(list(e.parameters()) + list(c.parameters()), lr=PRETRAIN_LR)
@@ -140,7 +141,7 @@ def refit_head(extractor, classifier, train_set, num_classes: int, cfg: Config, 
     (Adam 1e-3, batch 64, head_refit_steps). Returns the last refit loss. Nets end in eval mode."""
     from .data import BatchStream
 
-    replace_head(classifier, num_classes, BACKBONES[cfg.backbone].init)
+    replace_head(classifier, num_classes, init_scheme(cfg))
     head = last_linear(classifier)
     extractor.eval()
     classifier.eval()  # frozen BN statistics; the linear head has none

@@ -150,3 +150,31 @@ def test_pooled_fc_fold_equals_the_unfolded_layers():
     assert torch.allclose(got, torch.nn.Sequential(*mods)(x), atol=1e-5)
     x2 = torch.randn(6, 8, 2, 2)  # not 1x1: no fold, plain modules
     assert torch.allclose(run_sequential(mods, x2, {}), torch.nn.Sequential(*mods)(x2))
+
+
+def test_official_lenet_head_and_pytorch_default_init():
+    """DESIGN §2 items 9 and 10 as switches: the official code's LeNet head (FC 1024/128) and PyTorch's own
+    init (non-zero biases) for E, C, G and D; off, Table A.3's 120/84 and Xavier with zero biases. The cached
+    source model is keyed on both (its nets are built the same way)."""
+    from dfg.config import make_config
+    from dfg.networks import backbone_options, init_scheme
+    from dfg.source import source_key
+
+    official = make_config("demo", {"official_lenet_head": True, "official_default_init": True})
+    paper = make_config("demo")
+    torch.manual_seed(0)
+    e, c = build_backbone("lenet", num_classes=10, **backbone_options(official))
+    torch.manual_seed(0)
+    plain = nn.Conv2d(1, 6, 5)  # the first layer _lenet makes, with torch's own init
+    assert [m.out_features for m in c if isinstance(m, nn.Linear)] == [1024, 128, 10]
+    assert torch.equal(e.last_conv.weight, plain.weight) and torch.equal(e.last_conv.bias, plain.bias)
+    e0, c0 = build_backbone("lenet", num_classes=10, **backbone_options(paper))
+    assert [m.out_features for m in c0 if isinstance(m, nn.Linear)] == [120, 84, 10]
+    assert not e0.last_conv.bias.any() and not any(m.bias.any() for m in c0 if isinstance(m, nn.Linear))
+    g = Generator("lenet", num_classes=10, init=init_scheme(official))
+    d = Critic("lenet", init=init_scheme(official))
+    biases = [m.bias for net in (g, d) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d,
+                                                                              nn.Linear)) and m.bias is not None]
+    assert biases and all(b.abs().sum() > 0 for b in biases)
+    assert init_scheme(paper) == "xavier" and init_scheme(make_config("stl10")) == "he"
+    assert len({source_key(cfg, 1) for cfg in (paper, official, make_config("demo", {"official_lenet_head": True}))}) == 3

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import losses
 from ..config import Config
-from ..networks import BACKBONES, Extractor, build_backbone, replace_head
+from ..networks import Extractor, backbone_options, build_backbone, init_scheme, replace_head
 from .transfer import TransferRegularised
 
 
@@ -73,10 +73,10 @@ class Method(TransferRegularised):
             self.extractor = _copy_trainable(ctx.source.extractor)
             self.classifier = _copy_trainable(ctx.source.classifier)
             if cfg.start_head == "random":  # App. A (ResNet-50): the last layer replaced by a random one
-                replace_head(self.classifier, ctx.num_classes, BACKBONES[cfg.backbone].init)
+                replace_head(self.classifier, ctx.num_classes, init_scheme(cfg))
         else:
             self.extractor, self.classifier = build_backbone(cfg.backbone, num_classes=ctx.num_classes,
-                                                             in_channels=ctx.in_channels)
+                                                             in_channels=ctx.in_channels, **backbone_options(cfg))
         self.extractor.to(ctx.device).train()
         self.classifier.to(ctx.device).train()
         self.nets: dict[str, nn.Module] = {"extractor": self.extractor, "classifier": self.classifier}

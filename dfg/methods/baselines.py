@@ -5,7 +5,7 @@ import torch
 
 from .. import losses
 from ..gan import FeatureCritic, FeatureGenerator
-from ..networks import BACKBONES, last_linear
+from ..networks import init_scheme, last_linear
 from .base import Method, sample_noise
 from .dfg import DFG, has_batchnorm
 
@@ -69,7 +69,7 @@ class DifaCMWGAN(DFG):
         if not self.fc_level:
             return super().build_gan(slope)
         cfg = self.ctx.cfg
-        dim, init = last_linear(self.classifier).in_features, BACKBONES[cfg.backbone].init
+        dim, init = last_linear(self.classifier).in_features, init_scheme(cfg)
         return (FeatureGenerator(dim, num_classes=self.ctx.num_classes, init=init, negative_slope=slope),
                 FeatureCritic(dim, init=init, negative_slope=slope))
 

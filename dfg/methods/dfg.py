@@ -9,6 +9,7 @@ from torch import nn
 from .. import losses, wgan_gp
 from ..filter_weights import attention, compute_class_weights
 from ..gan import Critic, Generator
+from ..networks import init_scheme
 from .base import Method, TrainContext, make_optimizer, sample_noise
 
 
@@ -52,8 +53,10 @@ class DFG(Method):
     def build_gan(self, slope: float) -> tuple[nn.Module, nn.Module]:
         """G and D on E's feature maps (Tables A.4, A.6, A.8)."""
         cfg = self.ctx.cfg
+        init = init_scheme(cfg)
         return (Generator(cfg.backbone, num_classes=self.ctx.num_classes, negative_slope=slope,
-                          weight_after_bn=cfg.official_weight_after_bn), Critic(cfg.backbone, negative_slope=slope))
+                          weight_after_bn=cfg.official_weight_after_bn, init=init),
+                Critic(cfg.backbone, negative_slope=slope, init=init))
 
     # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
     def recompute_weights(self, step: int) -> None:
