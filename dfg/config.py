@@ -303,6 +303,8 @@ def validate(cfg: Config) -> Config:
           "choose auto, extractor or stages")
     _need(cfg.delta_layers != "stages" or cfg.backbone == "resnet50", "delta_layers", cfg.delta_layers,
           f"stages exist for backbone=resnet50 only (this run: {cfg.backbone}); use auto or extractor")
+    _need(not cfg.official_lenet_head or cfg.backbone == "lenet", "official_lenet_head", cfg.official_lenet_head,
+          f"the official code's 1024/128 head is LeNet's (this run: {cfg.backbone}); leave it false")
     _need(cfg.frozen_bn in CHOICES["frozen_bn"], "frozen_bn", cfg.frozen_bn,
           "choose train (batch statistics, running ones updated) or eval (running statistics, kept)")
     _need(cfg.start_head in CHOICES["start_head"], "start_head", cfg.start_head,

@@ -33,7 +33,12 @@ def atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:  # the folder went: another process's writability probe removed it just
+            path.parent.mkdir(parents=True, exist_ok=True)  # after our mkdir (fileio.writable_problem)
+            f = open(tmp, "wb")
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -78,9 +83,9 @@ def writable_problem(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written into `folder`, or None when they can: checked with a real probe file,
     since permissions alone miss read-only mounts. Folders made for the probe are removed again, so a check
     that is followed by a failed one leaves nothing behind."""
-    folder = Path(folder).absolute()
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder, made = Path(folder).absolute(), []
     try:
+        made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")

@@ -118,7 +118,7 @@ def _majority_sets(preset: str, sets: dict, combos: str | None) -> list[tuple[in
     if combos == "all":
         return list(majority_combinations(n, cfg.num_majority))
     total = math.comb(n, cfg.num_majority)
-    if int(combos) > total:
+    if 1 <= cfg.num_majority < n and int(combos) > total:  # an impossible k gets majority_combinations' message
         raise ConfigError(f"--majority-combos {combos} asks for more sets than preset {preset!r} has: "
                           f"C({n}, {cfg.num_majority}) = {total} ways to choose {cfg.num_majority} majority classes "
                           f"of {n}; give at most {total}, or all")

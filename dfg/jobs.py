@@ -95,8 +95,9 @@ def stop(run: Run) -> None:
 def stop_on_sigterm(run: Run):
     """While training: SIGTERM (docker stop, a job scheduler's pre-emption, `kill`) asks for a stop as the
     STOP file does: the step ends, a checkpoint is written and the run is recorded as stopped, not lost
-    back to its last checkpoint. A second SIGTERM ends the process at once. Only the main thread can
-    install a handler; elsewhere (a Ray task's thread) SIGTERM keeps its default."""
+    back to its last checkpoint. A second SIGTERM goes to the handler found on entry: the default ends the
+    process at once; Ray's (its tasks run on a worker's main thread) raises SystemExit there. Only the main
+    thread can install a handler; in any other thread SIGTERM keeps what it had."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -105,7 +106,8 @@ def stop_on_sigterm(run: Run):
 
     def on_term(signum, frame):
         signal.signal(signal.SIGTERM, restore)
-        run.request_stop()
+        with contextlib.suppress(OSError):  # a vanished folder or a full disk: the second SIGTERM still ends it
+            run.request_stop()
 
     signal.signal(signal.SIGTERM, on_term)
     try:

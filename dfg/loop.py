@@ -180,36 +180,41 @@ def train(cfg: Config, run: Run, *, resume: bool = False,
     # the step reached, for the status of a run that ends by an exception; a resume that fails before its
     # checkpoint loads keeps the step on record
     where = {"step": run.raw_status().get("step") or 0 if resume else 0}
-    with run.writer(), stop_on_sigterm(run):
-        # a damaged checkpoint is refused before any setup work, and the run keeps its state on record
-        ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device) \
-            if resume and run.checkpoint_path.exists() else None
-        try:
-            return _train(cfg, run, device, resume, ckpt, progress, log, data, where, keep_stop)
-        except Diverged as e:
-            return run.set_status(state="diverged", step=where["step"], error=str(e), heartbeat=time.time())
-        except (torch.OutOfMemoryError, MemoryError):
-            return run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
-                                  error=f"failed: out of memory at batch size {cfg.batch_size}; "
-                                        "lower batch_size (or use a smaller backbone/device with more memory)")
-        except DiskFullError as e:
-            return run.set_status(state="failed", step=where["step"], heartbeat=time.time(), error=f"failed: {e}")
-        except KeyboardInterrupt:
-            run.set_status(state="interrupted", step=where["step"], heartbeat=time.time(),
-                           error="interrupted (Ctrl-C); resume continues from the last checkpoint")
-            raise
-        except Exception as e:
-            run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
-                           error=f"{type(e).__name__}: {e}")
-            raise
+    with run.writer():
+        if not keep_stop:
+            run.clear_stop()  # before SIGTERM can make a request that must be honoured
+        with stop_on_sigterm(run):
+            return _train_checked(cfg, run, device, resume, progress, log, data, where)
 
 
-def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progress, log, data, where: dict,
-           keep_stop: bool) -> dict:
+def _train_checked(cfg: Config, run: Run, device, resume: bool, progress, log, data, where: dict) -> dict:
+    """train() inside its locks: a damaged checkpoint is refused before any setup work and the run keeps
+    its state on record; what fails later is recorded in the status."""
+    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location="cpu") \
+        if resume and run.checkpoint_path.exists() else None
+    try:
+        return _train(cfg, run, device, resume, ckpt, progress, log, data, where)
+    except Diverged as e:
+        return run.set_status(state="diverged", step=where["step"], error=str(e), heartbeat=time.time())
+    except (torch.OutOfMemoryError, MemoryError):
+        return run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
+                              error=f"failed: out of memory at batch size {cfg.batch_size}; "
+                                    "lower batch_size (or use a smaller backbone/device with more memory)")
+    except DiskFullError as e:
+        return run.set_status(state="failed", step=where["step"], heartbeat=time.time(), error=f"failed: {e}")
+    except KeyboardInterrupt:
+        run.set_status(state="interrupted", step=where["step"], heartbeat=time.time(),
+                       error="interrupted (Ctrl-C); resume continues from the last checkpoint")
+        raise
+    except Exception as e:
+        run.set_status(state="failed", step=where["step"], heartbeat=time.time(),
+                       error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progress, log, data, where: dict) -> dict:
     from .data import BatchStream
 
-    if not keep_stop:
-        run.clear_stop()
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
                    device=str(device), error=None, started=time.time())
     data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),

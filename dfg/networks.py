@@ -278,6 +278,7 @@ def init_scheme(cfg) -> str:
 def backbone_options(cfg) -> dict:
     """build_backbone's init and LeNet head for a config: the paper's, or the official code's (§2 items 9, 10)."""
     return {"init": init_scheme(cfg), "lenet_head": OFFICIAL_LENET_HEAD if cfg.official_lenet_head else LENET_HEAD}
+    # (validate allows official_lenet_head on LeNet only, so no other backbone's source key depends on it)
 
 
 def last_linear(classifier: nn.Module) -> nn.Linear:

@@ -27,9 +27,11 @@ class SourceError(RuntimeError):
 def source_key(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> str:
     """The cache name of a source model: its settings and what computes it. A CPU's float sums depend on its
     thread count (100 demo pretraining steps on 1 and 2 threads ended 0.0175 apart), so one entry per
-    thread count (or per GPU): a seeded run never depends on which run happened to fill the cache."""
+    `threads` value (0: torch's default on this machine) or per device type: a seeded run never depends on
+    which run happened to fill the cache. A pure function of the config, so a check made in another process
+    (the app's, a sweep's) names the entry the run itself will use."""
     device = torch.device(device)
-    compute = device.type if device.type != "cpu" else f"cpu{cfg.threads or torch.get_num_threads()}"
+    compute = device.type if device.type != "cpu" else f"cpu{cfg.threads}"
     settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
                     per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
                     batch=64, compute=compute, **backbone_options(cfg))

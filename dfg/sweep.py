@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, from_dict
 from .grid import Cell, expand_grid, parse_sets, varied
 from .runstore import Run, RunError, atomic_write_json
 from .tables import rho_curve, run_row, summarise, write_tables
@@ -63,7 +63,7 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     args = {"presets": presets, "methods": methods, "seeds": seeds, "majority_combos": majority_combos,
             "sets": parsed}
     old = _read_json(out / "grid.json")
-    changed = _changed_fixed((old or {}).get("args", {}).get("sets") or {}, parsed) if old else []
+    changed = _changed_fixed(((old or {}).get("args") or {}).get("sets") or {}, parsed) if old else []
     actions = {c.run_id: action_for(Run(runs_dir, c.run_id)) for c in cells}
     todo = [c for c in cells if actions[c.run_id] in ("new", "resume")]
     for c in cells:
@@ -73,16 +73,14 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     # every check before the sweep's folder is touched: a re-launch with a bad argument keeps its grid.json
     grid = _grid_json(name, cells, args, by)
     check_runs_folder(runs_dir)  # the tables are written even when every run is done
-    ex = None
-    if todo:
-        preflight_all([(c.run_id, c.config()) for c in todo], log)
-    if changed and not replace:  # after the checks of the values themselves, before anything is written
-        raise ConfigError(f"sweep {name!r} exists with other fixed --set values ({'; '.join(changed)}): that is "
-                          "another experiment. Give it another --name, or add --replace to point this sweep's "
-                          "tables at the new grid (the old runs stay in the runs folder)")
-    if todo:
-        ex = make_executor(executor, address, parallel)
+    ex = make_executor(executor, address, parallel) if todo else None  # its thread count is part of each config
     try:
+        if todo:  # the configs the runs will have: the source model's cache entry depends on their threads
+            preflight_all([(c.run_id, _launch_config(runs_dir, c, actions[c.run_id], ex.threads)) for c in todo], log)
+        if changed and not replace:  # after the checks of the values themselves, before anything is written
+            raise ConfigError(f"sweep {name!r} exists with other fixed --set values ({'; '.join(changed)}): that "
+                              "is another experiment. Give it another --name, or add --replace to point this "
+                              "sweep's tables at the new grid (the old runs stay in the runs folder)")
         if old and old.get("args") != args:
             log(f"note: sweep {name!r} existed with another grid; its tables now follow this one")
         out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +146,22 @@ def _prepare(runs_dir, cell: Cell, threads: int, action: str, log) -> Run:
     return run
 
 
+def _launch_config(runs_dir, cell: Cell, action: str, threads: int):
+    """The Config a cell's run will train with: a new one's with the executor's threads, a resumed one's own."""
+    if action == "resume":
+        try:
+            return from_dict(Run(runs_dir, cell.run_id).config())
+        except (RunError, ConfigError):
+            pass  # named when the run itself starts
+    return cell.config(threads)
+
+
 def _stored_diff(run: Run, cell: Cell) -> list[str]:
     """Config fields whose stored value differs from what the cell asks for today (a preset default changed in
     the code since the run was made, say); the thread count aside. A damaged config.json: [] (named elsewhere)."""
     try:
-        old = run.config()
-    except RunError:
+        old = from_dict(run.config()).to_dict()  # with the defaults of fields added since it was written
+    except (RunError, ConfigError):
         return []
     cfg = cell.config().to_dict()
     return sorted(k for k in cfg if k != "threads" and json.dumps(old.get(k)) != json.dumps(cfg[k]))

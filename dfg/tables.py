@@ -110,7 +110,7 @@ def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | N
             s[f"{m}_mean"], s[f"{m}_std"] = _mean_std([r[m] for r in done if r.get(m) is not None])
         paper = paper_top1(first["dataset"], first["method"])
         s["paper_top1_mean"], s["paper_top1_std"] = paper if paper else (None, None)
-        pending = [r for r in members if r not in done]
+        pending = [r for r in members if r not in done and r not in repeats]
         states: dict[str, int] = {}
         for r in pending:
             states[r["state"]] = states.get(r["state"], 0) + 1

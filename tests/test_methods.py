@@ -528,5 +528,11 @@ def test_the_source_cache_is_one_entry_per_thread_count_and_device_type():
     assert source_key(one, 1) != source_key(two, 1)
     assert source_key(one, 1) == source_key(make_config("demo", {"threads": 1, "steps": 5, "rho": 0.1}), 1)
     assert source_key(one, 1, "cuda") == source_key(two, 1, "cuda") != source_key(one, 1, "cpu")
-    default = make_config("demo", {"threads": 0})  # torch's own count
-    assert source_key(default, 1) == source_key(make_config("demo", {"threads": torch.get_num_threads()}), 1)
+    default = make_config("demo", {"threads": 0})  # torch's own count: the key must not read the live setting,
+    before = torch.get_num_threads()                # which another run restored in the app's process may change
+    key = source_key(default, 1)
+    try:
+        torch.set_num_threads(1 if before > 1 else 2)
+        assert source_key(default, 1) == key
+    finally:
+        torch.set_num_threads(before)

@@ -94,6 +94,8 @@ BAD = {
     "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
     "run-id-newline": (["--run-id", "nl\n"], "invalid run id 'nl\\n'"),
     "run-id-empty": (["--run-id", ""], "invalid run id ''"),
+    "lenet-head-vgg": (["--set", "backbone=vgg16", "--set", "official_lenet_head=true"],
+                       "official_lenet_head=True is invalid: the official code's 1024/128 head is LeNet's"),
     "preset-set": (["--set", "preset=svhn"], "cannot be overridden: choose the preset with --preset NAME"),
     "seed": (["--set", "seed=-5"], "seed=-5 is invalid"),
     "seed-huge": (["--set", f"seed={2 ** 70}"], f"seed={2 ** 70} is invalid"),

@@ -100,7 +100,33 @@ def test_local_sweep_runs_tabulates_and_resumes(dirs, capsys):
     notes = []
     run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"], log=notes.append)
     assert any(f"{run.id} finished with other values of lr_critic" in n for n in notes), notes
+    # a config.json written before a field existed means that field's default: not a difference
+    (run.path / "config.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "official_lenet_head"}))
+    notes = []
+    run_sweep(runs, ["demo"], ["original"], [0], name="t", sets=dirs["sets"], log=notes.append)
+    assert not any("finished with other values" in n for n in notes), notes
     (run.path / "config.json").write_text(json.dumps(stored))
+
+
+def test_the_sweep_preflights_the_configs_its_runs_will_have(dirs, monkeypatch):
+    """The source model's cache entry depends on a run's threads, which the executor sets (cores // parallel):
+    preflight must look at those configs, not the grid's thread-less ones."""
+    from dfg.source import source_key
+
+    seen = []
+
+    def record(configs, log=print):
+        seen.extend(cfg for _, cfg in configs)
+        raise ConfigError("stop here")
+    monkeypatch.setattr("dfg.executors.preflight_all", record)
+    with pytest.raises(ConfigError, match="stop here"):
+        run_sweep(dirs["runs"], ["demo"], ["dfg"], [5, 6], name="pf", sets=dirs["sets"], parallel=2,
+                  log=lambda m: None)
+    threads = max(1, cpu_cores() // 2)
+    assert [cfg.threads for cfg in seen] == [threads, threads]
+    cell = expand_grid("pf", ["demo"], ["dfg"], [5], sets=parse_sets(dirs["sets"]))[0]
+    assert source_key(seen[0], 1) == source_key(cell.config(threads), 1) != source_key(cell.config(), 1)
+    assert not (dirs["runs"] / "sweeps" / "pf").exists()
     assert _changed_fixed({"rho": ["0.5"], "log_every": ["3"]}, {"rho": ["0.5", "1"], "threads": ["1"]}) == []
 
 
@@ -134,6 +160,8 @@ def test_grid_majority_combos_all_and_sampled():
     with pytest.raises(ConfigError, match=r"--majority-combos 46 asks for more sets than preset 'demo' has: "
                                           r"C\(10, 2\) = 45 ways .*; give at most 45, or all"):
         expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="46")
+    with pytest.raises(ValueError, match="k=12 is invalid"):  # an impossible k is named as such
+        expand_grid("g", ["demo"], ["dfg"], [0], majority_combos="3", sets=parse_sets(["num_majority=12"]))
     default = expand_grid("g", ["demo"], ["dfg"], [0, 1])
     assert [c.config().majority for c in default] == [(), ()] and "-mauto-" in default[0].run_id
 
@@ -326,7 +354,7 @@ def test_paper_values_and_rendering():
                                        _row("fmnist", "dfg", 84.0, seed=1, majority="0 1"),
                                        _row("fmnist", "dfg", 86.0, seed=0, majority="2 3")])[0]
     assert (repeated["n"], repeated["n_runs"], repeated["top1_mean"]) == (3, 4, 250 / 3)  # the second seed 0 once
-    assert "1 repeat(s) of a seed already counted left out: again (seed 0)" in repeated["notes"]
+    assert repeated["notes"] == "1 repeat(s) of a seed already counted left out: again (seed 0)"
     odd = [{**r, "folder": "/d/a_b#1$x{y}~^%&\\"} for r in rows[:1]]
     row = [line for line in summary_latex(summarise([], ["folder"], rows=odd), ["folder"]).splitlines()
            if "DFG" in line][0]
