@@ -151,22 +151,6 @@ def _finite(values: dict[str, float]) -> str | None:
     return next((k for k, v in values.items() if not math.isfinite(v)), None)
 
 
-def _state_finite(method) -> str | None:
-    """The first non-finite tensor a checkpoint would hold: a weight, a buffer (BN statistics) or an
-    optimizer's state (Adam's moments overflow before the weights do); None when all are finite."""
-    for name, net in method.nets.items():
-        for kind, named in (("weight", net.named_parameters()), ("buffer", net.named_buffers())):
-            for pname, p in named:
-                if p.is_floating_point() and not torch.isfinite(p).all():
-                    return f"{kind} {name}.{pname}"
-    for name, opt in method.opts.items():
-        for i, state in enumerate(opt.state.values()):
-            for key, t in state.items():
-                if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
-                    return f"{name} optimizer state {key} of parameter {i}"
-    return None
-
-
 def train(cfg: Config, run: Run, *, resume: bool = False,
           progress: Callable[[int, int, float, dict], None] | None = None, log=print, data=None,
           keep_stop: bool = False) -> dict:
@@ -290,7 +274,7 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
         if step % cfg.log_every == 0 or ckpt_now or step % cfg.eval_every == 0 or stop:
             flush()
         if ckpt_now or stop:  # a checkpoint follows: nothing of this step is written unless all of it is finite
-            bad = _state_finite(method)
+            bad = method.first_nonfinite()
             if bad:
                 raise Diverged(f"{bad} became non-finite at step {step}; the last good checkpoint is kept")
         if step % cfg.log_every == 0 or ckpt_now:

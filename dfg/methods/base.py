@@ -207,6 +207,21 @@ class Method(TransferRegularised):
         for m in self.nets.values():
             m.train()
 
+    def first_nonfinite(self) -> str | None:
+        """The first non-finite tensor a checkpoint would hold: a weight, a buffer (BN statistics) or an
+        optimizer's state (Adam's moments overflow before the weights do); None when all are finite."""
+        for name, net in self.nets.items():
+            for kind, named in (("weight", net.named_parameters()), ("buffer", net.named_buffers())):
+                for pname, p in named:
+                    if p.is_floating_point() and not torch.isfinite(p).all():
+                        return f"{kind} {name}.{pname}"
+        for name, opt in self.opts.items():
+            for i, state in enumerate(opt.state.values()):
+                for key, t in state.items():
+                    if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+                        return f"{name} optimizer state {key} of parameter {i}"
+        return None
+
     def state_dict(self) -> dict:
         return {"nets": {k: m.state_dict() for k, m in self.nets.items()},
                 "opts": {k: o.state_dict() for k, o in self.opts.items()},
