@@ -264,6 +264,9 @@ def validate(cfg: Config) -> Config:
     _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
           "ImageNet weights exist for backbone=resnet50 only")
     _need(cfg.dataset != "folder" or bool(cfg.folder), "folder", cfg.folder, "set folder=<path> for dataset=folder")
+    for name in ("folder", "image_size", "grayscale"):  # read for dataset=folder only: refused, not ignored
+        _need(cfg.dataset == "folder" or not getattr(cfg, name), name, getattr(cfg, name),
+              f"applies to dataset=folder only (this run: {cfg.dataset}); leave it unset")
     _need(0 <= cfg.seed < 2 ** 63, "seed", cfg.seed, "must be a whole number in [0, 2^63)")
     for f in fields(cfg):
         v = getattr(cfg, f.name)

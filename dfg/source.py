@@ -35,6 +35,9 @@ def source_key(cfg: Config, in_channels: int, device: torch.device | str = "cpu"
     settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
                     per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
                     batch=64, compute=compute, **backbone_options(cfg))
+    if "glyphs" in cfg.source:  # images we render: the renderer, its fonts and Pillow are part of the data
+        from .data.glyphs import glyphs_tag
+        settings["glyphs"] = glyphs_tag()
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.backbone}-{cfg.source}-{digest}"
 

@@ -31,11 +31,25 @@ def test_glyph_shapes_labels_and_ink():
     assert len(glyphs.font_paths()) >= 2                         # matplotlib's fonts plus Pillow's own
 
 
-def test_glyph_disk_cache(tmp_path):
+def test_glyph_disk_cache(tmp_path, monkeypatch):
+    """The disk cache is named by the draw and by what renders it: a changed renderer, font set or Pillow
+    renders anew (and, through the source cache key, pretrains a new source) instead of reusing old images."""
+    from dfg.config import make_config
+    from dfg.source import source_key
+
     a, la = glyphs.load_glyphs(40, 7, tmp_path)
-    assert (tmp_path / "glyphs_n40_s7.npz").is_file()
+    assert (tmp_path / f"glyphs_n40_s7_{glyphs.glyphs_tag()}.npz").is_file()
     b, lb = glyphs.load_glyphs(40, 7, tmp_path)
     assert np.array_equal(a, b) and np.array_equal(la, lb)
+    key = source_key(make_config("demo"), 1)
+    monkeypatch.setattr(glyphs, "GLYPHS_VERSION", glyphs.GLYPHS_VERSION + 1)
+    glyphs.glyphs_tag.cache_clear()
+    try:
+        glyphs.load_glyphs(40, 7, tmp_path)
+        assert len(list(tmp_path.glob("glyphs_n40_s7_*.npz"))) == 2
+        assert source_key(make_config("demo"), 1) != key
+    finally:
+        glyphs.glyphs_tag.cache_clear()
 
 
 def _lenet5() -> nn.Module:

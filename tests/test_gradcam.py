@@ -194,7 +194,8 @@ def test_same_labels_but_other_images_are_a_different_test_set():
 
 def test_comparable_runs_share_the_selected_runs_test_set(tiny_dfg_run, tmp_path):
     """The Grad-CAM columns offer only runs whose test images are the selected run's: same dataset, backbone and
-    limit_test, and the same seed when limit_test draws a seeded subset; DIFA+cMWGAN gets a column."""
+    limit_test, and the same seed when limit_test draws a seeded subset or the dataset its split (Caltech-256);
+    DIFA+cMWGAN gets a column."""
     import json
     import shutil
     from dfg.runstore import Run
@@ -216,6 +217,13 @@ def test_comparable_runs_share_the_selected_runs_test_set(tiny_dfg_run, tmp_path
         path = tmp_path / name / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "limit_test": 0}))
     assert sorted(comparable_runs(tmp_path, Run(tmp_path, "same").config())["dfg"]) == ["other_seed", "same"]
+    for name in ("same", "other_seed"):  # Caltech-256 draws its 60/20 split per seed: the seed matters again
+        path = tmp_path / name / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "dataset": "caltech256"}))
+    assert comparable_runs(tmp_path, Run(tmp_path, "same").config())["dfg"] == ["same"]
+    for name in ("same", "other_seed"):
+        path = tmp_path / name / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "dataset": like["dataset"]}))
     assert sorted(comparable_runs(tmp_path, like["dataset"])["dfg"]) == [
         "other_backbone", "other_cap", "other_seed", "same"]  # a dataset name alone: the dataset decides
 

@@ -94,6 +94,7 @@ BAD = {
     "run-id-slash": (["--run-id", "a/b"], "invalid run id 'a/b'"),
     "run-id-newline": (["--run-id", "nl\n"], "invalid run id 'nl\\n'"),
     "run-id-empty": (["--run-id", ""], "invalid run id ''"),
+    "grayscale-not-folder": (["--set", "grayscale=true"], "grayscale=True is invalid: applies to dataset=folder only"),
     "lenet-head-vgg": (["--set", "backbone=vgg16", "--set", "official_lenet_head=true"],
                        "official_lenet_head=True is invalid: the official code's 1024/128 head is LeNet's"),
     "preset-set": (["--set", "preset=svhn"], "cannot be overridden: choose the preset with --preset NAME"),

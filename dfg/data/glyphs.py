@@ -35,6 +35,22 @@ def font_paths() -> tuple[str, ...]:
     return tuple(str(folder / f) for f in _FONT_FILES if (folder / f).is_file()) + (_BUILTIN,)
 
 
+GLYPHS_VERSION = 1  # raise when the renderer changes what a (n, seed) draw looks like
+
+
+@functools.cache
+def glyphs_tag() -> str:
+    """What a rendered set depends on besides (n, seed): the renderer's version, the fonts found and the Pillow
+    that draws them. Part of the disk cache's name and of the source-model cache key of a glyph source, so a
+    changed renderer, font set or Pillow never reuses old images or a source trained on them."""
+    import hashlib
+
+    import PIL
+
+    fonts = ",".join(Path(f).name for f in font_paths())
+    return f"v{GLYPHS_VERSION}-" + hashlib.sha1(f"{fonts}|{PIL.__version__}".encode()).hexdigest()[:8]
+
+
 @functools.cache
 def _font(path: str, size: int):
     from PIL import ImageFont
@@ -108,10 +124,11 @@ def _render_cached(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_glyphs(n: int, seed: int, cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """render_glyphs, memoised in memory and (when cache_dir is given) as glyphs_n{n}_s{seed}.npz there."""
+    """render_glyphs, memoised in memory and (when cache_dir is given) as glyphs_n{n}_s{seed}_<tag>.npz there
+    (glyphs_tag: the renderer's version, fonts and Pillow)."""
     if cache_dir is None:
         return render_glyphs(n, seed)
-    path = Path(cache_dir) / f"glyphs_n{n}_s{seed}.npz"
+    path = Path(cache_dir) / f"glyphs_n{n}_s{seed}_{glyphs_tag()}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
