@@ -208,9 +208,13 @@ def cmd_runs(args) -> int:
         raise RunError(f"--runs-dir {args.runs_dir} is a file, not a folder of runs")
     for run in list_runs(args.runs_dir):
         s = run.status()
+        try:
+            run.config()
+            problem = f"  error: {s['error']}" if s.get("error") and s.get("state") != "finished" else ""
+        except RunError as e:  # its status would promise a resume that cannot start
+            problem = f"  damaged: {e}"
         print(f"{run.id:50s} {s.get('state', '?'):12s} step {s.get('step', 0)}/{s.get('total_steps', '?')}"
-              + (f"  top1={s['top1']:.4f}" if s.get("top1") is not None else "")
-              + (f"  error: {s['error']}" if s.get("error") and s.get("state") != "finished" else ""))
+              + (f"  top1={s['top1']:.4f}" if s.get("top1") is not None else "") + problem)
     return 0
 
 

@@ -267,6 +267,11 @@ def test_hand_edited_run_records_do_not_break_the_listing_or_a_resume(finished, 
     out = capsys.readouterr().out
     assert out.count("\n") == 2 and "a " in out and "b " in out, out
     assert b.status()["state"] == "interrupted"  # no live pid: not 'running'
+    (runs / "a" / "config.json").write_text("")  # the listing names it instead of promising a resume
+    assert cli.main(["runs", "--runs-dir", str(runs)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("a "))
+    assert "damaged: " in line and "config.json is not valid JSON" in line and "resume continues" not in line
+    (runs / "a" / "config.json").write_text((finished.path / "config.json").read_text())
     rows = (b.path / "metrics.jsonl").read_text().splitlines()
     (b.path / "metrics.jsonl").write_text("\n".join([rows[0], "null", "[1, 2]", *rows[1:]]) + "\n")
     assert len(b.read_metrics()[0]) == len(rows)  # rows that are not objects are skipped
