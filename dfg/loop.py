@@ -186,9 +186,10 @@ def _train_checked(cfg: Config, run: Run, device, resume: bool, progress, log, d
                                     "lower batch_size (or use a smaller backbone/device with more memory)")
     except DiskFullError as e:
         return run.set_status(state="failed", step=where["step"], heartbeat=time.time(), error=f"failed: {e}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as e:  # SystemExit: Ray's handler of a second SIGTERM in a task
+        how = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else "the process was told to exit"
         run.set_status(state="interrupted", step=where["step"], heartbeat=time.time(),
-                       error="interrupted (Ctrl-C); resume continues from the last checkpoint")
+                       error=f"interrupted ({how}); resume continues from the last checkpoint")
         raise
     except Exception as e:
         run.set_status(state="failed", step=where["step"], heartbeat=time.time(),

@@ -242,6 +242,20 @@ def test_a_resume_that_fails_before_its_checkpoint_loads_keeps_the_step_on_recor
     assert run.status()["state"] == "interrupted" and run.status()["step"] == 5  # was step 0
 
 
+def test_a_run_told_to_exit_is_recorded_as_interrupted(finished, tmp_path, monkeypatch):
+    """Ray's SIGTERM handler (a second SIGTERM inside a task) raises SystemExit: the run is recorded as
+    interrupted at its step, not left 'running' until its heartbeat ages."""
+    run = stopped_copy(finished, tmp_path)
+
+    def told_to_exit(*a, **k):
+        raise SystemExit(1)
+    monkeypatch.setattr("dfg.loop.setup", told_to_exit)
+    with pytest.raises(SystemExit):
+        train(from_dict(run.config()), run, resume=True, log=lambda m: None)
+    s = run.status()
+    assert s["state"] == "interrupted" and s["step"] == 5 and "the process was told to exit" in s["error"]
+
+
 def test_a_damaged_checkpoint_is_refused_before_any_setup_and_the_run_keeps_its_state(finished, tmp_path,
                                                                                         monkeypatch, capsys):
     run = stopped_copy(finished, tmp_path)
