@@ -33,12 +33,7 @@ def atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:  # the folder went: another process's writability probe removed it just
-            path.parent.mkdir(parents=True, exist_ok=True)  # after our mkdir (fileio.writable_problem)
-            f = open(tmp, "wb")
-        with f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

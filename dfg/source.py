@@ -108,10 +108,13 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
         opt.step()
         if progress and (step % 50 == 0 or step == cfg.pretrain_steps):
             progress(step, cfg.pretrain_steps, loss.item())
+    state = {"extractor": e.state_dict(), "classifier": c.state_dict(), "num_classes": data.num_classes}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"extractor": e.state_dict(), "classifier": c.state_dict(),
-                           "num_classes": data.num_classes}, backbone=cfg.backbone, method="source",
-                    step=cfg.pretrain_steps)
+    try:
+        save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
+    except FileNotFoundError:  # the empty folder went just after our mkdir: another process's writability
+        path.parent.mkdir(parents=True, exist_ok=True)  # probe removes the folders it made (writable_problem)
+        save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
     return e, c
 
 

@@ -536,3 +536,24 @@ def test_the_source_cache_is_one_entry_per_thread_count_and_device_type():
         assert source_key(default, 1) == key
     finally:
         torch.set_num_threads(before)
+
+
+def test_source_cache_write_survives_its_folder_being_removed_by_a_probe(tmp_path, monkeypatch):
+    """Another process's writability probe (preflight in the app) removes the empty sources/ folder it made;
+    if that lands between our mkdir and our write, the finished pretraining is still saved."""
+    import shutil
+
+    from dfg import source
+    from dfg.source import pretrain_source, source_key
+
+    real, calls = source.save_checkpoint, []
+
+    def probe_removes_folder_first(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 1:
+            shutil.rmtree(path.parent)
+        return real(path, *a, **k)
+    monkeypatch.setattr(source, "save_checkpoint", probe_removes_folder_first)
+    cfg = make_config("demo", {"pretrain_steps": 2, "source_per_class": 20, "data_root": str(tmp_path), "threads": 1})
+    pretrain_source(cfg, 1, torch.device("cpu"))
+    assert len(calls) == 2 and (tmp_path / "sources" / f"{source_key(cfg, 1)}.pt").is_file()
