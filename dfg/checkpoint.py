@@ -17,7 +17,8 @@ import torch
 from .runstore import atomic_write_bytes, fault
 
 FORMAT = 2          # 2 adds the content digest; format 1 (no digest) is still read
-REDO = "move it away and `python -m dfg resume` trains the run again from step 0 (its rows on file are kept), or start a new run"
+REDO = ("move it away and `python -m dfg resume` trains the run again from step 0 (its rows on file are kept), "
+        "or start a new run")
 
 
 class CheckpointError(ValueError):

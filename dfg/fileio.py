@@ -27,6 +27,11 @@ def disk_full_error(path: Path, e: OSError) -> Exception:
     return e
 
 
+def is_number(v) -> bool:
+    """A JSON number as read back: int or float, not bool (True is an int in Python)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half.
     A failure (disk full included) leaves the old file in place and removes the temp file."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import (DiskFullError, atomic_write_bytes, atomic_write_json, disk_full_error, fault,  # noqa: F401
-                     jsonable, pid_alive)
+                     is_number, jsonable, pid_alive)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: `$` would also pass a final "\n"
 HEARTBEAT_TIMEOUT_S = 60.0  # a "running" run whose heartbeat is older than this is reported interrupted
@@ -37,7 +37,7 @@ STATUS_TYPES = {"state": str, "step": int, "total_steps": int, "pid": int, "erro
 def _typed_status(s: dict) -> dict:
     def ok(v, kind) -> bool:
         if kind is float:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
+            return is_number(v)
         return isinstance(v, kind) and not (kind is int and isinstance(v, bool))
     return {k: v for k, v in s.items() if k not in STATUS_TYPES or v is None or ok(v, STATUS_TYPES[k])}
 

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from .paper import FIGURE6, dataset_label, figure6_top1, method_label, paper_top1
+from .fileio import is_number
 from .runstore import Run, atomic_write_bytes
 
 METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
@@ -64,7 +65,7 @@ def _sort_key(row: dict, by) -> tuple:
 
 
 def _comparable(v):
-    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+    return (0, v, "") if is_number(v) else (1, 0, str(v))
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

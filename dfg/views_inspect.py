@@ -82,14 +82,14 @@ def embedding_summary(result: dict) -> str:
 def comparable_runs(root: str | Path, like: dict | str) -> dict[str, list[str]]:
     """{method: ids of runs with a checkpoint and the same test set as the run config `like` (dataset,
     backbone, limit_test, ...: TEST_SET_FIELDS, and the seed when limit_test draws a seeded subset or the
-    dataset draws its split per seed), newest
-    first} for the Grad-CAM columns. A dataset name alone matches on the dataset only."""
+    dataset draws its split per seed), newest first} for the Grad-CAM columns. A dataset name alone matches
+    on the dataset only."""
     like = {"dataset": like} if isinstance(like, str) else like
     fields = [f for f in TEST_SET_FIELDS if f in like]
+    seeded = like.get("limit_test") or getattr(DATASETS.get(like.get("dataset")), "seeded_split", False)
     out: dict[str, list[str]] = {m: [] for m in GRADCAM_METHODS}
     for run in readable_runs(list_runs(root))[0]:  # a damaged config.json: not offered
         cfg = run.config()
-        seeded = like.get("limit_test") or getattr(DATASETS.get(like.get("dataset")), "seeded_split", False)
         same_draw = not seeded or cfg.get("seed") == like.get("seed")  # a seeded cap, or a split drawn per seed
         if all(cfg.get(f) == like[f] for f in fields) and same_draw and cfg.get("method") in out \
                 and has_checkpoint(run):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from .fileio import is_number
 from .runstore import Run
 
 # the paper's losses first (Eq. 1-4), then what some methods add
@@ -30,17 +31,13 @@ def update_tail(tail: dict, run: Run) -> int:
         tail.update(new_tail())
     rows, tail["offset"] = run.read_metrics(tail["offset"])
     for r in rows:
-        if not _number(r.get("step")):
+        if not is_number(r.get("step")):
             continue  # a hand-edited row without a step cannot be placed on the chart
         if r.get("kind") == "train":
             tail["train"].append(r)
         elif r.get("kind") == "eval" and r.get("split", "test") == "test":
             tail["eval"].append(r)
     return len(rows)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def ema(values: list[float], smoothing: float) -> list[float]:
@@ -66,7 +63,7 @@ def metric_figure(tails: dict[str, dict], key: str, *, smoothing: float = 0.0, l
     all_positive = True
     source = "eval" if key == "top1" else "train"
     for i, (rid, tail) in enumerate(tails.items()):
-        rows = [r for r in tail[source] if _number(r.get(key))]  # a hand-edited "x" is left out, not a crash
+        rows = [r for r in tail[source] if is_number(r.get(key))]  # a hand-edited "x" is left out, not a crash
         if not rows:
             continue
         x, y = [r["step"] for r in rows], [float(r[key]) for r in rows]

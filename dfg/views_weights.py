@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from .filter_weights import attention, blend
 from .paper import figure6_top1
+from .fileio import is_number
 from .runstore import Run, RunError, list_runs, readable_runs
 
 
@@ -165,19 +166,17 @@ def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 
     return fig
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
 def rho_accuracy(root: str | Path, run: Run) -> list[dict]:
     """Paper Fig. 6 from our runs: DFG runs of the run's preset/dataset grouped by ρ via
     dfg.tables.summarise (top-1 mean ± std in %, finished runs only). Empty unless two ρ have results."""
     from .tables import summarise
 
-    cfg = run.config()
-    runs = [r for r in readable_runs(list_runs(root))[0] if r.config().get("method") == "dfg"
-            and r.config().get("dataset") == cfg.get("dataset") and r.config().get("preset") == cfg.get("preset")
-            and _is_number(r.config().get("rho"))]  # a hand-edited ρ of another type cannot be placed
+    cfg, runs = run.config(), []
+    for r in readable_runs(list_runs(root))[0]:
+        c = r.config()  # read once per run
+        if (c.get("method"), c.get("dataset"), c.get("preset")) == ("dfg", cfg.get("dataset"), cfg.get("preset")) \
+                and is_number(c.get("rho")) and np.isfinite(c["rho"]):  # a hand-edited ρ of another type: left out
+            runs.append(r)
     rows = [s for s in summarise(runs, by=["rho"]) if s["n"] > 0]
     if len({s["rho"] for s in rows}) < 2:
         return []

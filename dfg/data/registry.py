@@ -28,7 +28,7 @@ class DatasetSpec:
     backbone: str                    # the backbone the paper pairs it with
     in_memory: bool = True           # False: decoded per sample from files (too big to hold as uint8)
     subdir: str = ""                 # where it lives under the data root ("" = nowhere: made or shipped)
-    seeded_split: bool = False       # train/test drawn anew for each run seed (Caltech-256: the 10 repeats of refs [30, 13])
+    seeded_split: bool = False       # train/test drawn anew per run seed (Caltech-256: refs [30, 13]'s 10 repeats)
 
 
 def _has(module: str) -> bool:
@@ -53,7 +53,8 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 "CINIC-10 folder tree <root>/cinic10/{train,test}/<class>/*.png (9,000 / 9,000 per class)",
                 "vgg16", in_memory=False, subdir="cinic10"),
     DatasetSpec("caltech256", 257, names.CALTECH256, 3, None, "target", False,
-                "Caltech-256, 60 train / 20 test images per category drawn anew for each run seed (balanced in the paper)",
+                "Caltech-256, 60 train / 20 test images per category drawn anew for each run seed (balanced in the "
+                "paper)",
                 "resnet50", in_memory=False, subdir="caltech256", seeded_split=True),
     DatasetSpec("food101", 101, names.FOOD101, 3, None, "target", False,
                 "Food-101 with its official 750 / 250 per-class split",
