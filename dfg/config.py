@@ -96,6 +96,8 @@ class Config:
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
     difa_level: str = "fc"          # DIFA+cMWGAN generates: fc = the input of C's last Linear (refs [14, 15]),
                                     # conv = E's feature maps with DFG's G and D (the level DFG works at)
+    difa_critic: str = "conditional"  # DIFA+cMWGAN's D: conditional = scores (feature, one-hot ŷ), as refs [14, 15]
+                                    # | unconditional = the feature alone (our runs before 2026-11-29)
     frozen_bn: str = "train"        # BN layers of E/C that do not train (fine-tuning's frozen layers; DIFA+cMWGAN's
                                     # E/C after phase 1): train = batch statistics, running ones updated (torch's
                                     # default, DELTA's code) | eval = running statistics, kept. Only ResNet-50 has BN
@@ -125,7 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "imbalance": ("step", "longtail", "none"), "short_classes": ("error", "all"), "optimizer_ec": ("adam", "sgd"),
     "transfer_reg": ("auto", "none", "delta", "l2sp"), "delta_layers": ("auto", "extractor", "stages"),
     "head_refit": ("auto", "always", "never"), "start_head": ("source", "random"), "difa_level": ("fc", "conv"),
-    "frozen_bn": ("train", "eval")}
+    "difa_critic": ("conditional", "unconditional"), "frozen_bn": ("train", "eval")}
 OFFICIAL_SWITCHES = [f.name for f in fields(Config) if f.name.startswith("official_")]
 
 
@@ -200,8 +202,21 @@ def from_dict(d: dict) -> Config:
 
 # What a config.json written before a field existed meant: runs made before 2026-11-28 always re-fit the
 # source head, their DIFA+cMWGAN generated E's feature maps, and DELTA's regulariser compared E's output on every
-# backbone, so they resume and re-evaluate as they started.
-LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv", "delta_layers": "extractor"}
+# backbone; before 2026-11-29 DIFA+cMWGAN's critic did not see the class. So they resume and re-evaluate as they
+# started.
+LEGACY_DEFAULTS = {"head_refit": "always", "difa_level": "conv", "delta_layers": "extractor",
+                   "difa_critic": "unconditional"}
+
+
+# Fields that say where and how often a run reports, not what it computes: a resume may change them, and a
+# sweep's grid does not count them as its experiment.
+BOOKKEEPING = frozenset({"threads", "device", "data_root", "download", "log_every", "eval_every", "ckpt_every"})
+
+
+def changed_fields(old: Config, new: Config) -> list[str]:
+    """'field: old -> new' for each field (BOOKKEEPING aside) whose value differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in BOOKKEEPING and json.dumps(a[k]) != json.dumps(b[k])]
 
 
 RUNS_DIR_ENV = "DFG_RUNS_DIR"    # the app's and the command line's default runs folder
@@ -302,6 +317,8 @@ def validate(cfg: Config) -> Config:
     _need(0.0 < cfg.difa_phase_fraction < 0.5, "difa_phase_fraction", cfg.difa_phase_fraction, "must lie in (0, 0.5)")
     _need(cfg.head_refit in CHOICES["head_refit"], "head_refit", cfg.head_refit, "choose auto, always or never")
     _need(cfg.difa_level in CHOICES["difa_level"], "difa_level", cfg.difa_level, "choose fc or conv")
+    _need(cfg.difa_critic in CHOICES["difa_critic"], "difa_critic", cfg.difa_critic,
+          "choose conditional (D scores feature and class) or unconditional (the feature alone)")
     _need(cfg.delta_layers in CHOICES["delta_layers"], "delta_layers", cfg.delta_layers,
           "choose auto, extractor or stages")
     _need(cfg.delta_layers != "stages" or cfg.backbone == "resnet50", "delta_layers", cfg.delta_layers,
@@ -317,6 +334,8 @@ def validate(cfg: Config) -> Config:
           "choose auto, none, delta or l2sp")
     _need(cfg.method != "original" or cfg.transfer_reg in ("auto", "none"), "transfer_reg", cfg.transfer_reg,
           "Original trains from scratch: there is no source model to regularise towards; use auto or none")
+    _need(cfg.method != "delta" or cfg.transfer_reg in ("auto", "delta"), "transfer_reg", cfg.transfer_reg,
+          "DELTA is fine-tuning with DELTA's regulariser; use auto or delta (finetune is DELTA without it)")
     _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
           "must lie in [0, 1)")
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,

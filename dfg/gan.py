@@ -127,10 +127,33 @@ class Generator(nn.Module):
         return w * self.bn_out(h) if self.weight_after_bn else self.bn_out(w * h)
 
 
+class Projection:
+    """The score of a critic `net` (a Sequential ending in Linear(width, 1)), unconditional or, with a class
+    embedding, conditional by projection (Miyato & Koyama, 2018): D(f, y) = w·h(f) + b + ⟨e_y, h(f)⟩, h the
+    last hidden layer. A class then changes the score in proportion to the features, so D can judge each
+    class's features under WGAN-GP's gradient bound; a one-hot appended to the input could move the score by
+    at most √2 between classes, against feature distances of tens."""
+
+    @staticmethod
+    def make(num_classes: int, width: int) -> nn.Embedding | None:
+        # zero: D starts unconditional and learns each class's direction
+        return nn.Embedding(num_classes, width, _weight=torch.zeros(num_classes, width)) if num_classes else None
+
+    def score(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """features -> (B,) scores; labels (B,) int, required by a conditional critic."""
+        if self.embed is None:
+            return self.net(features).squeeze(1)
+        if labels is None:
+            raise ValueError("a conditional critic scores (features, labels): pass the labels")
+        h = self.net[:-1](features)
+        return self.net[-1](h).squeeze(1) + (self.embed(labels) * h).sum(1)
+
+
 class Critic(nn.Module):
     """D: feature map -> real-valued score; three 5x5 stride-2 convs + FC, no normalisation (WGAN-GP)."""
 
-    def __init__(self, backbone: str, *, negative_slope: float = 0.2, init: str | None = None):
+    def __init__(self, backbone: str, *, negative_slope: float = 0.2, init: str | None = None, num_classes: int = 0):
+        """num_classes > 0: a conditional critic (`Projection`), scored on (features, class)."""
         super().__init__()
         arch, spec = GAN_ARCHS[backbone], BACKBONES[backbone]
         layers: list[nn.Module] = []
@@ -146,9 +169,9 @@ class Critic(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         init_weights(self, spec.init if init is None else init)
+        self.embed = Projection.make(num_classes, width)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(1)
+    forward = Projection.score
 
 
 class FeatureGenerator(nn.Module):
@@ -179,12 +202,13 @@ class FeatureCritic(nn.Module):
     """D for a feature vector: two LeakyReLU hidden layers and a score, no normalisation (WGAN-GP); the
     shape wgan_gp's written-out gradients support."""
 
-    def __init__(self, feature_dim: int, *, init: str, hidden: int = 512, negative_slope: float = 0.2):
+    def __init__(self, feature_dim: int, *, init: str, hidden: int = 512, negative_slope: float = 0.2,
+                 num_classes: int = 0):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(feature_dim, hidden), nn.LeakyReLU(negative_slope=negative_slope),
             nn.Linear(hidden, hidden), nn.LeakyReLU(negative_slope=negative_slope), nn.Linear(hidden, 1))
         init_weights(self, init)
+        self.embed = Projection.make(num_classes, hidden)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(1)
+    forward = Projection.score

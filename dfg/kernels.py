@@ -261,7 +261,9 @@ def transposed_conv_product(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch
     if layer.bias is None:
         out = x.new_zeros(n, out_h, out_w, o)
     else:
-        out = layer.bias.detach().view(1, 1, 1, o).expand(n, out_h, out_w, o).contiguous()
+        # a copy, not .contiguous(): for n = out_h = out_w = 1 the expanded view already is contiguous, and the
+        # sums below would then add into the layer's bias
+        out = x.new_empty(n, out_h, out_w, o).copy_(layer.bias.detach().view(1, 1, 1, o))
     for a in range(kh):
         i0, i1, y0 = _tap_span(a, sh, ph, h, out_h)
         for b in range(kw):

@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, load_method_state, save_checkpoint
-from .config import Config, ConfigError, validate
+from .checkpoint import CheckpointError, load_checkpoint, load_method_state, save_checkpoint
+from .config import Config, ConfigError, changed_fields, from_dict, validate
 from .filter_weights import balanced_sample, compute_class_weights
 from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
@@ -76,17 +76,31 @@ def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
     return xs, torch.as_tensor(labels[idx], dtype=torch.long, device=device)
 
 
-def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
+class StoppedInSetup(Exception):
+    """A stop request seen while a run prepares (source pretraining can take hours on a paper preset)."""
+
+
+def build_source(cfg: Config, data, device, sample, log=print, should_stop=None) -> SourceModel:
     from .source import pretrain_source, refit_head, refit_needed
 
-    e, c = pretrain_source(cfg, data.in_channels, device,
-                           progress=lambda s, n, l: log(f"pretrain source {s}/{n} loss {l:.3f}") if s == n else None)
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise StoppedInSetup
+
+    def progress(s: int, n: int, loss: float) -> None:  # every 50 pretraining steps
+        check()
+        if s == n:
+            log(f"pretrain source {s}/{n} loss {loss:.3f}")
+
+    e, c = pretrain_source(cfg, data.in_channels, device, progress=progress)
+    check()
     if refit_needed(cfg, data.class_names):
         torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
         loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
         log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
     else:
         log(f"source head kept: the target's classes are the source's ({cfg.source} -> {cfg.dataset})")
+    check()
     for p in list(e.parameters()) + list(c.parameters()):
         p.requires_grad_(False)
     x, y = sample
@@ -95,23 +109,26 @@ def build_source(cfg: Config, data, device, sample, log=print) -> SourceModel:
     return SourceModel(e.eval(), c.eval(), w)
 
 
-def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None, with_source: bool = True):
+def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None, with_source: bool = True,
+          should_stop=None):
     """Data, source model and method for a config (shared by train, eval and the app's inspectors).
     `data`: the bundle `preflight` already built for this config (saves loading it twice).
-    with_source=False: no source model (E/C/G/D are fresh until a checkpoint is loaded into them)."""
+    with_source=False: no source model (E/C/G/D are fresh until a checkpoint is loaded into them).
+    should_stop: polled while the source model is made; True raises StoppedInSetup."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     configure_backend(cfg, device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
-    source = build_source(cfg, data, device, sample, log) if with_source and METHODS[cfg.method].from_source \
+    source = build_source(cfg, data, device, sample, log, should_stop) if with_source and METHODS[cfg.method].from_source \
         else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)
     rng.manual_seed(cfg.seed)
     ctx = TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, in_channels=data.in_channels,
                        rng=rng, fw_sample=sample, source=source, minority=_minority(data),
+                       class_counts=tuple(int(c["kept"]) for c in data.class_counts),
                        log_weights=on_weights or (lambda step, **a: None))
     return data, METHODS[cfg.method](ctx)
 
@@ -176,6 +193,14 @@ def _train_checked(cfg: Config, run: Run, device, resume: bool, progress, log, d
     its state on record; what fails later is recorded in the status."""
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location="cpu") \
         if resume and run.checkpoint_path.exists() else None
+    if ckpt is not None and isinstance(ckpt["state"].get("config"), dict):  # checkpoints since 2026-11-29
+        changed = changed_fields(from_dict(ckpt["state"]["config"]), cfg)
+        if changed:
+            raise CheckpointError(
+                f"run {run.id}'s config.json was changed after its checkpoint at step {ckpt['step']} "
+                f"({'; '.join(changed)}): a run trains with one config from start to end, and its rows and "
+                "filter weights so far used the old values. Put the old values back to resume it, or start a new "
+                "run with the new ones (`python -m dfg train --set key=value ...`)")
     try:
         return _train(cfg, run, device, resume, ckpt, progress, log, data, where)
     except Diverged as e:
@@ -202,8 +227,13 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
 
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
                    device=str(device), error=None, started=time.time())
-    data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),
-                         data=data)
+    try:
+        data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),
+                             data=data, should_stop=run.stop_requested)
+    except StoppedInSetup:  # nothing trained yet: the run stays where it was, its checkpoint (if any) untouched
+        run.clear_stop()
+        log(f"stopped before training (during setup); resume starts from step {where['step']}")
+        return run.set_status(state="stopped", step=where["step"], heartbeat=time.time())
     run.write_json("data.json", {"class_counts": data.class_counts, "class_names": list(data.class_names),
                                  "majority": list(data.majority), "minority": list(_minority(data)),
                                  "warnings": list(data.warnings), "num_classes": data.num_classes})
@@ -292,7 +322,8 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
             evaluate(step)
         if ckpt_now or stop:
             save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
-                                                  "best": best, "loop": {"sums": sums, "counts": counts}},
+                                                  "best": best, "loop": {"sums": sums, "counts": counts},
+                                                  "config": cfg.to_dict()},  # what a resume must still train
                             backbone=cfg.backbone, method=cfg.method, step=step)
             if stop and not last:
                 run.clear_stop()

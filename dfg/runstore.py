@@ -5,6 +5,7 @@ while a run lives: readers' offsets stay valid), data.json, filter_weights/w_<st
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import json
@@ -72,6 +73,7 @@ class Run:
         self.id = check_run_id(run_id)
         self.root = Path(root)
         self.path = self.root / run_id
+        self._config: dict | None = None  # config.json is written once, at creation: parsed once per Run
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
@@ -152,7 +154,10 @@ class Run:
 
     # -- config / status ------------------------------------------------------------------
     def config(self) -> dict:
-        """config.json as plain data (it is parsed, never executed; `config.from_dict` checks it)."""
+        """config.json as plain data (it is parsed, never executed; `config.from_dict` checks it). A copy of
+        this Run's first successful parse: callers may change it."""
+        if self._config is not None:
+            return copy.deepcopy(self._config)
         try:
             d = json.loads((self.path / "config.json").read_text())
         except FileNotFoundError:
@@ -161,7 +166,8 @@ class Run:
             raise RunError(f"{self.path / 'config.json'} is not valid JSON ({e}); {_DAMAGED}") from None
         if not isinstance(d, dict):
             raise RunError(f"{self.path / 'config.json'} must hold a JSON object of config fields; {_DAMAGED}")
-        return d
+        self._config = d
+        return copy.deepcopy(d)
 
     def raw_status(self) -> dict:
         try:

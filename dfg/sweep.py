@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import ConfigError, from_dict
+from .config import BOOKKEEPING, ConfigError, from_dict
 from .grid import Cell, expand_grid, parse_sets, varied
 from .runstore import Run, RunError, atomic_write_json
 from .tables import rho_curve, run_row, summarise, write_tables
@@ -117,14 +117,11 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
 
 
 # --set keys that change where and how often a run writes, not what it computes
-_BOOKKEEPING = {"threads", "device", "data_root", "download", "log_every", "eval_every", "ckpt_every"}
-
-
 def _changed_fixed(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for each --set key that is fixed (one value) in one grid and absent from, or fixed
     at another value in, the other. More values on an axis extend a sweep; these change its experiment."""
     out = []
-    for k in sorted((set(old) | set(new)) - _BOOKKEEPING):
+    for k in sorted((set(old) | set(new)) - BOOKKEEPING):
         a, b = old.get(k), new.get(k)
         if a is None or b is None:
             if len(a or b) == 1:

@@ -49,7 +49,7 @@ def _layers(critic: nn.Module) -> list[tuple[nn.Module, float | None]] | None:
     """(layer, LeakyReLU slope or None) for a Sequential of Conv2d/Linear (+ LeakyReLU) and one Flatten;
     None when the critic has any other shape (then autograd is used)."""
     net = getattr(critic, "net", None)
-    if not isinstance(net, nn.Sequential):
+    if not isinstance(net, nn.Sequential) or getattr(critic, "embed", None) is not None:  # conditional: autograd
         return None
     mods, out, i = list(net), [], 0
     while i < len(mods):
@@ -105,6 +105,13 @@ def _times_slope(d: torch.Tensor, h: torch.Tensor, slope: float) -> torch.Tensor
 
 
 def _accumulate(p: torch.Tensor, grad: torch.Tensor) -> None:
+    """p.grad += grad, as backward() would leave it: only for a parameter that trains, and in the parameter's
+    own memory layout. A fused optimizer reads .grad as if it had p's strides (a gradient that is a view with
+    other strides, as DenseConv.weight_grad's, would be stepped into the wrong elements)."""
+    if not p.requires_grad:
+        return
+    if grad.stride() != p.stride():
+        grad = torch.empty_like(p).copy_(grad)  # empty_like keeps p's strides (dense parameters)
     p.grad = grad if p.grad is None else p.grad + grad
 
 
@@ -161,11 +168,15 @@ def critic_loss_and_grads(critic: nn.Module, real: torch.Tensor, fake: torch.Ten
 
 
 def reference_critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, mixed: torch.Tensor,
-                          lam: float) -> CriticStep:
-    """The same quantity through autograd (double backward); any critic. Call .loss.backward() after."""
+                          lam: float, labels: torch.Tensor | None = None) -> CriticStep:
+    """The same quantity through autograd (double backward); any critic. Call .loss.backward() after.
+    labels: for a conditional critic, the class of each row of real, of fake and of mixed alike (B,)."""
     m = real.shape[0]
     mixed = mixed.detach().requires_grad_(True)
-    scores = critic(torch.cat([real, fake]))  # x̂ gets its own forward so the double backward sees only x̂
-    penalty = losses.gradient_penalty(mixed, critic(mixed))
+    if labels is None:  # x̂ gets its own forward so the double backward sees only x̂
+        scores, d_mixed = critic(torch.cat([real, fake])), critic(mixed)
+    else:
+        scores, d_mixed = critic(torch.cat([real, fake]), torch.cat([labels, labels])), critic(mixed, labels)
+    penalty = losses.gradient_penalty(mixed, d_mixed)
     d_real, d_fake = scores[:m], scores[m:]
     return CriticStep(losses.critic_loss(d_real, d_fake, penalty, lam), penalty, d_real, d_fake)

@@ -176,6 +176,18 @@ def test_transposed_conv_product_equals_the_transposed_conv(cin, cout, k, s, p, 
             assert (got - ref).abs().max() <= 1e-12 * ref.abs().max()
 
 
+def test_transposed_conv_product_leaves_the_bias_alone_for_a_single_output_pixel():
+    """n = out_h = out_w = 1: the output must be a new tensor, not the bias itself summed into."""
+    layer = nn.ConvTranspose2d(4, 3, 1).double()
+    bias = layer.bias.detach().clone()
+    x = torch.randn(1, 4, 1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(2):
+            got = transposed_conv_product(x, layer)
+            assert torch.allclose(got, layer(x), atol=1e-12)
+    assert torch.equal(layer.bias.detach(), bias) and got.data_ptr() != layer.bias.data_ptr()
+
+
 def test_product_form_only_where_few_taps_overlap():
     def worth(k, s, **kw):
         return product_worthwhile(nn.ConvTranspose2d(4, 4, k, stride=s, **kw))

@@ -156,20 +156,22 @@ def test_finetune_frozen_parameters_do_not_move(data_root):
     assert "extractor" not in method.opts
 
 
-@pytest.mark.parametrize("level", ["fc", "conv"])
-def test_difa_generates_at_its_level_and_each_phase_trains_only_its_networks(level, data_root):
-    """fc (refs [14, 15]): G makes the 84-d input of LeNet's last Linear, D scores it through the written-out
-    WGAN-GP gradients, and phase 3 trains only that Linear. conv: G makes E's 6x14x14 maps and phase 3 trains
-    all of C. In phase 2 only G and D move; in phase 3 E, G and D stay fixed."""
+@pytest.mark.parametrize("level,critic", [("fc", "conditional"), ("conv", "conditional"), ("fc", "unconditional")])
+def test_difa_generates_at_its_level_and_each_phase_trains_only_its_networks(level, critic, data_root):
+    """fc (refs [14, 15]): G makes the 84-d input of LeNet's last Linear and phase 3 trains only that Linear.
+    conv: G makes E's 6x14x14 maps and phase 3 trains all of C. A conditional D (the default) trains through
+    autograd, an unconditional one through the written-out WGAN-GP gradients. In phase 2 only G and D move;
+    in phase 3 E, G and D stay fixed."""
     from dfg import wgan_gp
     from dfg.data import BatchStream
-    cfg = tiny(data_root, method="difa_cmwgan", difa_level=level, steps=9, difa_phase_fraction=1 / 3)
+    cfg = tiny(data_root, method="difa_cmwgan", difa_level=level, steps=9, difa_phase_fraction=1 / 3,
+               difa_critic=critic)
     _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
     x, _ = BatchStream(load_data(cfg).train, 4, seed=0).next()
     fake = method.generate(*torch.rand(4, method.generator.noise_dim).mul(2).sub(1).split(4), torch.arange(4))
     assert fake.shape == method.features(x).shape == ((4, 84) if level == "fc" else (4, 6, 14, 14))
     assert (fake >= 0).all() or level == "conv"  # the real vector follows a ReLU
-    assert wgan_gp.supports_closed_form(method.critic)
+    assert wgan_gp.supports_closed_form(method.critic) == (critic == "unconditional")
     snap = lambda net: [p.detach().clone() for p in net.parameters()]  # noqa: E731
     moved = lambda net, old: [not torch.equal(a, b) for a, b in zip(old, net.parameters())]  # noqa: E731
     stream = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
@@ -182,8 +184,10 @@ def test_difa_generates_at_its_level_and_each_phase_trains_only_its_networks(lev
         method.train_step(step, stream)
     assert not any(moved(nets["E"], before["E"]) + moved(nets["C"], before["C"]))
     # D's score bias cancels in Eq. 1 (E[D(fake)] − E[D(real)], and the penalty's gradient ignores it)
-    assert all(moved(nets["G"], before["G"])) and moved(nets["D"], before["D"])[-1] is False
-    assert all(moved(nets["D"], before["D"])[:-1])
+    d_moved = dict(zip([n for n, _ in method.critic.named_parameters()], moved(nets["D"], before["D"])))
+    score_bias = f"net.{len(method.critic.net) - 1}.bias"
+    assert all(moved(nets["G"], before["G"])) and d_moved.pop(score_bias) is False and all(d_moved.values())
+    assert ("embed.weight" in d_moved) == (critic == "conditional")
     before = {k: snap(n) for k, n in nets.items()}
     for step in range(7, 10):  # phase 3
         assert method.phase(step) == 3
@@ -191,6 +195,66 @@ def test_difa_generates_at_its_level_and_each_phase_trains_only_its_networks(lev
     assert not any(moved(nets["E"], before["E"]) + moved(nets["G"], before["G"]) + moved(nets["D"], before["D"]))
     c_moved = moved(nets["C"], before["C"])
     assert c_moved == ([False] * (len(c_moved) - 2) + [True, True] if level == "fc" else [True] * len(c_moved))
+
+
+def test_difa_s_conditional_critic_sees_each_fake_with_its_real_row_s_class(data_root):
+    """Phase 2 with difa_critic=conditional: every critic update generates its fakes with the classes of its real
+    batch and scores both with them; G's own update draws ŷ with the training set's class frequencies."""
+    from dfg.data import BatchStream
+    cfg = tiny(data_root, method="difa_cmwgan", steps=9, difa_phase_fraction=1 / 3)
+    _, method = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    assert method.critic.embed is not None and method.ctx.class_counts
+    seen, scored, generate, critic = [], [], method.generate, method.critic.forward
+    method.generate = lambda z, y: seen.append(y.clone()) or generate(z, y)
+    method.critic.forward = lambda f, labels=None: scored.append(labels) or critic(f, labels)
+    batches = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
+    expected = BatchStream(load_data(cfg).train, cfg.batch_size, seed=0)
+    method.update_critic(batches)
+    real_labels = [expected.next()[1] for _ in range(cfg.n_critic)]
+    assert len(seen) == cfg.n_critic and all(torch.equal(a, b) for a, b in zip(seen, real_labels))
+    assert all(y is not None for y in scored)
+    counts = torch.tensor(method.ctx.class_counts, dtype=torch.float64)
+    _, y_hat = method.gan_noise(20000)
+    freq = torch.bincount(y_hat, minlength=len(counts)).double() / 20000
+    assert (freq - counts / counts.sum()).abs().max() < 0.01 and freq.max() / freq.min() > 5  # 10:1 demo
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_a_projection_critic_teaches_g_each_class_on_imbalanced_data(conditional):
+    """Two classes at 80:20 whose features differ. Against a conditional (projection) critic, G(z, k) learns
+    class k's features; against one that sees features only, nothing ties ŷ to a class and G makes the
+    majority's features for both."""
+    from dfg import losses, wgan_gp
+    from dfg.gan import FeatureCritic, FeatureGenerator
+    torch.manual_seed(0)
+    mu = torch.zeros(2, 8)
+    mu[0, ::2], mu[1, 1::2] = 3.0, 3.0
+    G = FeatureGenerator(8, num_classes=2, init="xavier", noise_dim=16, hidden=64)
+    D = FeatureCritic(8, init="xavier", hidden=64, num_classes=2 if conditional else 0)
+    opt_g, opt_d = (torch.optim.Adam(n.parameters(), 1e-3, betas=(0.5, 0.9)) for n in (G, D))
+    score = (lambda f, y: D(f, y)) if conditional else (lambda f, y: D(f))
+    for _ in range(150):
+        for _ in range(5):
+            y = (torch.rand(64) < 0.2).long()
+            real = torch.relu(mu[y] + 0.5 * torch.randn(64, 8))
+            with torch.no_grad():
+                fake = G(torch.rand(64, 16) * 2 - 1, y)
+            opt_d.zero_grad(set_to_none=True)
+            wgan_gp.reference_critic_loss(D, real, fake, losses.interpolate(real, fake), 10.0,
+                                          labels=y if conditional else None).loss.backward()
+            opt_d.step()
+        y = (torch.rand(64) < 0.2).long()
+        opt_g.zero_grad(set_to_none=True)
+        losses.generator_loss(score(G(torch.rand(64, 16) * 2 - 1, y), y)).backward()
+        opt_g.step()
+    G.eval()  # BN on its running statistics: a batch of one class alone would normalise the class away
+    with torch.no_grad():
+        means = [G(torch.rand(500, 16) * 2 - 1, torch.full((500,), k)).mean(0) for k in range(2)]
+    to_own = [(means[k] - mu[k]).norm().item() for k in range(2)]
+    if conditional:
+        assert max(to_own) < 1.5, to_own  # the class means lie 6 apart
+    else:
+        assert to_own[1] > 5, to_own  # the minority's ŷ still gives majority features
 
 
 def test_a_difa_run_recorded_before_difa_level_existed_resumes_at_the_conv_level():
@@ -278,12 +342,17 @@ def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
 
 @pytest.mark.parametrize("setting, expected", [
     ("auto", dict(dfg="delta", delta="delta", finetune="none", difa_cmwgan="none", original="none")),
-    ("l2sp", dict(dfg="l2sp", delta="delta", finetune="l2sp", difa_cmwgan="l2sp")),
-    ("none", dict(dfg="none", delta="delta")),
+    ("l2sp", dict(dfg="l2sp", finetune="l2sp", difa_cmwgan="l2sp")),
+    ("none", dict(dfg="none")),
 ])
 def test_transfer_reg_auto_is_each_methods_own(setting, expected, data_root):
     """auto: DFG regularises E/C towards the source like DELTA (§3), the other baselines do not; an explicit
-    choice applies to every method except DELTA, whose regulariser is the method."""
+    choice applies to every method but DELTA, whose regulariser is the method: another one is refused there
+    (config.json would record a regulariser the run does not use)."""
+    from dfg.config import ConfigError
+    if setting != "auto":
+        with pytest.raises(ConfigError, match="transfer_reg.*use auto or delta"):
+            tiny(data_root, method="delta", transfer_reg=setting)
     for method, kind in expected.items():
         _, m = setup(tiny(data_root, method=method, transfer_reg=setting), torch.device("cpu"), log=lambda m: None)
         assert m.reg_kind == kind, method

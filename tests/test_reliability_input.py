@@ -271,6 +271,50 @@ def test_a_damaged_checkpoint_is_refused_before_any_setup_and_the_run_keeps_its_
     assert run.status()["state"] == "stopped" and run.status()["step"] == 5 and not run.status().get("error")
 
 
+def test_a_config_changed_after_the_checkpoint_is_refused_and_bookkeeping_changes_are_not(finished, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """Hand-editing config.json between a stop and a resume would train the rest of the run with other values
+    than its rows and filter weights so far, with nothing on record; the checkpoint holds the config it trained."""
+    run = stopped_copy(finished, tmp_path)
+    assert from_dict(load_checkpoint(run.checkpoint_path)["state"]["config"]) == from_dict(run.config())
+    cfg = run.config()
+    (run.path / "config.json").write_text(json.dumps({**cfg, "rho": 0.0, "seed": 3}))
+
+    def no_setup(*a, **k):
+        raise AssertionError("setup ran before the config was checked against the checkpoint")
+    with monkeypatch.context() as m:
+        m.setattr("dfg.loop.setup", no_setup)
+        assert cli.main(["resume", finished.id, "--runs-dir", str(run.root)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json was changed after its checkpoint at step 5" in err and "rho: 0.75 -> 0.0" in err \
+        and "seed: 0 -> 3" in err and "Put the old values back" in err, err
+    assert run.status()["state"] == "stopped" and run.status()["step"] == 5 and not run.status().get("error")
+    # where and how often it runs may change: threads, the data root, the report intervals
+    (run.path / "config.json").write_text(json.dumps({**cfg, "threads": 2, "eval_every": 1, "log_every": 1}))
+    assert cli.main(["resume", finished.id, "--runs-dir", str(run.root)]) == 0
+    assert run.status()["state"] == "finished"
+
+
+def test_a_stop_during_setup_ends_the_run_before_training_and_it_resumes_from_there(data_root, tmp_path,
+                                                                                     monkeypatch):
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    run = Run.create(tmp_path / "runs", "s", cfg.to_dict())
+    run.request_stop()  # the app's Stop while the worker prepares (the source is cached here)
+    status = train(cfg, run, log=lambda m: None, keep_stop=True)
+    assert status["state"] == "stopped" and status["step"] == 0 and not run.stop_requested()
+    assert not run.checkpoint_path.exists() and not run.read_metrics()[0]
+    assert train(cfg, run, resume=True, log=lambda m: None)["state"] == "finished"
+    # while the source pretrains: the request is seen at its next progress report, and pretraining ends there
+
+    def pretraining(cfg, in_channels, device, progress=None):
+        progress(50, cfg.pretrain_steps, 1.0)
+        raise AssertionError("pretraining went on after a stop request")
+    monkeypatch.setattr("dfg.source.pretrain_source", pretraining)
+    run2 = Run.create(tmp_path / "runs", "s2", cfg.to_dict())
+    run2.request_stop()
+    assert train(cfg, run2, log=lambda m: None, keep_stop=True)["state"] == "stopped"
+
+
 def test_hand_edited_run_records_do_not_break_the_listing_or_a_resume(finished, tmp_path, capsys):
     runs = tmp_path / "runs"
     for name in ("a", "b"):
@@ -315,7 +359,7 @@ def test_a_run_folder_that_cannot_be_written_is_named_before_a_resume(finished, 
 
 def test_stop_pressed_before_the_worker_is_up_is_honoured(data_root, tmp_path, monkeypatch):
     """The app offers Stop while a run is 'created'. `jobs.launch` clears old requests before the worker
-    starts, and the worker keeps any made since: the run stops at its first step instead of training on."""
+    starts, and the worker keeps any made since: the run stops before its first step instead of training on."""
     from dfg import jobs
     cfg = make_config("demo", {**TINY, "data_root": data_root, "steps": 20, "ckpt_every": 20})
     run = Run.create(tmp_path, "early", cfg.to_dict())
@@ -326,12 +370,13 @@ def test_stop_pressed_before_the_worker_is_up_is_honoured(data_root, tmp_path, m
 
         def poll(self):
             return 0
-    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: NoProcess())
-    jobs.launch(run)
+    with monkeypatch.context() as m:  # only for the launch: ctypes (tune_allocator) starts a real process
+        m.setattr(jobs.subprocess, "Popen", lambda *a, **k: NoProcess())
+        jobs.launch(run)
     assert not run.stop_requested()
     run.request_stop()  # the user's Stop, while the worker is still starting
     assert cli.main(["worker", "early", "--runs-dir", str(tmp_path)]) == 0
-    assert run.status()["state"] == "stopped" and run.status()["step"] == 1
+    assert run.status()["state"] == "stopped" and run.status()["step"] == 0 and not run.checkpoint_path.exists()
 
 
 def test_eval_checks_the_run_record_and_the_device(finished, capsys):

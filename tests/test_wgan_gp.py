@@ -52,6 +52,39 @@ def test_closed_form_gradients_of_difa_s_feature_critic_equal_autograd():
         assert torch.allclose(grads[name], g, rtol=1e-9, atol=1e-12), name
 
 
+@pytest.mark.parametrize("backbone", ["lenet", "vgg16"])
+def test_a_fused_adam_step_on_the_written_out_gradients_equals_one_after_backward(backbone):
+    """DFG's CPU set-up: float32, D channels-last (its last conv as a dense product), fused Adam. The fused step
+    reads .grad with the parameter's strides, so a gradient with other strides (a view) would be stepped into
+    the wrong elements: the parameters after one step must match the autograd path's."""
+    torch.manual_seed(3)
+    nets = [Critic(backbone).to(memory_format=torch.channels_last) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    shape = (16, *BACKBONES[backbone].feature_shape)
+    real, fake = torch.randn(shape), torch.randn(shape)
+    mixed = (real + fake) / 2
+    for i, net in enumerate(nets):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.9), fused=True)
+        if i == 0:
+            wgan_gp.reference_critic_loss(net, real, fake, mixed, 10.0).loss.backward()
+        else:
+            wgan_gp.critic_loss_and_grads(net, real, fake, mixed, 10.0)
+            assert all(p.grad.stride() == p.stride() for p in net.parameters())
+        opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        # float32 gradients near Adam's eps give slightly other first steps; a wrong element's is off by up to 2·lr
+        assert (a - b).abs().max() < 1e-4, name
+
+
+def test_frozen_critic_parameters_get_no_gradient():
+    torch.manual_seed(4)
+    critic = Critic("lenet")
+    critic.net[0].weight.requires_grad_(False)
+    x = [torch.randn(4, 6, 14, 14) for _ in range(3)]
+    wgan_gp.critic_loss_and_grads(critic, *x, lam=10.0)
+    assert critic.net[0].weight.grad is None and critic.net[0].bias.grad is not None
+
+
 def test_linear_critic_penalty_gradient_is_closed_form():
     """D(x) = ⟨w, x⟩ + b: GP = (‖w‖ − 1)², so ∂(λ·GP)/∂w = 2λ(‖w‖ − 1)·w/‖w‖ and the score terms add
     mean(fake) − mean(real)."""

@@ -33,6 +33,7 @@ class TrainContext:
     source: SourceModel | None = None
     log_weights: Callable[..., None] = lambda step, **arrays: None  # run store hook (filter-weight history)
     minority: tuple[int, ...] = ()
+    class_counts: tuple[int, ...] = ()      # training images per class (after the imbalance); () = not known
 
 
 def make_optimizer(params, lr: float, cfg: Config, kind: str = "adam") -> torch.optim.Optimizer:

@@ -59,6 +59,10 @@ class DifaCMWGAN(DFG):
 
     def __init__(self, ctx):
         self.fc_level = ctx.cfg.difa_level == "fc"
+        self.conditional = ctx.cfg.difa_critic == "conditional"  # D scores (feature, class): refs [14, 15]
+        # made once: a copy from the host inside a captured CUDA graph would fail
+        self.class_cdf = torch.tensor(ctx.class_counts, dtype=torch.float64, device=ctx.device).cumsum(0) \
+            if self.conditional and ctx.class_counts else None
         super().__init__(ctx)
         if self.fc_level:
             self.feature_head, self.feature_name = self.classifier[-1], "the input of C's last layer"
@@ -71,7 +75,18 @@ class DifaCMWGAN(DFG):
         cfg = self.ctx.cfg
         dim, init = last_linear(self.classifier).in_features, init_scheme(cfg)
         return (FeatureGenerator(dim, num_classes=self.ctx.num_classes, init=init, negative_slope=slope),
-                FeatureCritic(dim, init=init, negative_slope=slope))
+                FeatureCritic(dim, init=init, negative_slope=slope,
+                              num_classes=self.ctx.num_classes if self.conditional else 0))
+
+    def gan_noise(self, n):
+        """A conditional D's fakes take the real batch's classes (`_critic_inputs`); G's own update draws ŷ
+        with the same frequencies, those of the training set. (Phase 3 draws ŷ uniformly, to augment every class
+        alike.)"""
+        z, y_hat = super().gan_noise(n)
+        if self.class_cdf is not None:
+            u = torch.rand(n, device=z.device, dtype=torch.float64, generator=self.ctx.rng) * self.class_cdf[-1]
+            y_hat = torch.searchsorted(self.class_cdf, u, right=True).clamp_(max=len(self.class_cdf) - 1)
+        return z, y_hat
 
     def features(self, x):
         """fc: the input of C's last Linear (84-d LeNet, 512-d VGG-16, 2048-d ResNet-50); conv: E's output."""
@@ -105,7 +120,7 @@ class DifaCMWGAN(DFG):
         m, nz = cfg.batch_size, self.generator.noise_dim
         if phase == 2:  # E/C frozen: the conditional WGAN-GP alone, without the class-wise attention
             out = self.update_critic(batches)
-            out.update(self.update_generator(*sample_noise(ctx, m, nz)))
+            out.update(self.update_generator(*self.gan_noise(m)))
             return {**out, "phase": 2.0}
         x, y = batches.next()
         z, y_hat = sample_noise(ctx, m, nz)

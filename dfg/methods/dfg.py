@@ -29,6 +29,7 @@ def has_batchnorm(module: nn.Module) -> bool:
 class DFG(Method):
     name = "dfg"
     attention = True  # DIFA+cMWGAN reuses this step without the class-wise attention
+    conditional = False  # D sees the features alone; DIFA+cMWGAN's conditional critic also sees the class
     default_transfer_reg = "delta"  # §3: E and C "are regularized ... similar to Li et al. [13]" (DELTA)
 
     def __init__(self, ctx: TrainContext):
@@ -56,7 +57,8 @@ class DFG(Method):
         init = init_scheme(cfg)
         return (Generator(cfg.backbone, num_classes=self.ctx.num_classes, negative_slope=slope,
                           weight_after_bn=cfg.official_weight_after_bn, init=init),
-                Critic(cfg.backbone, negative_slope=slope, init=init))
+                Critic(cfg.backbone, negative_slope=slope, init=init,
+                       num_classes=self.ctx.num_classes if self.conditional else 0))
 
     # -- filter weights (Eq. 5-7, threshold) ----------------------------------------------------
     def recompute_weights(self, step: int) -> None:
@@ -107,35 +109,48 @@ class DFG(Method):
         gradients come from the written-out WGAN-GP backward (wgan_gp.py) when D has the standard shape,
         else from autograd."""
         cfg, D = self.ctx.cfg, self.critic
-        xs = [batches.next()[0] for _ in range(cfg.n_critic)]
+        xs, ys = zip(*(batches.next() for _ in range(cfg.n_critic)))
         with torch.no_grad():
             reals = self.features(torch.cat(xs)).split([len(x) for x in xs]) if self.batch_real \
                 else list(map(self.features, xs))
         closed_form = wgan_gp.supports_closed_form(D)
-        pairs = (self._critic_inputs(real) for real in reals)  # lazy: each G forward just before its update
+        pairs = (self._critic_inputs(real, y) for real, y in zip(reals, ys))  # lazy: each G forward before its update
         if reals[0].device.type == "cpu" and len(reals) * reals[0].numel() * reals[0].element_size() \
                 <= FAKES_FIRST_BYTES:
             pairs = list(pairs)  # all fakes first (same draws in the same order), then D's updates back to back
-        for real, fake, mixed in pairs:
+        for real, fake, mixed, y in pairs:
             self._zero(("critic",))
             if closed_form:
                 out = wgan_gp.critic_loss_and_grads(D, real, fake, mixed, cfg.gp_lambda)
             else:
-                out = wgan_gp.reference_critic_loss(D, real, fake, mixed, cfg.gp_lambda)
+                out = wgan_gp.reference_critic_loss(D, real, fake, mixed, cfg.gp_lambda,
+                                                    labels=y if self.conditional else None)
                 out.loss.backward()
             self._step(("critic",))
         return {"L_D": out.loss.detach(), "GP": out.penalty.detach(),
                 "W_dist": (out.d_real.mean() - out.d_fake.mean()).detach()}
 
-    def _critic_inputs(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(real, fake, x̂) for one critic update: z and ŷ, then ε, from the run's noise generator."""
+    def _critic_inputs(self, real: torch.Tensor, y: torch.Tensor):
+        """(real, fake, x̂, labels) for one critic update: z and ŷ, then ε, from the run's noise generator. A
+        conditional critic's fakes take the real rows' classes, so each x̂ lies between two features of one
+        class and the real and generated class frequencies match (else D could tell them apart by the class)."""
         with torch.no_grad():
-            fake = self.generate(*sample_noise(self.ctx, real.shape[0], self.generator.noise_dim))
-        return real, fake, losses.interpolate(real, fake, self.ctx.rng)
+            z, y_hat = self.gan_noise(real.shape[0])
+            y_hat = y if self.conditional else y_hat
+            fake = self.generate(z, y_hat)
+        return real, fake, losses.interpolate(real, fake, self.ctx.rng), y_hat
+
+    def gan_noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and ŷ for the GAN's own updates (lines 6-12): ŷ uniform over the classes, as the paper says."""
+        return sample_noise(self.ctx, n, self.generator.noise_dim)
+
+    def score(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's scores: DFG's D sees the features alone (Eq. 1; the class reaches G through C, Eq. 4c)."""
+        return self.critic(features, labels) if self.conditional else self.critic(features)
 
     def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lines 10-12: one G update on Eq. 2."""
-        loss_g = losses.generator_loss(self.critic(self.generate(z, y_hat)))
+        loss_g = losses.generator_loss(self.score(self.generate(z, y_hat), y_hat))
         self._zero(("generator",))
         loss_g.backward(inputs=list(self.generator.parameters()))
         self._step(("generator",))
@@ -153,7 +168,7 @@ class DFG(Method):
         m, nz = cfg.batch_size, G.noise_dim
         self.start_update(step)
         out = self.update_critic(batches)                      # lines 6-9
-        z, y_hat = sample_noise(ctx, m, nz)
+        z, y_hat = self.gan_noise(m)
         out.update(self.update_generator(z, y_hat))            # lines 10-12
         x, y = batches.next()
         # lines 13-15: every nC1 steps, G through C on real ⊕ generated (Eq. 4c)
