@@ -2,6 +2,7 @@
 ours), per-run rows, per-class recall bars with minority classes highlighted, and confusion matrices."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -56,13 +57,49 @@ def sweeps(root: str | Path) -> list[dict]:
 
 
 def last_eval(run: Run) -> dict | None:
-    """The final test evaluation (final.json), else the newest eval row while the run trains."""
+    """The final test evaluation (final.json), else the newest eval row while the run trains. Call it once per
+    page run and hand the row to the figures and tables below (each used to read the file again)."""
     last = (run.read_json("final.json") or {}).get("last")
-    if last:
-        return last
-    rows, _ = run.read_metrics()
-    evals = [r for r in rows if r.get("kind") == "eval" and r.get("split", "test") == "test"]
-    return evals[-1] if evals else None
+    return last or newest_eval(run)
+
+
+def newest_eval(run: Run, block: int = 1 << 16) -> dict | None:
+    """The newest test eval row of metrics.jsonl, read backwards from the end a block at a time: eval rows come
+    every eval_every steps, so this reads a few blocks, not the whole file (62 MB: 3 s). A torn last line
+    (a write in progress) is skipped, as Run.read_metrics skips it."""
+    try:
+        f = open(run.path / "metrics.jsonl", "rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        pos, buf, seen_end = f.seek(0, 2), b"", False
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            buf = f.read(pos - start) + buf  # buf: the start of a line that began in an earlier block
+            pos = start
+            if not seen_end:
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    continue  # still inside the torn last line
+                buf, seen_end = buf[:cut], True
+            lines = buf.split(b"\n")
+            buf = lines.pop(0) if pos > 0 else b""
+            for line in reversed(lines):
+                if row := _eval_row(line):
+                    return row
+    return None
+
+
+def _eval_row(line: bytes) -> dict | None:
+    if b"eval" not in line:  # most lines are train rows: skip them without parsing
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError:  # damaged bytes: skipped, as Run.read_metrics does
+        return None
+    ok = isinstance(row, dict) and row.get("kind") == "eval" and row.get("split", "test") == "test"
+    return row if ok else None
 
 
 def _classes(run: Run, k: int) -> tuple[list[str], set[int]]:
@@ -83,9 +120,9 @@ def data_rows(run: Run) -> tuple[list[dict], list[str]]:
     return rows, [str(w) for w in data.get("warnings") or []]
 
 
-def recall_figure(run: Run) -> go.Figure | None:
+def recall_figure(run: Run, ev: dict | None = None) -> go.Figure | None:
     """Per-class test recall; minority classes in orange, majority in blue; dashed = top-1."""
-    ev = last_eval(run)
+    ev = ev or last_eval(run)
     if not ev:
         return None
     recall = ev["per_class_recall"]
@@ -101,9 +138,9 @@ def recall_figure(run: Run) -> go.Figure | None:
     return fig
 
 
-def confusion_figure(run: Run) -> go.Figure | None:
+def confusion_figure(run: Run, ev: dict | None = None) -> go.Figure | None:
     """Confusion matrix (rows = true class, columns = predicted), counts with row-normalised colour."""
-    ev = last_eval(run)
+    ev = ev or last_eval(run)
     if not ev or not ev.get("confusion"):
         return None
     cm = ev["confusion"]
@@ -119,16 +156,16 @@ def confusion_figure(run: Run) -> go.Figure | None:
     return fig
 
 
-def confusion_rows(run: Run) -> list[dict]:
+def confusion_rows(run: Run, ev: dict | None = None) -> list[dict]:
     """The confusion matrix as table rows (for the CSV download)."""
-    ev = last_eval(run) or {}
+    ev = ev or last_eval(run) or {}
     cm = ev.get("confusion") or []
     names, _ = _classes(run, len(cm))
     return [{"true": names[i], **{f"pred {names[j]}": v for j, v in enumerate(row)}} for i, row in enumerate(cm)]
 
 
-def recall_rows(run: Run) -> list[dict]:
-    ev = last_eval(run) or {}
+def recall_rows(run: Run, ev: dict | None = None) -> list[dict]:
+    ev = ev or last_eval(run) or {}
     recall = ev.get("per_class_recall") or []
     names, minority = _classes(run, len(recall))
     return [{"class": names[i], "minority": i in minority, "recall": r} for i, r in enumerate(recall)]

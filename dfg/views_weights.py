@@ -125,12 +125,18 @@ def deactivated_table(w_star: np.ndarray, names: list[str], minority: set[int] =
     return rows
 
 
-def delta_max(history: dict[int, dict], delta: float) -> float:
+def delta_max(history: dict[int, dict], delta: float, previous: float | None = None) -> float:
     """Top of the δ slider: 2, the run's own δ, or just above the largest recorded weight (of
     weight_history's steps), whichever is largest, so that 'δ above every weight' (W* all zero) can be
-    set. A blend never exceeds its parts."""
+    set. A blend never exceeds its parts.
+    Streamlit resets a slider whose maximum changes, so `previous` (the top the page showed before, for the same
+    run) is kept while it still lies above every weight; only a new weight above it moves the top, then with
+    headroom (a quarter more), so a training run's growing weights move it rarely."""
     top = max(float(np.max(w[k])) for w in history.values() for k in ("w_source", "w_target"))
-    return float(np.ceil(max(2.0, delta, top + 0.05) * 20) / 20)
+    need = max(2.0, delta, top + 0.05)
+    if previous is not None and previous >= need:
+        return float(previous)
+    return float(np.ceil(need * (1.25 if previous is not None else 1.0) * 20) / 20)
 
 
 def representative_filters(weights: dict, count: int = 2) -> list[int]:
@@ -139,24 +145,43 @@ def representative_filters(weights: dict, count: int = 2) -> list[int]:
     return [int(j) for j in np.argsort(-spread)[:count]]
 
 
-def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 0.0)) -> go.Figure:
+FIG5_STEPS = 20  # lines per panel besides the first, the last and the selected step: 2,001 steps made 8,004 traces
+
+
+def figure5_steps(steps: list[int], selected: int | None = None, count: int = FIG5_STEPS) -> list[int]:
+    """The recorded steps Figure 5 draws: all of them when few, else ~count evenly spaced ones plus the first,
+    the last and `selected` (the step the page's slider shows)."""
+    steps = sorted(steps)
+    if len(steps) <= count + 2:
+        return steps
+    picked = {steps[int(round(i))] for i in np.linspace(0, len(steps) - 1, count + 2)}
+    if selected in steps:
+        picked.add(selected)
+    return sorted(picked)
+
+
+def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 0.0),
+            selected: int | None = None) -> go.Figure:
     """Paper Fig. 5: blended weight ρ·W(E_S) + (1−ρ)·W(E) of each chosen filter per class, one panel per
-    (filter, ρ), one line per recorded step of `history` (weight_history; later steps darker); red line =
-    equality of all filters (1)."""
-    steps, stored = sorted(history), history
+    (filter, ρ), one line per recorded step of `history` (weight_history; later steps darker), thinned to
+    figure5_steps(…, selected); red line = equality of all filters (1)."""
+    steps, stored = figure5_steps(list(history), selected), history
     num_classes = stored[steps[0]]["w_source"].shape[0]
     names = class_names(run, num_classes)
     fig = make_subplots(rows=len(filters), cols=len(rhos), shared_yaxes=True,
                         vertical_spacing=min(0.25, 0.5 / len(filters)),
                         subplot_titles=[f"filter f{j} (ρ={r:g})" for j in filters for r in rhos])
-    for a, j in enumerate(filters):
-        for b, r in enumerate(rhos):
-            for i, s in enumerate(steps):
-                w = blend(torch.as_tensor(stored[s]["w_source"]), torch.as_tensor(stored[s]["w_target"]), r).numpy()
-                shade = 0.25 + 0.75 * (i + 1) / len(steps)
-                fig.add_trace(go.Scatter(x=names, y=w[:, j], mode="lines+markers", name=f"step {s}",
+    for b, r in enumerate(rhos):
+        for i, s in enumerate(steps):  # one blend per (ρ, step), shared by the filters' panels
+            w = blend(torch.as_tensor(stored[s]["w_source"]), torch.as_tensor(stored[s]["w_target"]), r).numpy()
+            shade = 0.25 + 0.75 * (i + 1) / len(steps)
+            for a, j in enumerate(filters):
+                fig.add_trace(go.Scatter(x=names, y=w[:, j].tolist(), mode="lines+markers", name=f"step {s}",
                                          legendgroup=str(s), showlegend=(a == 0 and b == 0),
-                                         line=dict(color=f"rgba(31,119,180,{shade:.2f})")), row=a + 1, col=b + 1)
+                                         line=dict(color=f"rgba(31,119,180,{shade:.2f})",
+                                                   width=3 if s == selected else 2)), row=a + 1, col=b + 1)
+    for a in range(len(filters)):
+        for b in range(len(rhos)):
             fig.add_hline(y=1.0, line=dict(color="red", width=1.5), row=a + 1, col=b + 1)
     fig.update_layout(height=280 * len(filters) + 80, margin=dict(l=10, r=10, t=70, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0 + 30 / (280 * len(filters)), x=0))

@@ -5,8 +5,8 @@ import streamlit as st
 
 from dfg import views
 from dfg.runstore import Run
-from dfg.views_weights import (delta_max, figure5, page_settings, rho_accuracy, rho_figure, weight_history,
-                               weight_view)
+from dfg.views_weights import (delta_max, figure5, figure5_steps, page_settings, rho_accuracy, rho_figure,
+                               weight_history, weight_view)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -40,9 +40,12 @@ step = c[0].select_slider("Recorded step", steps, value=steps[-1], key=f"fw.step
                           help="W(E) is recomputed every nW steps; each recompute is stored")
 rho = c[1].slider("ρ", 0.0, 1.0, rho0, 0.05, key=f"fw.rho.{run_id}",
                   help="W = ρ·W(E_S) + (1−ρ)·W(E) (Eq. 7); 1 = the source model's weights only")
-delta = c[2].slider("δ", 0.0, delta_max(history, delta0), delta0, 0.05,
-                    key=f"fw.delta.{run_id}",
+top_key, last_key = f"fw.delta_top.{root}::{run_id}", f"fw.delta_last.{root}::{run_id}"
+st.session_state[top_key] = top = delta_max(history, delta0, st.session_state.get(top_key))  # moves rarely
+delta = c[2].slider("δ", 0.0, top, min(st.session_state.get(last_key, delta0), top), 0.05,
+                    key=f"fw.delta.{run_id}",  # a moved top makes a new widget: it starts at the user's δ
                     help="weights below δ are set to 0 (rows average 1)")
+st.session_state[last_key] = delta
 view = weight_view(run, step, rho, delta, history[step])
 c = st.columns(3)
 for col, name in zip(c, ["w_source", "w_target", "w_star"]):
@@ -65,9 +68,14 @@ filters = st.multiselect("Filters", list(range(view["num_filters"])), default=vi
                          format_func=lambda j: f"f{j}", key=f"fw.filters.{run_id}",
                          help="default: the two filters whose source weights differ most between classes")
 if filters:
-    st.plotly_chart(figure5(run, filters, history), key="fw.fig5", width="stretch")
-    st.caption("ρ·W(E_S) + (1−ρ)·W(E) before the δ threshold, one line per recorded step (later = darker). "
-               "Red: equality of all filters. The paper finds ρ=0 drifts to the line; ρ=0.75 keeps class structure.")
+    st.plotly_chart(figure5(run, filters, history, selected=step), key="fw.fig5", width="stretch")
+    shown = figure5_steps(steps, step)
+    some = "" if len(shown) == len(steps) else (
+        f" Showing {len(shown)} of the {len(steps)} recorded steps: evenly spaced, the first, the last and the "
+        f"selected one (step {step}, thicker).")
+    st.caption("ρ·W(E_S) + (1−ρ)·W(E) before the δ threshold, one line per recorded step (later = darker)."
+               f"{some} Red: equality of all filters. The paper finds ρ=0 drifts to the line; ρ=0.75 keeps "
+               "class structure.")
 
 st.subheader("Accuracy vs ρ (paper Fig. 6)")
 rows = rho_accuracy(root, run)

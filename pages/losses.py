@@ -4,7 +4,8 @@ import streamlit as st
 
 from dfg import views
 from dfg.runstore import Run
-from dfg.views_losses import metric_figure, new_tail, point_counts, present_keys, update_tail
+from dfg.views_losses import (MAX_POINTS, evict, metric_figure, new_tail, point_counts, present_keys, thinned,
+                              update_tail)
 from pages._shared import page_context
 
 root, current = page_context()
@@ -21,6 +22,7 @@ smoothing = c[1].slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01, key="loss.smoot
                         help="exponential moving average of each curve; the raw values stay faint underneath")
 log_y = c[2].toggle("Log scale", key="loss.log")
 tails = st.session_state.setdefault("loss.tails", {})  # "<root>::<run>" -> {"offset", "train", "eval"}
+evict(tails, {f"{root}::{rid}" for rid in chosen})  # only the shown runs stay in memory
 live = any(views.progress(Run(root, rid))["active"] for rid in chosen)
 
 
@@ -42,6 +44,11 @@ def charts():
         return
     counts = point_counts(mine)
     st.caption("points read: " + ", ".join(f"{rid}: {n}" for rid, n in counts.items()))
+    if many := thinned(mine):
+        st.caption(f"Thinned for drawing: {', '.join(f'{rid} ({n:,} rows)' for rid, n in many.items())}. Each "
+                   f"curve shows the lowest and the highest value in each of {MAX_POINTS // 2:,} equal step ranges "
+                   f"(at most ~{MAX_POINTS:,} points, the last row always), so spikes stay visible; smoothing "
+                   "uses every row.")
     cols = st.columns(2)
     for i, key in enumerate(keys + ["top1"]):
         cols[i % 2].plotly_chart(metric_figure(mine, key, smoothing=smoothing, log_y=log_y), key=f"loss.chart.{key}",

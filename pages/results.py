@@ -6,7 +6,7 @@ import streamlit as st
 
 from dfg.runstore import Run, list_runs
 from dfg.views_results import (comparison, confusion_figure, confusion_rows, csv_bytes, data_rows, format_summary,
-                               recall_figure, recall_rows, sweeps)
+                               last_eval, recall_figure, recall_rows, sweeps)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -52,15 +52,16 @@ for rid in chosen:
     if counts:
         with st.expander(f"{rid}: images per class (train, validation, test)"):
             table(counts, f"{rid}_data.csv", f"data.{rid}")
-    fig = recall_figure(run)
+    ev = last_eval(run)  # once: a training run's newest eval row comes from the end of metrics.jsonl
+    fig = recall_figure(run, ev) if ev else None  # without one, none of the figures has anything to show
     if fig is None:
         st.info(f"{rid} has no test evaluation yet.")
         continue
     left, right = st.columns(2)
     left.plotly_chart(fig, key=f"res.recall.{rid}", width="stretch")
-    right.plotly_chart(confusion_figure(run), key=f"res.cm.{rid}", width="stretch")
+    right.plotly_chart(confusion_figure(run, ev), key=f"res.cm.{rid}", width="stretch")
     d = st.columns(2)
-    d[0].download_button("Per-class recall (CSV)", csv_bytes(recall_rows(run)), f"{rid}_recall.csv", "text/csv",
+    d[0].download_button("Per-class recall (CSV)", csv_bytes(recall_rows(run, ev)), f"{rid}_recall.csv", "text/csv",
                          key=f"dl.recall.{rid}", icon=":material/download:")
-    d[1].download_button("Confusion matrix (CSV)", csv_bytes(confusion_rows(run)), f"{rid}_confusion.csv", "text/csv",
-                         key=f"dl.cm.{rid}", icon=":material/download:")
+    d[1].download_button("Confusion matrix (CSV)", csv_bytes(confusion_rows(run, ev)), f"{rid}_confusion.csv",
+                         "text/csv", key=f"dl.cm.{rid}", icon=":material/download:")

@@ -1,6 +1,7 @@
 """The Streamlit app (app.py + pages/) driven by streamlit.testing.v1.AppTest against a real tiny DFG run:
 every page renders and shows the run's real numbers; the ρ slider recomputes W* exactly as
 dfg.filter_weights.attention does; the Train page refuses an invalid ρ and creates nothing."""
+import base64
 import json
 import os
 import shutil
@@ -52,7 +53,16 @@ def goto(at: AppTest, page: str) -> AppTest:
 
 
 def plotly_spec(at: AppTest, key: str) -> dict:
-    return json.loads(at.get_by_key(key).proto.spec)
+    """A chart's figure as JSON, with plotly's base64 arrays ({"dtype", "bdata"}) decoded into lists."""
+    def plain(v):
+        if isinstance(v, dict) and set(v) >= {"dtype", "bdata"}:
+            arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]).newbyteorder("<"))
+            return arr.reshape([int(d) for d in str(v["shape"]).split(",")]).tolist() if v.get("shape") \
+                else arr.tolist()
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, list) else v
+    return plain(json.loads(at.get_by_key(key).proto.spec))
 
 
 def test_every_page_shows_the_runs_numbers(app, runs):
@@ -77,7 +87,9 @@ def test_every_page_shows_the_runs_numbers(app, runs):
     assert spec["data"][0]["y"] == pytest.approx([r["L_D"] for r in train])
     acc = plotly_spec(app, "loss.chart.top1")["data"][0]
     assert acc["y"][-1] == pytest.approx(final["top1"])
-    assert len(app.get("plotly_chart")) == len(present_keys({"tiny": {"train": train}})) + 1
+    tail = new_tail()
+    update_tail(tail, run)
+    assert len(app.get("plotly_chart")) == len(present_keys({"tiny": tail})) + 1
 
     goto(app, "filter_weights")
     recorded = run.load_filter_weights(20)["w_star"]
@@ -281,15 +293,23 @@ def test_live_losses_read_only_new_rows(tiny_dfg_run, tmp_path):
     (run.path / "metrics.jsonl").write_bytes(b"".join(lines))
     assert update_tail(tail, run) == len(lines) - 3
     all_rows, _ = tiny_dfg_run.run.read_metrics()
-    assert tail["train"] == [r for r in all_rows if r["kind"] == "train"]
+    train = [r for r in all_rows if r["kind"] == "train"]
+    assert tail["train"]["step"].tolist() == [r["step"] for r in train]
+    assert tail["train"]["L_D"].tolist() == pytest.approx([r["L_D"] for r in train])
     (run.path / "metrics.jsonl").write_bytes(b"".join(lines[:2]))  # a resume truncated the file
-    assert update_tail(tail, run) == 2 and len(tail["train"]) + len(tail["eval"]) == 2
+    assert update_tail(tail, run) == 2 and len(tail["train"]["step"]) + len(tail["eval"]["step"]) == 2
 
 
 def test_ema_is_debiased():
     assert ema([4.0, 4.0, 4.0], 0.9) == pytest.approx([4.0, 4.0, 4.0])
     assert ema([0.0, 10.0], 0.5) == pytest.approx([0.0, 5 / 0.75])
-    assert ema([1.0, 2.0], 0.0) == [1.0, 2.0]
+    assert ema([1.0, 2.0], 0.0).tolist() == [1.0, 2.0]
+    x = np.random.default_rng(0).normal(size=1000)  # the blockwise form equals the recursion
+    s, w, loop = 0.0, 0.0, []
+    for v in x:
+        s, w = 0.9 * s + 0.1 * v, 0.9 * w + 0.1
+        loop.append(s / w)
+    assert ema(x, 0.9) == pytest.approx(loop)
 
 
 @pytest.mark.parametrize("overrides, field", [({"rho": 1.5}, "rho"), ({"alpha": 0.5}, "gamma"),
@@ -421,9 +441,11 @@ def test_damaged_metric_lines_and_weight_files_are_left_out_not_raised(tiny_dfg_
     assert run.prepare_metrics(keep=True)  # a resume reads the file instead of failing on it
     tail = new_tail()
     update_tail(tail, run)
-    assert all("step" in r for r in tail["train"]) and any(r.get("L_D") == "x" for r in tail["train"])
+    steps = tail["train"]["step"].tolist()
+    assert steps == [r["step"] for r in rows if r.get("kind") == "train" and "step" in r]
+    assert np.isnan(tail["train"]["L_D"][steps.index(4)])  # the text L_D: no value
     fig = metric_figure({"copy": tail}, "L_D")
-    assert len(fig.data[0].x) == sum(1 for r in tail["train"] if isinstance(r.get("L_D"), float))
+    assert len(fig.data[0].x) == int(np.isfinite(tail["train"]["L_D"]).sum()) == len(steps) - 1
     assert 4 in metric_figure({"copy": tail}, "L_G").data[0].x
     shutil.copytree(tiny_dfg_run.run.path / "filter_weights", run.path / "filter_weights", dirs_exist_ok=True)
     cut = sorted((run.path / "filter_weights").glob("w_*.npz"))[-1]
