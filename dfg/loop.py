@@ -12,12 +12,13 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, ConfigError, changed_fields, from_dict, validate
-from .filter_weights import balanced_sample, compute_class_weights
+from .filter_weights import balanced_sample
 from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
-from .methods import METHODS, SourceModel, TrainContext, scalars
+from .methods import METHODS, TrainContext, scalars
 from .metrics import evaluate
 from .runstore import DiskFullError, Run
+from .source import StoppedInSetup, source_model
 
 
 class Diverged(RuntimeError):
@@ -76,39 +77,6 @@ def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
     return xs, torch.as_tensor(labels[idx], dtype=torch.long, device=device)
 
 
-class StoppedInSetup(Exception):
-    """A stop request seen while a run prepares (source pretraining can take hours on a paper preset)."""
-
-
-def build_source(cfg: Config, data, device, sample, log=print, should_stop=None) -> SourceModel:
-    from .source import pretrain_source, refit_head, refit_needed
-
-    def check() -> None:
-        if should_stop is not None and should_stop():
-            raise StoppedInSetup
-
-    def progress(s: int, n: int, loss: float) -> None:  # every 50 pretraining steps
-        check()
-        if s == n:
-            log(f"pretrain source {s}/{n} loss {loss:.3f}")
-
-    e, c = pretrain_source(cfg, data.in_channels, device, progress=progress)
-    check()
-    if refit_needed(cfg, data.class_names):
-        torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
-        loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
-        log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
-    else:
-        log(f"source head kept: the target's classes are the source's ({cfg.source} -> {cfg.dataset})")
-    check()
-    for p in list(e.parameters()) + list(c.parameters()):
-        p.requires_grad_(False)
-    x, y = sample
-    w = compute_class_weights(e, c, x, y, data.num_classes, flip_sign=cfg.official_flip_sign,
-                              keep_bias=cfg.official_keep_bias)
-    return SourceModel(e.eval(), c.eval(), w)
-
-
 def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None, with_source: bool = True,
           should_stop=None):
     """Data, source model and method for a config (shared by train, eval and the app's inspectors).
@@ -121,7 +89,7 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
-    source = build_source(cfg, data, device, sample, log, should_stop) if with_source and METHODS[cfg.method].from_source \
+    source = source_model(cfg, data, device, sample, log, should_stop) if with_source and METHODS[cfg.method].from_source \
         else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)

@@ -165,3 +165,39 @@ def refit_head(extractor, classifier, train_set, num_classes: int, cfg: Config, 
         loss.backward()
         opt.step()
     return float(loss.detach())
+
+
+class StoppedInSetup(Exception):
+    """A stop request seen while a run prepares (source pretraining can take hours on a paper preset)."""
+
+
+def source_model(cfg: Config, data, device, sample, log=print, should_stop=None):
+    """E_S/C_S for a target task: pretrained (or from the cache), the head re-fit when the classes differ, all
+    frozen, and W(E_S) on the target sample (Alg. 1 line 2). should_stop: polled on the way."""
+    from .filter_weights import compute_class_weights
+    from .methods import SourceModel
+
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise StoppedInSetup
+
+    def progress(s: int, n: int, loss: float) -> None:  # every 50 pretraining steps
+        check()
+        if s == n:
+            log(f"pretrain source {s}/{n} loss {loss:.3f}")
+
+    e, c = pretrain_source(cfg, data.in_channels, device, progress=progress)
+    check()
+    if refit_needed(cfg, data.class_names):
+        torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache
+        loss = refit_head(e, c, data.train, data.num_classes, cfg, device)
+        log(f"source head re-fit on target ({cfg.head_refit_steps} steps): loss {loss:.3f}")
+    else:
+        log(f"source head kept: the target's classes are the source's ({cfg.source} -> {cfg.dataset})")
+    check()
+    for p in list(e.parameters()) + list(c.parameters()):
+        p.requires_grad_(False)
+    x, y = sample
+    w = compute_class_weights(e, c, x, y, data.num_classes, flip_sign=cfg.official_flip_sign,
+                              keep_bias=cfg.official_keep_bias)
+    return SourceModel(e.eval(), c.eval(), w)
