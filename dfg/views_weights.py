@@ -44,6 +44,8 @@ def heatmap(w: np.ndarray, title: str, names: list[str], zmax: float, minority: 
 
 
 _LOADED: dict[tuple, dict[str, np.ndarray]] = {}  # (file, inode, mtime_ns, size) → its arrays
+_KEPT_RUNS = 4  # the runs whose files stay loaded, most recently viewed: a process serves every viewer and run
+_VIEWED: list[Path] = []  # their filter_weights folders, oldest first
 
 
 def weight_history(run: Run) -> tuple[dict[int, dict[str, np.ndarray]], list[str]]:
@@ -74,6 +76,13 @@ def weight_history(run: Run) -> tuple[dict[int, dict[str, np.ndarray]], list[str
         seen.add(key)
     for key in [k for k in _LOADED if Path(k[0]).parent == folder and k not in seen]:
         del _LOADED[key]  # superseded versions of this run's files
+    if folder in _VIEWED:
+        _VIEWED.remove(folder)
+    _VIEWED.append(folder)
+    for old in _VIEWED[:-_KEPT_RUNS]:  # runs viewed longer ago: read again if viewed again
+        _VIEWED.remove(old)
+        for key in [k for k in _LOADED if Path(k[0]).parent == old]:
+            del _LOADED[key]
     return history, problems
 
 

@@ -184,6 +184,15 @@ def test_weight_history_reads_each_file_once_and_a_rewritten_one_again(runs, tmp
     assert reads == steps + [steps[-1]]
     assert np.allclose(third[steps[-1]]["w_target"], stored["w_target"] + 1.0)
     assert delta_max(third, 0.95) > float(stored["w_target"].max()) + 1.0
+    # the process keeps the files of the 4 runs viewed last: a fifth evicts this one, read again when viewed
+    from dfg import views_weights
+    for i in range(4):
+        shutil.copytree(root / "tiny", tmp_path / f"other{i}")
+        weight_history(Run(tmp_path, f"other{i}"))
+    assert len({Path(k[0]).parent for k in views_weights._LOADED}) == 4
+    reads.clear()
+    weight_history(run)
+    assert reads == steps
 
 
 def test_a_damaged_weight_file_is_named_and_the_other_steps_still_show(runs, tmp_path, monkeypatch):
