@@ -96,8 +96,9 @@ class Config:
     difa_phase_fraction: float = 0.3  # DIFA+cMWGAN: fraction of steps per phase (fine-tune, GAN); rest trains C
     difa_level: str = "fc"          # DIFA+cMWGAN generates: fc = the input of C's last Linear (refs [14, 15]),
                                     # conv = E's feature maps with DFG's G and D (the level DFG works at)
-    difa_critic: str = "conditional"  # DIFA+cMWGAN's D: conditional = scores (feature, one-hot ŷ), as refs [14, 15]
-                                    # | unconditional = the feature alone (our runs before 2026-11-29)
+    difa_critic: str = "conditional"  # DIFA+cMWGAN's D: conditional = scores (feature, class), a projection critic
+                                    # (refs [14, 15] condition D on the class) | unconditional = the feature alone
+                                    # (our runs before 2026-11-29)
     frozen_bn: str = "train"        # BN layers of E/C that do not train (fine-tuning's frozen layers; DIFA+cMWGAN's
                                     # E/C after phase 1): train = batch statistics, running ones updated (torch's
                                     # default, DELTA's code) | eval = running statistics, kept. Only ResNet-50 has BN
