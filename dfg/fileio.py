@@ -113,3 +113,37 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def newest_json_line(path: Path, wanted, hint: bytes = b"", block: int = 1 << 16) -> dict | None:
+    """The last line of a JSON-lines file that holds an object for which wanted(row) is true, read backwards a
+    block at a time (a 62 MB metrics file took 3 s to read whole). Lines without `hint` are skipped unparsed;
+    a torn last line (a write in progress) and damaged lines are skipped, as full readers skip them."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        pos, buf, seen_end = f.seek(0, 2), b"", False
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            buf = f.read(pos - start) + buf  # buf: the start of a line that began in an earlier block
+            pos = start
+            if not seen_end:
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    continue  # still inside the torn last line
+                buf, seen_end = buf[:cut], True
+            lines = buf.split(b"\n")
+            buf = lines.pop(0) if pos > 0 else b""
+            for line in reversed(lines):
+                if hint not in line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:  # damaged bytes
+                    continue
+                if isinstance(row, dict) and wanted(row):
+                    return row
+    return None

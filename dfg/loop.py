@@ -89,8 +89,8 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
     torch.manual_seed(cfg.seed)
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
-    source = source_model(cfg, data, device, sample, log, should_stop) if with_source and METHODS[cfg.method].from_source \
-        else None
+    from_source = with_source and METHODS[cfg.method].from_source
+    source = source_model(cfg, data, device, sample, log, should_stop) if from_source else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)
     rng.manual_seed(cfg.seed)
@@ -296,13 +296,7 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
             if stop and not last:
                 run.clear_stop()
                 return run.set_status(state="stopped", step=step, heartbeat=time.time())
-    final = {"last": _last_eval(run), "best_on_val": best if data.val is not None else None}
+    final = {"last": run.newest_eval(), "best_on_val": best if data.val is not None else None}
     run.write_json("final.json", final)
     return run.set_status(state="finished", step=cfg.steps, heartbeat=time.time(), finished=time.time(),
                           top1=final["last"].get("top1") if final["last"] else None)
-
-
-def _last_eval(run: Run) -> dict | None:
-    rows, _ = run.read_metrics()
-    evals = [r for r in rows if r.get("kind") == "eval" and r.get("split") == "test"]
-    return evals[-1] if evals else None

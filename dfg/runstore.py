@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import (DiskFullError, atomic_write_bytes, atomic_write_json, disk_full_error, fault,  # noqa: F401
-                     is_number, jsonable, pid_alive)
+                     is_number, jsonable, newest_json_line, pid_alive)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: `$` would also pass a final "\n"
 HEARTBEAT_TIMEOUT_S = 60.0  # a "running" run whose heartbeat is older than this is reported interrupted
@@ -64,6 +64,11 @@ def check_run_id(run_id: str) -> str:
 def row_key(row: dict) -> tuple:
     """What makes a metric row unique within a run: (kind, split, step)."""
     return row.get("kind"), row.get("split"), row.get("step")
+
+
+def is_test_eval(row: dict) -> bool:
+    """A metric row of a test-set evaluation (rows written before splits existed are test rows)."""
+    return row.get("kind") == "eval" and row.get("split", "test") == "test"
 
 
 class Run:
@@ -252,6 +257,10 @@ class Run:
             if isinstance(row, dict):
                 rows.append(row)
         return rows, offset + end
+
+    def newest_eval(self) -> dict | None:
+        """The newest test evaluation row, read from the end of metrics.jsonl (not the whole file)."""
+        return newest_json_line(self.path / "metrics.jsonl", is_test_eval, hint=b'"eval"')
 
     def prepare_metrics(self, keep: bool) -> set:
         """Before the writer starts: cut a torn last line (a kill mid-append) and return the keys of the

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .fileio import is_number
-from .runstore import Run
+from .runstore import Run, is_test_eval
 
 # the paper's losses first (Eq. 1-4), then what some methods add
 LOSS_KEYS = ("L_D", "L_G", "L_E", "L_rC", "L_gC", "L_cC", "GP")
@@ -49,7 +49,7 @@ def update_tail(tail: dict, run: Run) -> int:
     rows, tail["offset"] = run.read_metrics(tail["offset"])
     rows = [r for r in rows if is_number(r.get("step"))]  # a hand-edited row without a step has no place
     train = [r for r in rows if r.get("kind") == "train"]
-    evals = [r for r in rows if r.get("kind") == "eval" and r.get("split", "test") == "test"]
+    evals = [r for r in rows if is_test_eval(r)]
     if train:
         _append(tail["train"], train, ("step",) + PLOTTED)
     if evals:

@@ -2,7 +2,6 @@
 ours), per-run rows, per-class recall bars with minority classes highlighted, and confusion matrices."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -60,46 +59,7 @@ def last_eval(run: Run) -> dict | None:
     """The final test evaluation (final.json), else the newest eval row while the run trains. Call it once per
     page run and hand the row to the figures and tables below (each used to read the file again)."""
     last = (run.read_json("final.json") or {}).get("last")
-    return last or newest_eval(run)
-
-
-def newest_eval(run: Run, block: int = 1 << 16) -> dict | None:
-    """The newest test eval row of metrics.jsonl, read backwards from the end a block at a time: eval rows come
-    every eval_every steps, so this reads a few blocks, not the whole file (62 MB: 3 s). A torn last line
-    (a write in progress) is skipped, as Run.read_metrics skips it."""
-    try:
-        f = open(run.path / "metrics.jsonl", "rb")
-    except FileNotFoundError:
-        return None
-    with f:
-        pos, buf, seen_end = f.seek(0, 2), b"", False
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            buf = f.read(pos - start) + buf  # buf: the start of a line that began in an earlier block
-            pos = start
-            if not seen_end:
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    continue  # still inside the torn last line
-                buf, seen_end = buf[:cut], True
-            lines = buf.split(b"\n")
-            buf = lines.pop(0) if pos > 0 else b""
-            for line in reversed(lines):
-                if row := _eval_row(line):
-                    return row
-    return None
-
-
-def _eval_row(line: bytes) -> dict | None:
-    if b"eval" not in line:  # most lines are train rows: skip them without parsing
-        return None
-    try:
-        row = json.loads(line)
-    except ValueError:  # damaged bytes: skipped, as Run.read_metrics does
-        return None
-    ok = isinstance(row, dict) and row.get("kind") == "eval" and row.get("split", "test") == "test"
-    return row if ok else None
+    return last or run.newest_eval()
 
 
 def _classes(run: Run, k: int) -> tuple[list[str], set[int]]:
