@@ -92,6 +92,16 @@ def progress(run: Run) -> dict:
             "active": state in ACTIVE or relaunched, "resumable": state in RESUMABLE and not relaunched}
 
 
+def listed_runs(runs: list[Run], limit: int = 12) -> tuple[list[tuple[Run, dict]], int]:
+    """The Train page's list: (run, progress) of every active and every resumable run (they have a Stop or
+    Resume button), then the newest others up to `limit` rows in all, in the given (newest first) order; and
+    how many others are left out."""
+    rows = [(run, progress(run)) for run in runs]
+    busy = [p["active"] or p["resumable"] for _, p in rows]
+    left_out = set([i for i, b in enumerate(busy) if not b][max(0, limit - sum(busy)):])
+    return [r for i, r in enumerate(rows) if i not in left_out], len(left_out)
+
+
 def _worker_starting(run: Run, status: dict) -> bool:
     """Whether a worker launched after the run's last status write (a Resume; status.json is the worker's
     alone, so it still says "stopped") is alive: the run counts as active, and the pages keep polling."""

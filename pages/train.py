@@ -148,24 +148,13 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", key
 
 st.subheader("Runs")
 runs = list_runs(root)
-LISTED = 12  # finished and failed runs shown; active and resumable ones are always listed (they have buttons)
-
-
-def listed_runs(runs: list[Run]) -> tuple[list[tuple[Run, dict]], int]:
-    """(run, progress) of every active and every resumable run, then the newest others up to LISTED rows in
-    all, newest first; and how many others are left out."""
-    rows = [(run, views.progress(run)) for run in runs]
-    busy = [p["active"] or p["resumable"] for _, p in rows]  # these have a Stop or Resume button
-    room = max(0, LISTED - sum(busy))
-    left_out = set([i for i, b in enumerate(busy) if not b][room:])
-    return [r for i, r in enumerate(rows) if i not in left_out], len(left_out)
 
 
 @st.fragment(run_every=2.0 if any(views.progress(r)["active"] for r in runs) else None)
 def job_list():
     if flash := st.session_state.pop("train.flash", None):
         st.toast(flash)
-    shown, hidden = listed_runs(list_runs(root))
+    shown, hidden = views.listed_runs(list_runs(root))
     for run, p in shown:
         row = st.columns([6, 1, 1])
         row[0].progress(p["fraction"], text=f"**{run.id}** — {p['text']}")

@@ -144,13 +144,10 @@ class DFG(Method):
         """z and ŷ for the GAN's own updates (lines 6-12): ŷ uniform over the classes, as the paper says."""
         return sample_noise(self.ctx, n, self.generator.noise_dim)
 
-    def score(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """D's scores: DFG's D sees the features alone (Eq. 1; the class reaches G through C, Eq. 4c)."""
-        return self.critic(features, labels) if self.conditional else self.critic(features)
-
     def update_generator(self, z: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lines 10-12: one G update on Eq. 2."""
-        loss_g = losses.generator_loss(self.score(self.generate(z, y_hat), y_hat))
+        # a label-free D (DFG's: the class reaches G through C, Eq. 4c) ignores the labels
+        loss_g = losses.generator_loss(self.critic(self.generate(z, y_hat), y_hat))
         self._zero(("generator",))
         loss_g.backward(inputs=list(self.generator.parameters()))
         self._step(("generator",))
