@@ -1,5 +1,6 @@
 """Where a sweep's runs execute: `LocalExecutor` (a `python -m dfg worker` process per run, as many at a time
-as GPUs, else --parallel) or `RayExecutor` (one Ray task per run). Both end in the worker's own function."""
+as GPUs, else --parallel) or `RayExecutor` (ray_executor.py: one Ray task per run). Both end in the worker's own
+function (`work`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .runstore import Run, pid_alive
+from .jobs import launching, starting_worker
+from .runstore import Run
 
 DONE = ("finished", "diverged")   # outcomes: a re-launched sweep skips these (diverging again is certain)
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -27,16 +29,9 @@ def action_for(run: Run) -> str:
     state = run.status().get("state")
     if state in DONE:
         return "skip"
-    if state == "running" or (state == "created" and _worker_alive(run)):
+    if state == "running" or starting_worker(run):  # a worker launched (the app's Resume, another sweep)
         return "busy"
     return "resume"
-
-
-def _worker_alive(run: Run) -> bool:
-    try:
-        return pid_alive(int((run.path / "worker.pid").read_text() or 0))
-    except (OSError, ValueError):
-        return False
 
 
 def work(runs_dir: str, run_id: str) -> dict:
@@ -54,6 +49,10 @@ def outcome(run: Run, seconds: float, error: str | None = None) -> dict:
     """One finished task, as reported per line and in the sweep summary."""
     s = run.status()
     last = (run.read_json("final.json") or {}).get("last") or {}
+    if not error and (s.get("state") == "running" or starting_worker(run)):  # another process trains the run
+        return {"run_id": run.id, "state": "running elsewhere", "top1": None, "seconds": seconds,
+                "error": f"another process (pid {s.get('pid') or starting_worker(run)}) is training it; its "
+                         "outcome is not this sweep's"}
     state = s.get("state") if not error else "failed"
     return {"run_id": run.id, "state": state, "top1": last.get("top1") if state == "finished" else None,
             "error": error or (s.get("error") if state != "finished" else None), "seconds": seconds}
@@ -91,17 +90,21 @@ class LocalExecutor:
         where = f"{len(self.gpus)} GPU(s)" if self.gpus else f"CPU, {self.threads} thread(s) each"
         return f"local executor: {self.parallel} run(s) at a time ({where})"
 
-    def _spawn(self, run: Run, gpu: str | None) -> subprocess.Popen:
+    def _spawn(self, run: Run, gpu: str | None) -> subprocess.Popen | None:
+        """The run's worker, or None when another process (the app's Resume, another sweep) started one since
+        the sweep looked."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        with open(run.path / "log.txt", "ab") as log:
+        with launching(run), open(run.path / "log.txt", "ab") as log:  # the app's Resume waits, then sees it
+            if run.status().get("state") == "running" or starting_worker(run):
+                return None
             # own session: Ctrl-C in the sweep does not kill it; the sweep asks it to checkpoint and stop
             proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
-        (run.path / "worker.pid").write_text(str(proc.pid))
+            (run.path / "worker.pid").write_text(str(proc.pid))
         return proc
 
     def run(self, runs: list[Run], on_done: Callable[[dict], None]) -> list[dict]:
@@ -110,7 +113,13 @@ class LocalExecutor:
             while queue or active:
                 while queue and free:
                     slot, run = free.pop(0), queue.pop(0)
-                    active[slot] = (run, self._spawn(run, self.gpus[slot] if self.gpus else None), time.time())
+                    proc = self._spawn(run, self.gpus[slot] if self.gpus else None)
+                    if proc is None:
+                        free.append(slot)
+                        results.append(outcome(run, 0.0))  # running elsewhere
+                        on_done(results[-1])
+                    else:
+                        active[slot] = (run, proc, time.time())
                 time.sleep(0.2)
                 for slot, (run, proc, t0) in list(active.items()):
                     if proc.poll() is None:
@@ -134,83 +143,13 @@ class LocalExecutor:
             for _, proc in active:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            for _, proc in active:
+            for run, proc in active:
                 if proc.poll() is None:  # SIGTERM would only ask it to stop again
                     os.killpg(proc.pid, signal.SIGKILL)
+                    run.clear_stop()  # no worker is left to honour it: the next launch would stop at once
 
     def close(self) -> None:
         pass
-
-
-class RayExecutor:
-    """One Ray task per run, calling `work` (the worker's function). `address` (or env RAY_ADDRESS) joins
-    a cluster; none starts a local Ray instance, shut down at the end. The runs folder (and data_root) must
-    be storage every Ray worker sees at the same path, and `dfg` must be importable on every node."""
-
-    name = "ray"
-
-    def __init__(self, address: str | None = None, parallel: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise RuntimeError('--executor ray needs Ray, which is not installed: pip install "ray>=2.9" '
-                               "(or use --executor local)") from None
-        self.ray = ray
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False)
-        else:  # a local instance; its workers import dfg from this checkout
-            path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-            ray.init(include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}})
-        res = ray.cluster_resources()
-        self.gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
-        node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
-        if self.gpus:
-            self.threads = max(1, min(node_cpus, cpus // self.gpus))
-            self.options = {"num_gpus": 1}
-        else:  # default: one thread per run, as many runs as the cluster has CPUs
-            self.threads = max(1, min(node_cpus, cpus // max(1, parallel or cpus)))
-            self.options = {"num_cpus": self.threads}
-
-    def describe(self) -> str:
-        where = f"{self.gpus} GPU(s), 1 per run" if self.gpus else f"{self.threads} CPU(s) per run"
-        return f"ray executor ({self.address or 'local instance'}): {where}"
-
-    def run(self, runs: list[Run], on_done: Callable[[dict], None]) -> list[dict]:
-        ray = self.ray
-        task = ray.remote(work).options(max_retries=0, **self.options)
-        refs = {task.remote(str(run.root.resolve()), run.id): (run, time.time()) for run in runs}
-        pending, results = list(refs), []
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    run, t0 = refs[ref]
-                    error = None
-                    try:
-                        ray.get(ref)
-                    except Exception as e:  # the task itself died (worker killed, node lost, ...)
-                        error = f"ray task failed: {type(e).__name__}: {e}".splitlines()[0]
-                        if run.status().get("state") not in DONE:
-                            run.set_status(state="failed", error=error)
-                    results.append(outcome(run, time.time() - t0, error))
-                    on_done(results[-1])
-        except KeyboardInterrupt:  # running tasks checkpoint and stop; queued ones are cancelled
-            live = []
-            for ref in pending:
-                run = refs[ref][0]
-                if run.status().get("state") == "running":
-                    run.request_stop()
-                    live.append(ref)
-                else:
-                    ray.cancel(ref)
-            ray.wait(live, num_returns=len(live), timeout=STOP_GRACE_S)
-            raise
-        return results
-
-    def close(self) -> None:
-        self.ray.shutdown()  # stops the local instance; only disconnects from a cluster
 
 
 def make_executor(kind: str, address: str | None = None, parallel: int | None = None):
@@ -219,6 +158,7 @@ def make_executor(kind: str, address: str | None = None, parallel: int | None = 
             raise ValueError("--address is for --executor ray; drop it or add --executor ray")
         return LocalExecutor(parallel)
     if kind == "ray":
+        from .ray_executor import RayExecutor
         return RayExecutor(address, parallel)
     raise ValueError(f"--executor {kind!r} is invalid: choose local or ray")
 

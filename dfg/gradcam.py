@@ -45,6 +45,30 @@ def default_layer(method) -> nn.Module:
     return after if isinstance(after, nn.ReLU) and not after.inplace and used_once else mods[i]
 
 
+def describe_layer(method, x: torch.Tensor) -> dict:
+    """{"layer": which maps default_layer picks, in words with their module name, "map_size": (h, w) of those
+    maps for images like x (B, C, H, W), "image_size": (H, W)}: what the Grad-CAM page says its maps weigh."""
+    layer = default_layer(method)
+    owner, prefix = (method.classifier, "C") if any(m is layer for m in method.classifier.modules()) else \
+        (method.extractor, "E")
+    name = next(n for n, m in owner.named_modules() if m is layer)
+    what = ("the last bottleneck" if type(layer).__name__ == "Bottleneck" else
+            "the ReLU after the last conv" if isinstance(layer, nn.ReLU) else "the last conv")
+    shape = []
+    hook = layer.register_forward_hook(lambda mod, inp, out: shape.append(tuple(out.shape[-2:])))
+    model, modes = Composed(method.extractor, method.classifier), [method.extractor.training,
+                                                                  method.classifier.training]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x[:1].to(next(model.parameters()).device))
+    finally:
+        hook.remove()
+        method.extractor.train(modes[0])
+        method.classifier.train(modes[1])
+    return {"layer": f"{what} of {prefix} ({name})", "map_size": shape[0], "image_size": tuple(x.shape[-2:])}
+
+
 def gradcam(method, x: torch.Tensor, target: torch.Tensor | Sequence[int] | None = None,
             layer: nn.Module | None = None, *, batch_size: int = 64):
     """Grad-CAM of images x (B, C, H, W) for `target` (default: the predicted class).
@@ -156,7 +180,8 @@ def compare_runs(runs: Sequence[Run], indices: Sequence[int] | None = None, *, o
     indices: test indices (default: the whole test set), filtered by `only` ("minority": true label not
     in the majority; "misclassified": the reference run — default runs[0] — gets it wrong), then cut to
     `limit`. Each entry: index, run_id, method, step, label, label_name, pred, pred_name, conf, correct,
-    cam (H, W) float32 [0, 1], image (H, W, 3) uint8, overlay (H, W, 3) uint8."""
+    cam (H, W) float32 [0, 1], image (H, W, 3) uint8, overlay (H, W, 3) uint8, and describe_layer's layer,
+    map_size and image_size."""
     progress = progress or (lambda f, m: None)
     if only not in FILTERS:
         raise ValueError(f"unknown filter only={only!r}; choose one of {', '.join(FILTERS)}")
@@ -179,16 +204,17 @@ def compare_runs(runs: Sequence[Run], indices: Sequence[int] | None = None, *, o
         return []
     x = torch.stack([test[int(i)][0] for i in idx])
     y = np.asarray(test.labels)[idx]
-    per_run = []
+    per_run, layers = [], []
     for i, (cfg, data, method, step) in enumerate(restored):
         progress(0.6 + 0.4 * i / len(restored), f"Grad-CAM for run {runs[i].id}")
         per_run.append(gradcam(method, x))
+        layers.append(describe_layer(method, x))
     names = ref[1].class_names
     images = [to_rgb(img) for img in x]
     out = []
     for j, index in enumerate(idx):
-        for run, (cfg, _, _, step), (cams, pred, conf) in zip(runs, restored, per_run):
-            out.append({"index": int(index), "run_id": run.id, "method": cfg.method, "step": int(step),
+        for run, (cfg, _, _, step), (cams, pred, conf), layer in zip(runs, restored, per_run, layers):
+            out.append({"index": int(index), "run_id": run.id, "method": cfg.method, "step": int(step), **layer,
                         "label": int(y[j]), "label_name": names[int(y[j])], "pred": int(pred[j]),
                         "pred_name": names[int(pred[j])], "conf": float(conf[j]), "correct": bool(pred[j] == y[j]),
                         "cam": cams[j], "image": images[j], "overlay": overlay(x[j], cams[j])})

@@ -8,9 +8,10 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .config import ConfigError, absolute_path, make_config, parse_value
+from .config import BOOKKEEPING, ConfigError, absolute_path, make_config, parse_value
 from .presets import PRESETS
 from .runstore import RUN_ID, check_run_id
+from .tables import value_text
 
 GRID_KEYS = {"preset": "--presets", "method": "--methods", "seed": "--seeds",  # set by the grid, not --set
              "majority": "--majority-combos"}
@@ -26,6 +27,7 @@ class Cell:
     seed: int
     majority: tuple[int, ...] | None        # None: the config's own seeded draw (or a balanced dataset)
     sets: dict = field(default_factory=dict)  # --set values of this cell (canonical text), fixed and varied
+    legacy_id: str | None = None  # its id before BOOKKEEPING keys left the hash, when that differs
 
     def overrides(self, threads: int = 0) -> dict:
         o = {**self.sets, "method": self.method, "seed": self.seed}
@@ -52,19 +54,7 @@ def canonical(key: str, text: str) -> str:
     cell and one run id. Ordinary spellings are their own canonical text (0, 0.5, 1, 1e-5, 2e-4, 1000, true),
     which keeps the ids of sweeps made before values were parsed: a whole float is written as an integer,
     another as the shorter of its repr and scientific forms (0.75, 1e-4); text fields stay as given."""
-    v = parse_value(key, text)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if not isinstance(v, float):
-        return str(v)
-    if v.is_integer() and abs(v) < 1e16:
-        return str(int(v))
-
-    def tidy(t: str) -> str:  # 1e-05 -> 1e-5, 1e+20 -> 1e20 (nan and inf have no exponent)
-        return f"{t.split('e')[0]}e{int(t.split('e')[1])}" if "e" in t and t[-1].isdigit() else t
-
-    sci = [tidy(f"{v:.{p}e}") for p in range(17) if float(f"{v:.{p}e}") == v][:1]  # the fewest digits
-    return min([tidy(repr(v))] + sci, key=len)  # a tie keeps repr's 0.01
+    return value_text(parse_value(key, text))
 
 
 def parse_sets(items: list[str], log=None) -> dict[str, list[str]]:
@@ -159,10 +149,17 @@ def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[i
     _check_combos(majority_combos)
     sets = sets or {}
     keys = sorted(sets)
+    for k in keys:
+        if k in BOOKKEEPING and len(set(sets[k])) > 1:
+            raise ConfigError(f"--set {k}={','.join(sets[k])}: {k} says where a run reads or reports or how many "
+                              "threads it takes, not what it computes, so it is no axis of a sweep: give one value")
     cells, ids = [], set()
     for preset, values in itertools.product(presets, itertools.product(*(sets[k] for k in keys))):
         these = dict(zip(keys, values))
-        tag = _short_hash(these)  # over canonical texts (parse_sets): one id per value, however spelt
+        # over canonical texts (parse_sets): one id per value, however spelt; without the BOOKKEEPING keys, so
+        # a re-launch from another folder (data_root) or with another log_every or threads finds its runs
+        experiment = {k: v for k, v in these.items() if k not in BOOKKEEPING}
+        tag, legacy_tag = _short_hash(experiment), _short_hash(these)
         for majority in _majority_sets(preset, these, majority_combos):
             for method, seed in itertools.product(methods, seeds):
                 maj = ".".join(map(str, majority)) if majority is not None else "auto"
@@ -171,7 +168,8 @@ def expand_grid(name: str, presets: list[str], methods: list[str], seeds: list[i
                     check_run_id(run_id)
                 except ValueError as e:
                     raise ConfigError(f"{e} (shorten --name)") from None
-                cell = Cell(run_id, preset, method, seed, majority, these)
+                legacy = run_id[: -len(tag)] + legacy_tag if legacy_tag != tag else None
+                cell = Cell(run_id, preset, method, seed, majority, these, legacy)
                 cell.config()  # validate now: a bad value fails before the first run starts
                 if run_id not in ids:
                     ids.add(run_id)

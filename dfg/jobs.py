@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 from .fileio import writable_problem
 from .runstore import Run, RunBusyError, RunError, pid_alive
@@ -22,24 +24,50 @@ def launch(run: Run) -> int:
     """Start `python -m dfg worker <run>` in its own session; output goes to <run>/log.txt.
     The worker resumes from the run's checkpoint when it has one. A run that is still live is refused."""
     run.require()
-    s = run.status()
-    if s.get("state") == "running":
-        raise RunBusyError(f"run {run.id!r} is still running (pid {s.get('pid')}); stop it before resuming")
-    if s.get("state") == "created" and pid_alive(_worker_pid(run)):
-        raise RunBusyError(f"run {run.id!r} is starting (worker pid {_worker_pid(run)}); wait for it")
     check_writable(run)
-    run.clear_stop()  # an old request; one made from now on (even before the worker is up) is honoured
-    log = open(run.path / "log.txt", "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env, cwd=os.getcwd())
-    log.close()
-    _children[:] = [p for p in _children if p.poll() is None] + [proc]
-    (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
+    with launching(run):  # two launches at once (a double click, two tabs): the second sees the first's worker
+        s = run.status()
+        if s.get("state") == "running":
+            raise RunBusyError(f"run {run.id!r} is still running (pid {s.get('pid')}); stop it before resuming")
+        if pid := starting_worker(run):  # started, not yet training (importing torch takes seconds)
+            raise RunBusyError(f"run {run.id!r} is starting (worker pid {pid}); wait for it")
+        run.clear_stop()  # an old request; one made from now on (even before the worker is up) is honoured
+        log = open(run.path / "log.txt", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+        proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=os.getcwd())
+        log.close()
+        _children[:] = [p for p in _children if p.poll() is None] + [proc]
+        (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
     return proc.pid
+
+
+@contextlib.contextmanager
+def launching(run: Run):
+    """Held while a worker for the run is checked for and started (the app's launch, a sweep's spawn): an
+    exclusive lock on <run>/.launch, apart from the trainer's .lock, which the worker takes seconds later."""
+    fd = os.open(run.path / ".launch", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def starting_worker(run: Run, status: dict | None = None) -> int:
+    """The pid of a worker launched after the run's last status write (status.json is the worker's alone, so
+    until the worker reports, a resumed run still reads "stopped" or "failed") when it is still alive, else 0.
+    An older worker.pid names a worker that has reported since: its pid may belong to another process now."""
+    path = run.path / "worker.pid"
+    status = run.raw_status() if status is None else status
+    try:
+        launched, pid = path.stat().st_mtime, int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+    return pid if launched > float(status.get("updated") or 0) and pid_alive(pid) else 0
 
 
 def check_runs_folder(root: str | Path) -> None:
@@ -56,13 +84,6 @@ def check_writable(run: Run) -> None:
     if problem:
         raise RunError(f"cannot write into the run folder {run.path} ({problem}); copy the run to a runs "
                        "folder you can write to and resume it there (--runs-dir)")
-
-
-def _worker_pid(run: Run) -> int:
-    try:
-        return int((run.path / "worker.pid").read_text())
-    except (OSError, ValueError):
-        return 0
 
 
 def create_checked(cfg, runs_dir: str | Path, run_id: str):
@@ -92,12 +113,11 @@ def stop(run: Run) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(run: Run):
-    """While training: SIGTERM (docker stop, a job scheduler's pre-emption, `kill`) asks for a stop as the
-    STOP file does: the step ends, a checkpoint is written and the run is recorded as stopped, not lost
-    back to its last checkpoint. A second SIGTERM goes to the handler found on entry: the default ends the
-    process at once; Ray's (its tasks run on a worker's main thread) raises SystemExit there. Only the main
-    thread can install a handler; in any other thread SIGTERM keeps what it had."""
+def on_first_sigterm(action: Callable[[], None]):
+    """While the block runs, the first SIGTERM calls `action` (in the main thread, between two bytecodes) and
+    puts back the handler found on entry, which gets a second SIGTERM: the default ends the process at once;
+    Ray's (its tasks run on a worker's main thread) raises SystemExit. Only the main thread can install a
+    handler; in any other thread SIGTERM keeps what it had."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -106,11 +126,29 @@ def stop_on_sigterm(run: Run):
 
     def on_term(signum, frame):
         signal.signal(signal.SIGTERM, restore)
-        with contextlib.suppress(OSError):  # a vanished folder or a full disk: the second SIGTERM still ends it
-            run.request_stop()
+        action()
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, restore)
+
+
+def stop_on_sigterm(run: Run):
+    """While training: SIGTERM (docker stop, a job scheduler's pre-emption, `kill`) asks for a stop as the
+    STOP file does: the step ends, a checkpoint is written and the run is recorded as stopped, not lost
+    back to its last checkpoint."""
+    def request() -> None:
+        with contextlib.suppress(OSError):  # a vanished folder or a full disk: the second SIGTERM still ends it
+            run.request_stop()
+    return on_first_sigterm(request)
+
+
+def sigterm_as_interrupt():
+    """While a sweep waits on its workers: SIGTERM (`kill`, a scheduler's pre-emption) raises KeyboardInterrupt
+    as Ctrl-C does, so the workers are asked to checkpoint and stop and the tables are written; the workers run
+    in their own sessions and would otherwise train on unwatched."""
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+    return on_first_sigterm(interrupt)

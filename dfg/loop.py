@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_method_state, save_checkpoint
-from .config import Config, ConfigError, changed_fields, from_dict, validate
+from .config import Config, ConfigError, changed_fields, from_dict
 from .filter_weights import balanced_sample
 from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
@@ -19,6 +19,7 @@ from .methods import METHODS, TrainContext, scalars
 from .metrics import evaluate
 from .runstore import DiskFullError, Run
 from .source import StoppedInSetup, source_model
+from .validation import validate
 
 
 class Diverged(RuntimeError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, ConfigError, validate
+from .config import Config, ConfigError
+from .validation import validate
 from .fileio import writable_problem
 from .loop import load_data, resolve_device
 from .methods import METHODS

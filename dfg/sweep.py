@@ -2,6 +2,7 @@
 run ids) and tabulate them into <runs>/sweeps/<name>/."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     A re-launch may add presets, methods, seeds, majority sets and values of a varied --set key; one that
     changes a fixed --set value is another experiment and is refused unless `replace` (see _changed_fixed)."""
     from .executors import DONE, action_for, make_executor, preflight_all, reporter
-    from .jobs import check_runs_folder
+    from .jobs import check_runs_folder, sigterm_as_interrupt
 
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel must be >= 1 (got {parallel}): the number of runs at a time on CPU; "
@@ -58,7 +59,8 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     parsed = parse_sets(list(sets) + ([f"num_majority={num_majority}"] if num_majority is not None else []), log)
     if len(parsed.get("num_majority", [])) > 1 and num_majority is not None:
         raise ConfigError("give the number of majority classes once: --num-majority or --set num_majority")
-    cells = expand_grid(name, presets, methods, seeds, majority_combos=majority_combos, sets=parsed)
+    cells = [_adopt_legacy(runs_dir, c) for c in
+             expand_grid(name, presets, methods, seeds, majority_combos=majority_combos, sets=parsed)]
     by, out = varied(parsed), Path(runs_dir) / "sweeps" / name
     args = {"presets": presets, "methods": methods, "seeds": seeds, "majority_combos": majority_combos,
             "sets": parsed}
@@ -96,9 +98,11 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
     results = []
     if ex is not None:
         try:
-            log(ex.describe())
+            log(ex.describe() + ("; torch threads per run as --set threads gives them" if "threads" in parsed
+                                  else ""))
             runs = [_prepare(runs_dir, c, ex.threads, actions[c.run_id], log) for c in todo]
-            results = ex.run(runs, reporter(len(todo), log))
+            with sigterm_as_interrupt():
+                results = ex.run(runs, reporter(len(todo), log))
         except KeyboardInterrupt:
             write_tables(out, sweep_rows(runs_dir, grid), by)
             log(f"sweep {name} interrupted: its running runs were asked to checkpoint and stop; "
@@ -108,8 +112,10 @@ def run_sweep(runs_dir: str | Path, presets: list[str], methods: list[str], seed
             ex.close()
     files = write_tables(out, sweep_rows(runs_dir, grid), by)
     ok = sum(r["state"] == "finished" for r in results)
-    bad = [r for r in results if r["state"] not in DONE]
-    log(f"sweep {name}: ran {len(results)} ({ok} finished, {len(results) - ok - len(bad)} diverged, "
+    elsewhere = sum(r["state"] == "running elsewhere" for r in results)  # started meanwhile by the app or a sweep
+    count["busy"] += elsewhere
+    bad = [r for r in results if r["state"] not in DONE and r["state"] != "running elsewhere"]
+    log(f"sweep {name}: ran {len(results)} ({ok} finished, {len(results) - ok - len(bad) - elsewhere} diverged, "
         f"{len(bad)} failed/stopped), skipped {count['skip']} done, {count['busy']} running elsewhere; "
         f"tables in {out}")
     return {"name": name, "dir": out, "cells": len(cells), "ran": len(results), "finished": ok, "failed": len(bad),
@@ -131,12 +137,27 @@ def _changed_fixed(old: dict, new: dict) -> list[str]:
     return out
 
 
+def _adopt_legacy(runs_dir, cell: Cell) -> Cell:
+    """The cell under the id it had before BOOKKEEPING keys left the run-id hash, when only that run exists:
+    sweeps made then resume and skip their own runs instead of training them again under a new id."""
+    if cell.legacy_id and not Run(runs_dir, cell.run_id).exists() and Run(runs_dir, cell.legacy_id).exists():
+        return dataclasses.replace(cell, run_id=cell.legacy_id)
+    return cell
+
+
 def _prepare(runs_dir, cell: Cell, threads: int, action: str, log) -> Run:
     """Create a new cell's run folder (config with the executor's thread count), or reuse the old one."""
     cfg = cell.config(threads).to_dict()
     if action == "new":
-        return Run.create(runs_dir, cell.run_id, cfg)
+        try:
+            return Run.create(runs_dir, cell.run_id, cfg)
+        except RunError:
+            if not Run(runs_dir, cell.run_id).exists():
+                raise
+            # the same sweep launched twice at once: the other made it; its worker, when it has one, is found
+            # at spawn time and this sweep reports the run as running elsewhere
     run = Run(runs_dir, cell.run_id)
+    run.clear_stop()  # left by a sweep killed before its worker stopped: this launch asks the run to go on
     diff = _stored_diff(run, cell)
     if diff:
         log(f"note: {run.id} was created with other values of {', '.join(diff)}; resuming it as it was")

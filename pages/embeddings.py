@@ -20,7 +20,8 @@ c = st.columns([2, 2, 3])
 projection = c[0].radio("Projection", ["pca", "tsne", "umap"], horizontal=True, key="emb.method",
                         format_func={"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}.get)
 n = c[1].select_slider("Points of each kind", [100, 200, 300, 500, 1000], value=300, key="emb.n",
-                       help="n real test images (class-balanced) and n generated features")
+                       help="n real test images (class-balanced; all of them when the test set is smaller) and "
+                            "as many generated features")
 c[2].caption("t-SNE and UMAP take a few seconds the first time; results are cached per run, checkpoint, "
              "projection and size.")
 

@@ -5,7 +5,8 @@ import streamlit as st
 from dfg.gradcam import compare_runs
 from dfg.paper import method_label
 from dfg.runstore import Run, RunError
-from dfg.views_inspect import GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid, image_order
+from dfg.views_inspect import (GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid,
+                                gradcam_layer_caption, image_order)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -62,6 +63,7 @@ except (ValueError, RuntimeError, IndexError) as e:
     st.stop()
 if not entries:
     st.info("No test image matches this filter.")
+st.caption(gradcam_layer_caption(entries))
 for row in gradcam_grid(entries):
     cols = st.columns(1 + len(GRADCAM_METHODS))  # fixed grid: images keep their size whatever is picked
     cols[0].image(row["image"], caption=f"test #{row['index']}: true {row['label_name']}", width=120)

@@ -103,8 +103,8 @@ def test_every_page_shows_the_runs_numbers(app, runs):
     recall = plotly_spec(app, "res.recall.tiny")["data"][0]["y"]
     assert recall == pytest.approx(final["per_class_recall"])
 
-    goto(app, "embeddings")  # limit_test=200: 200 real test images, 300 generated features
-    assert any("200 real and 300 generated features, checkpoint step 20" in c.value for c in app.caption)
+    goto(app, "embeddings")  # limit_test=200: 200 real test images and as many generated features (the slider says 300)
+    assert any("200 real and 200 generated features, checkpoint step 20" in c.value for c in app.caption)
     assert any("crosses: generated G(z, ŷ) with the run's W*" in c.value for c in app.caption)
 
     goto(app, "gradcam")  # 6 test images, each shown raw and through the one DFG run
@@ -432,6 +432,29 @@ def test_filter_weights_page_follows_a_training_run(runs, tmp_path, monkeypatch)
     run.save_filter_weights(last + 10, **stored)  # what the worker writes at the next nW
     at.run()
     assert list(at.select_slider(key="fw.step.r").options) == before + [str(last + 10)]
+
+
+@pytest.mark.parametrize("extra", [b"", b'{"kind": "train", "step": 5}, {"kind": "train", "step": 6}\n',
+                                   b"[1, 2]\n", b"\n", b'{"kind": "eval"}]\n[{"kind": "train"}\n', b"7\n"])
+def test_metrics_are_read_as_one_json_value_per_line_whatever_the_file_holds(tmp_path, extra):
+    """read_metrics parses all lines at once when it can; a line that holds two values, no value or a
+    bracket gives the rows a line-by-line parse gives (each whole line one JSON object, others left out)."""
+    good = [{"kind": "train", "step": s, "L_D": -s / 3} for s in range(1, 5)]
+    text = b"".join(json.dumps(r).encode() + b"\n" for r in good[:2]) + extra + \
+        b"".join(json.dumps(r).encode() + b"\n" for r in good[2:])
+    run = Run.create(tmp_path, "r", {})
+    (run.path / "metrics.jsonl").write_bytes(text + b'{"kind": "train", "st')  # and a row still being written
+    expected = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            expected.append(value)
+    rows, offset = run.read_metrics()
+    assert rows == expected and offset == len(text)
+    assert [r for r in rows if "L_D" in r] == good
 
 
 def test_damaged_metric_lines_and_weight_files_are_left_out_not_raised(tiny_dfg_run, tmp_path):

@@ -3,9 +3,10 @@ rows stay in memory; Figure 5 draws a bounded number of steps; the δ slider kee
 W recompute raises its top; the Train page lists every run with a Stop or Resume button however old; the
 Results page does not read a training run's whole metrics.jsonl again for each figure and table."""
 import json
-import math
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from dfg.views_losses import MAX_POINTS, ema
 from dfg.views_weights import FIG5_STEPS, figure5
 from test_app import app_on, goto, plotly_spec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from synthetic_runs import long_metrics  # noqa: E402
+
 
 @pytest.fixture
 def tiny(tiny_dfg_run, tmp_path):
@@ -23,21 +27,10 @@ def tiny(tiny_dfg_run, tmp_path):
     return tmp_path / "runs", tiny_dfg_run.data_root
 
 
-def long_metrics(path, n: int, spike_at: int) -> list[float]:
-    """n train rows (L_D a slow wave with one spike of 100) and a test eval every 1000 steps; returns L_D."""
-    ld = [math.sin(s / 500) + (100.0 if s == spike_at else 0.0) for s in range(1, n + 1)]
-    with open(path, "w") as f:
-        for s in range(1, n + 1):
-            f.write(json.dumps({"kind": "train", "step": s, "L_D": ld[s - 1], "L_G": 1.0 + s / n}) + "\n")
-            if s % 1000 == 0:
-                f.write(json.dumps({"kind": "eval", "split": "test", "step": s, "top1": s / n}) + "\n")
-    return ld
-
-
 def test_live_losses_thin_long_curves_keep_spikes_and_only_the_shown_runs(tiny, monkeypatch):
     root, data_root = tiny
     shutil.copytree(root / "r", root / "other")
-    ld = long_metrics(root / "r" / "metrics.jsonl", 20_000, spike_at=12_345)
+    ld = long_metrics(Run(root, "r"), 20_000, spike_at=12_345)
     at = app_on(root, data_root, monkeypatch)
     at.selectbox(key="sidebar.run").select("r").run()
     goto(at, "losses")

@@ -1,5 +1,6 @@
 """bench/alg1_speed.py --breakdown: each part's own time (nested parts paused), and every patched
-attribute put back afterwards; the timed runs' turn-taking and each side's rate; the CPU-steal share."""
+attribute put back afterwards; the timed runs' turn-taking and each side's rate; the CPU-steal share;
+bench/app_scale.py end to end on tiny folders."""
 import sys
 import types
 from pathlib import Path
@@ -116,3 +117,15 @@ def test_op_times_groups_by_op_and_shapes_with_each_ops_flops():
     assert log.flops[mm] == 2 * (2 * 8 * 16 * 4)  # two products of 8x16 by 16x4
     assert log.calls[("mm", ((4, 16), (16, 8)))] == 1
     assert log.flops[("relu", ((8, 16),))] == 0 and log.seconds[("relu", ((8, 16),))] == 1.0
+
+
+def test_app_scale_times_every_page_on_tiny_folders_and_ends_with_key_values(capsys):
+    import app_scale
+
+    app_scale.main(["--rows", "200", "--weights", "5", "--runs", "3", "--repeats", "1"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    values = dict(pair.split("=") for pair in last.split())
+    for page in app_scale.PAGES:
+        for key in (f"{page}_small_s", f"{page}_large_s", f"{page}_rerun_small_s", f"{page}_rerun_large_s"):
+            assert float(values[key]) > 0, key
+    assert float(values["full_read_metrics_s"]) > 0 and values["rows"] == "200"

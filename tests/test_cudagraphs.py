@@ -184,3 +184,30 @@ def test_each_warm_up_step_is_settled_no_gradient_and_fresh_optimiser_state(data
     assert settled == [1, 2, 3, 4, 5, 6, 7]
     assert [int(msg.split()[2]) for msg in logged if "captured" in msg] == [7, 8]
     assert sum("released 2 graph(s) before step 9" in msg for msg in logged) == 1
+
+
+def test_what_a_captured_step_reads_by_pointer_is_updated_in_place(data_root):
+    """A graph replays the kernels it recorded, on the tensors it recorded: W* must change in place (a new
+    tensor would leave the graph on the old weights; the CPU stand-in above re-runs Python and cannot see
+    that), and a learning-rate change must change the key so that a new graph is captured."""
+    from dfg.methods import METHODS
+
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    data, m = setup(cfg, torch.device("cpu"), log=lambda msg: None)
+    m.on_start()
+    w_star, ptr = m.channel_weights(), m.w_star.data_ptr()
+    z, y = torch.rand(4, m.generator.noise_dim) * 2 - 1, torch.arange(4)
+    m.generator.eval()
+    before = m.generate(z, y)
+    m.set_weights(5, torch.rand_like(m.w_target) * 2)
+    assert m.channel_weights() is w_star and m.w_star.data_ptr() == ptr
+    assert not torch.equal(m.generate(z, y), before)  # G reads the buffer at call time
+    m.load_extra_state({"w_target": torch.ones_like(m.w_target), "w_star": torch.ones_like(m.w_star),
+                        "last_loss_e": torch.tensor(0.5)})
+    assert m.w_star.data_ptr() == ptr and torch.equal(m.w_star, torch.ones_like(m.w_star))
+    for name in sorted(METHODS):
+        sgd = make_config("demo", {**TINY, **SGD_DROP, "method": name, "data_root": data_root})
+        _, method = setup(sgd, torch.device("cpu"), log=lambda msg: None)
+        factors = [method.lr_factor(s) for s in range(1, sgd.steps + 1)]
+        assert set(factors) == {1.0, 0.1}, name
+        assert all(method.graph_key(s)[0] == f for s, f in zip(range(1, sgd.steps + 1), factors)), name

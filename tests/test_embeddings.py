@@ -125,6 +125,34 @@ def test_knn_label_agreement_on_constructed_data():
     assert score < 0.25  # chance is 0.1 for 10 classes
 
 
+def test_knn_label_agreement_equals_a_plain_neighbour_search():
+    """Overlapping classes (the score is neither 0 nor 1): the same score as a per-point loop over Euclidean
+    distances, and feature_metrics reports it on the features themselves, not on their principal components."""
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(150, 80)), rng.normal(size=(90, 80))
+    real_y, fake_y = rng.integers(0, 4, 150), rng.integers(0, 4, 90)
+    real[:, 0] += real_y * 0.8  # some class signal
+    fake[:, 0] += fake_y * 0.8
+    votes = []
+    for point in fake:
+        near = np.argsort(np.linalg.norm(real - point, axis=1), kind="stable")[:5]
+        votes.append(np.bincount(real_y[near]).argmax())
+    expected = float(np.mean(np.array(votes) == fake_y))
+    assert 0.2 < expected < 0.9
+    assert emb.knn_label_agreement(real, real_y, fake, fake_y, k=5) == expected
+    fs = emb.FeatureSet(np.concatenate([real, fake]).astype(np.float32), np.r_[real_y, fake_y],
+                        np.r_[np.ones(150, bool), np.zeros(90, bool)], np.r_[np.arange(150), -np.ones(90, int)])
+    m = emb.feature_metrics(fs)
+    assert m["knn_label_agreement"] == emb.knn_label_agreement(fs.features[:150], real_y, fs.features[150:], fake_y)
+    assert m["separability_dims"] == 50
+
+
+def test_as_many_generated_points_as_real_ones_when_the_test_set_is_small(restored):
+    _, data, method, _ = restored
+    fs = emb.collect_features(method, data, n_real=len(data.test) + 500, seed=1)
+    assert fs.is_real.sum() == len(data.test) == (~fs.is_real).sum()
+
+
 def test_separability_indistinguishable_vs_shifted():
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(200, 10)), rng.normal(size=(200, 10))

@@ -63,6 +63,20 @@ def test_default_layer_per_backbone():
     assert isinstance(layer, Bottleneck) and layer is c[2][-1]  # layer4's last block
 
 
+@pytest.mark.parametrize("backbone,size,layer,cam_map", [
+    ("lenet", 32, "the ReLU after the last conv of C (1)", (10, 10)),
+    ("vgg16", 32, "the ReLU after the last conv of C (", (2, 2)),
+    ("resnet50", 64, "the last bottleneck of C (2.2)", (2, 2))])
+def test_the_page_names_the_layer_and_how_coarse_its_maps_are(backbone, size, layer, cam_map):
+    e, c = build_backbone(backbone, num_classes=10, in_channels=1 if backbone == "lenet" else 3)
+    e.eval(), c.train()
+    method = type("M", (), {"extractor": e, "classifier": c})()
+    x = torch.randn(2, 1 if backbone == "lenet" else 3, size, size)
+    d = gc.describe_layer(method, x)
+    assert d["layer"].startswith(layer) and d["map_size"] == cam_map and d["image_size"] == (size, size)
+    assert c.training and not e.training  # each net's mode put back
+
+
 @pytest.fixture(scope="module")
 def restored(tiny_dfg_run):
     return restore_cached(tiny_dfg_run.run)
@@ -102,12 +116,16 @@ def test_compare_runs_entries_and_filters(tiny_dfg_run, restored):
     out = gc.compare_runs([run, run], list(range(12)))
     assert len(out) == 24 and [e["index"] for e in out[:4]] == [0, 0, 1, 1]  # image by image, run by run
     keys = {"index", "run_id", "method", "step", "label", "label_name", "pred", "pred_name", "conf", "correct",
-            "cam", "image", "overlay"}
+            "cam", "image", "overlay", "layer", "map_size", "image_size"}
     assert all(set(e) == keys for e in out)
     e = out[0]
     assert e["cam"].shape == (32, 32) and e["image"].shape == e["overlay"].shape == (32, 32, 3)
     assert e["label"] == int(data.test.labels[0]) and e["label_name"] == data.class_names[e["label"]]
     assert e["step"] == 20 and e["method"] == "dfg" and 0 < e["conf"] <= 1
+    assert e["layer"] == "the ReLU after the last conv of C (1)" and e["map_size"] == (10, 10)
+    from dfg.views_inspect import gradcam_layer_caption
+    assert gradcam_layer_caption(out) == ("Each map weighs the ReLU after the last conv of C (1): 10×10 per image, "
+                                          "upsampled bilinearly to 32×32.")
 
     wrong = gc.compare_runs([run], list(range(60)), only="misclassified")
     preds = method.predict(torch.stack([data.test[i][0] for i in range(60)])).argmax(1).numpy()

@@ -316,6 +316,82 @@ def test_one_writer_per_run(data_root, tmp_path):
         pass
 
 
+def test_a_resume_launched_meanwhile_is_not_launched_twice_and_keeps_a_stop(tmp_path, monkeypatch):
+    """A stopped run whose worker was just launched still reads "stopped" (the worker has not reported): a
+    second launch (a double click, another tab, a sweep) is refused and leaves a Stop made meanwhile alone.
+    A worker.pid older than the last status write is a worker that has reported since: no obstacle."""
+    from dfg import executors, jobs
+    run = Run.create(tmp_path, "r", {"seed": 0})
+    run.set_status(state="stopped")
+    time.sleep(0.02)
+    (run.path / "worker.pid").write_text(str(os.getpid()))  # alive, launched after the last status write
+    run.request_stop()
+    with pytest.raises(RunBusyError, match="is starting"):
+        launch(run)
+    assert run.stop_requested() and executors.action_for(run) == "busy"
+    time.sleep(0.02)
+    run.set_status(state="stopped")  # that worker reported since; its pid may name another process now
+    assert jobs.starting_worker(run) == 0 and executors.action_for(run) == "resume"
+    spawned, real_popen = [], subprocess.Popen
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: spawned.append(a) or real_popen(["true"]))
+    launch(run)
+    assert len(spawned) == 1 and not run.stop_requested()  # the old request cleared, as before
+
+
+def test_sigterm_to_a_sweep_stops_its_workers_and_writes_its_tables(tmp_path, monkeypatch):
+    """kill <sweep pid>: as Ctrl-C, the running workers are asked to checkpoint and stop and the tables are
+    written; the workers, in their own sessions, would otherwise train on unwatched."""
+    import signal
+    from dfg import executors
+    from dfg.jobs import sigterm_as_interrupt
+    from dfg.sweep import run_sweep
+
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    asked = []
+
+    def run(self, runs, on_done):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            asked.extend(r.id for r in runs)  # where the executor asks its workers to stop
+            raise
+    monkeypatch.setattr(executors.LocalExecutor, "run", run)
+    monkeypatch.setattr(executors, "preflight_all", lambda configs, log=print: None)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tmp_path / "runs", ["demo"], ["dfg"], [0], name="t", sets=["steps=6"], log=lines.append)
+    assert len(asked) == 1 and any("interrupted" in m for m in lines)
+    assert (tmp_path / "runs" / "sweeps" / "t" / "results.md").exists()
+
+
+def test_a_stop_left_by_a_killed_sweep_does_not_stop_the_next_launch(tmp_path):
+    """A worker killed after its stop request leaves the STOP file behind; the sweep that resumes the run
+    withdraws it (its launch asks the run to go on), and so does the executor that killed the worker."""
+    from dfg.executors import LocalExecutor
+    from dfg.sweep import _prepare
+    from dfg.grid import expand_grid
+
+    cell = expand_grid("k", ["demo"], ["dfg"], [0])[0]
+    run = Run.create(tmp_path, cell.run_id, cell.config(1).to_dict())
+    run.set_status(state="interrupted")
+    run.request_stop()
+    assert _prepare(tmp_path, cell, 1, "resume", print) and not run.stop_requested()
+    stubborn = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    run.request_stop()
+    import dfg.executors as ex
+    old, ex.STOP_GRACE_S = ex.STOP_GRACE_S, 0.2
+    try:
+        LocalExecutor._stop_all([(run, stubborn)])
+    finally:
+        ex.STOP_GRACE_S = old
+    assert stubborn.wait(5) == -9 and not run.stop_requested()
+
+
 def test_status_tells_a_dead_or_silent_worker_from_a_live_one(tmp_path, monkeypatch):
     run = Run.create(tmp_path, "live", {"seed": 0})
     dead = subprocess.Popen(["true"])

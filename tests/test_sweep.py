@@ -130,6 +130,20 @@ def test_the_sweep_preflights_the_configs_its_runs_will_have(dirs, monkeypatch):
     assert _changed_fixed({"rho": ["0.5"], "log_every": ["3"]}, {"rho": ["0.5", "1"], "threads": ["1"]}) == []
 
 
+def test_a_threads_override_is_what_the_runs_get_and_what_the_sweep_says(dirs, monkeypatch):
+    """--set threads=1 beats the executor's cores // parallel in every run's config, and the executor's line
+    says so instead of naming only its own count."""
+    monkeypatch.setattr("dfg.executors.LocalExecutor.run", lambda self, runs, on_done: [])
+    for sets, threads, said in ((["threads=1"], 1, True), ([], max(1, cpu_cores() // 2), False)):
+        lines = []
+        run_sweep(dirs["runs"], ["demo"], ["dfg"], [7], name=f"th{threads}", sets=dirs["sets"] + sets, parallel=2,
+                  log=lines.append)
+        run_id = load_sweep(dirs["runs"], f"th{threads}")["grid"]["cells"][0]["run_id"]
+        assert Run(dirs["runs"], run_id).config()["threads"] == threads
+        executor_line = next(m for m in lines if m.startswith("local executor"))
+        assert ("torch threads per run as --set threads gives them" in executor_line) == said, executor_line
+
+
 def test_ray_sweep(dirs):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'ray>=2.9')")
     runs = dirs["runs"]
@@ -206,13 +220,14 @@ def test_equal_set_values_are_one_cell_however_spelt():
     # a re-launch spelling the values otherwise finds the same runs
     other = parse_sets(["rho=0.500", "steps=1000", "lr_extractor=1e-4", "download=1"])
     assert [c.run_id for c in expand_grid("x", ["demo"], ["dfg"], [0], sets=other)] == [c.run_id for c in cells]
-    # ordinary spellings keep the ids that sweeps got before values were parsed (the code at 17f110f)
+    # ordinary spellings keep the ids that sweeps got before values were parsed (the code at 17f110f); with a
+    # bookkeeping key (download), that id is the cell's legacy_id, which a sweep adopts when only it exists
     for raw, ids in ((["rho=0.5", "steps=1000"], ["563fc1"]),
                      (["rho=0,0.25,0.5,0.75,1"], ["32fdb7", "cfeb20", "cb971f", "34a563", "874109"]),
                      (["lr_extractor=1e-4", "download=true"], ["034983"]),
                      (["source=glyphs+mnist5k", "lr_classifier=2e-4"], ["efd621"])):
-        assert [c.run_id for c in expand_grid("x", ["demo"], ["dfg"], [0], sets=parse_sets(raw))] == [
-            f"sw-x-demo-dfg-s0-mauto-{i}" for i in ids]
+        assert [c.legacy_id or c.run_id for c in expand_grid("x", ["demo"], ["dfg"], [0], sets=parse_sets(raw))] \
+            == [f"sw-x-demo-dfg-s0-mauto-{i}" for i in ids]
 
 
 def test_preflight_groups_key_on_every_field_that_preflight_reads():
@@ -281,7 +296,7 @@ def test_bad_majority_combos_names_the_flag(tmp_path, capsys, args, shown):
 @pytest.mark.parametrize("args, msg", [
     (("--seeds", "0"), "--seeds gives no seeds: give a count >= 1"),
     (("--seeds", "-1"), "--seeds gives no seeds"),
-    (("--seeds", "0,-2"), "seed=-2 is invalid: must be a whole number in [0, 2^63)"),  # config.validate
+    (("--seeds", "0,-2"), "seed=-2 is invalid: must be a whole number in [0, 2^63)"),  # validation.validate
     (("--seeds", ","), "--seeds gives no seeds"),
     (("--methods", ""), "--methods is empty: give one or more of delta, dfg, difa_cmwgan"),
     (("--methods", " , "), "--methods is empty"),
@@ -407,3 +422,139 @@ def test_a_damaged_run_is_named_in_its_sweep_and_the_sweep_still_shows(tmp_path)
     notes = shown[0]["summary"][0]["notes"]
     assert "1 damaged, 1 pending" in notes and "config.json is not valid JSON" in notes
     assert "delete the run's folder to start it anew" in notes
+
+
+def test_config_values_are_labelled_exactly_and_each_label_has_its_own_mean(tmp_path):
+    """Varied settings that differ only after two decimals (ρ 0.12 and 0.125; lr 0.01 and 0.015) are distinct
+    rows in results.md, results.tex and rho_curve.md, each beside its own mean; measured numbers stay at 2 dp."""
+    from dfg.grid import canonical
+    from dfg.tables import write_tables
+
+    rows = [_row("fmnist", "dfg", 50.0, rho=0.12, seed=0), _row("fmnist", "dfg", 52.0, rho=0.12, seed=1),
+            _row("fmnist", "dfg", 60.0, rho=0.125, seed=0)]
+    files = {n: p.read_text() for n, p in write_tables(tmp_path / "rho", rows, ["rho"]).items()}
+    md, tex, curve = files["results.md"], files["results.tex"], files["rho_curve.md"]
+    assert "| F-MNIST | DFG | 0.12 | 2 | 51.00 ± 1.41 |" in md and "| F-MNIST | DFG | 0.125 | 1 | 60.00 ± — |" in md
+    assert r"F-MNIST & DFG & 0.12 & 2 & $51.00 \pm 1.41$" in tex
+    assert r"F-MNIST & DFG & 0.125 & 1 & $60.00 \pm$ --" in tex
+    assert "| 0.12 | 51.00 | 1.41 | 2 |" in curve and "| 0.125 | 60.00 | — | 1 |" in curve
+
+    lrs = {1e-4: 40.0, 1.5e-4: 41.0, 1e-5: 42.0, 0.01: 43.0, 0.015: 44.0}
+    rows = [_row("fmnist", "dfg", top1, lr_extractor=lr, seed=0) for lr, top1 in lrs.items()]
+    summary = summarise([], ["lr_extractor"], rows=rows)
+    md, tex = summary_markdown(summary, ["lr_extractor"]), summary_latex(summary, ["lr_extractor"])
+    for text, top1 in zip(("1e-4", "1.5e-4", "1e-5", "0.01", "0.015"), lrs.values()):
+        assert f"| F-MNIST | DFG | {text} | 1 | {top1:.2f} ± — |" in md, (text, md)
+        assert f"F-MNIST & DFG & {text} & 1 & ${top1:.2f} \\pm$ --" in tex, (text, tex)
+    from dfg.tables import value_text
+
+    for key, text in (("rho", "0.125"), ("rho", "0.12"), ("rho", "1.0"), ("rho", "0"), ("lr_extractor", "1e-05"),
+                      ("lr_extractor", "0.0001"), ("lr_extractor", "1.5e-4"), ("lr_extractor", "0.015"),
+                      ("lr_extractor", "0.01"), ("lr_extractor", "3.3333e-7")):
+        assert value_text(float(text)) == canonical(key, text), text  # the text the sweep's --set value has
+    assert [value_text(v) for v in (None, True, 3, "a_b")] == ["—", "true", "3", "a_b"]
+
+
+def test_latex_states_the_runs_not_counted_and_the_notes_escaped():
+    """A group with 1 finished run of 4 reads n = 1/4 in the LaTeX, with the notes the Markdown has (failed,
+    diverged and pending runs, their errors), every LaTeX special character of run ids and errors escaped."""
+    import re
+
+    rows = [_row("fmnist", "dfg", 80.0, seed=0),
+            {**_row("fmnist", "dfg", None, state="diverged", seed=1), "run_id": "d_1",
+             "error": "loss L_D became nan at step 5"},
+            {**_row("fmnist", "dfg", None, state="failed", seed=2), "run_id": "run_5%x",
+             "error": "RuntimeError: a|b & c #1 {x}\n\n  at <module> ~$"},
+            {**_row("fmnist", "dfg", None, state="pending", seed=3), "run_id": "p"}]
+    summary = summarise([], [], rows=rows)
+    assert (summary[0]["n"], summary[0]["n_runs"]) == (1, 4)
+    md, tex = summary_markdown(summary, []), summary_latex(summary, [])
+    assert "1 diverged, 1 failed, 1 pending" in md
+    assert r"F-MNIST & DFG & 1/4 & $80.00 \pm$ -- & $82.65 \pm 0.28$" in tex
+    notes = tex.split(r"\bottomrule")[1]
+    assert "1 diverged, 1 failed, 1 pending" in notes and r"d\_1: loss L\_D became nan at step 5" in notes
+    assert (r"run\_5\%x: RuntimeError: a\textbar{}b \& c \#1 \{x\} at \textless{}module\textgreater{} "
+            r"\textasciitilde{}\$") in notes, notes
+    assert "\n\n" not in tex  # a blank line would end the paragraph the tabular is in
+    spec = re.match(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+    for line in notes.strip().splitlines()[:-1]:  # each note a full-width row of the tabular
+        assert line.startswith(rf"\multicolumn{{{len(spec)}}}{{l}}{{\footnotesize ") and line.endswith(r"} \\")
+        body = line[len(rf"\multicolumn{{{len(spec)}}}{{l}}{{\footnotesize "):-len(r"} \\")]
+        assert not re.search(r"(?<!\\)[_%&#$|<>]", body), body
+    assert notes.strip().endswith(r"\end{tabular}")
+    clean = summary_latex(summarise([], [], rows=rows[:1]), [])
+    assert r"F-MNIST & DFG & 1 & $80.00 \pm$ --" in clean and r"\multicolumn" not in clean
+
+
+def test_bookkeeping_values_keep_a_sweeps_run_ids(dirs, tmp_path, monkeypatch):
+    """data_root elsewhere, a device or threads given: the same experiment, so the same run ids (a
+    re-launch skips and resumes its runs instead of training them anew); a run made when those keys were hashed
+    is found under its old id; and a sweep cannot vary them."""
+    from dfg.grid import _short_hash
+    from dfg.sweep import _adopt_legacy
+
+    monkeypatch.setattr("dfg.executors.LocalExecutor.run", lambda self, runs, on_done: [])
+    monkeypatch.setattr("dfg.executors.preflight_all", lambda configs, log=print: None)
+    runs = tmp_path / "runs"
+    ids = []
+    for extra in ([f"data_root={tmp_path / 'd1'}"], [f"data_root={tmp_path / 'd2'}", "device=cpu"],
+                  [f"data_root={tmp_path / 'd1'}", "threads=1"]):
+        run_sweep(runs, ["demo"], ["dfg"], [3], name="b", sets=TINY + extra, log=lambda m: None)
+        ids.append(load_sweep(runs, "b")["grid"]["cells"][0]["run_id"])
+    assert ids[0] == ids[1] == ids[2]
+    cell = expand_grid("c", ["demo"], ["dfg"], [0], sets=parse_sets(["steps=6", "threads=1"]))[0]
+    assert cell.legacy_id == cell.run_id[:-6] + _short_hash({"steps": "6", "threads": "1"}) != cell.run_id
+    Run.create(runs, cell.legacy_id, cell.config().to_dict())
+    assert _adopt_legacy(runs, cell).run_id == cell.legacy_id  # only the old id exists: that run is this cell
+    Run.create(runs, cell.run_id, cell.config().to_dict())
+    assert _adopt_legacy(runs, cell).run_id == cell.run_id
+    assert expand_grid("c", ["demo"], ["dfg"], [0], sets=parse_sets(["steps=6"]))[0].legacy_id is None
+    with pytest.raises(ConfigError, match=r"--set log_every=2,3: log_every .* no axis of a sweep"):
+        expand_grid("c", ["demo"], ["dfg"], [0], sets=parse_sets(["log_every=2,3"]))
+
+
+def test_a_failed_ray_task_is_recorded_with_the_error_raised_inside_it():
+    """Ray's own header line ('RayTaskError(RunError): ray::work() (pid=…, ip=…)', in colour) says nothing;
+    the record names the task's exception, and for a run folder the task cannot see, the shared-storage rule."""
+    from dfg.ray_executor import ray_error
+    from dfg.runstore import RunError
+
+    class RayTaskError(Exception):  # what ray.get raises: the task's exception as .cause
+        def __init__(self, cause):
+            super().__init__("\x1b[36mray::work()\x1b[39m (pid=25475, ip=192.0.2.2)\n  File ...\n")
+            self.cause = cause
+    text = ray_error(RayTaskError(RunError("no run 'x' in /mnt/runs (expected /mnt/runs/x/config.json)")))
+    assert text == ("ray task failed: RunError: no run 'x' in /mnt/runs (expected /mnt/runs/x/config.json) "
+                    "(the runs folder must be storage that every Ray node sees at the same path)")
+    assert ray_error(RuntimeError("\x1b[31mworker died\x1b[0m\nmore")) == "ray task failed: RuntimeError: worker died"
+
+
+def test_a_ray_address_where_nothing_answers_is_named_at_once():
+    """ray.init would wait without end on it."""
+    pytest.importorskip("ray")
+    from dfg.executors import make_executor
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        with pytest.raises(RuntimeError, match=r"--address .*127.0.0.1:1: nothing answers at 127.0.0.1:1 .*Ray "
+                                               r"cluster is up"):
+            make_executor("ray", address)
+
+
+def test_a_run_another_process_trains_is_reported_as_running_elsewhere_not_failed(tmp_path):
+    """Two sweeps (or a sweep and the app's Resume) started one run at once: the worker that found it taken
+    gives way, and its sweep says the run is trained elsewhere instead of counting it failed."""
+    import os
+    import time
+    from dfg.executors import outcome
+
+    run = Run.create(tmp_path, "r", {"seed": 0})
+    run.set_status(state="running", pid=os.getpid(), heartbeat=time.time())
+    r = outcome(run, 1.0)
+    assert r["state"] == "running elsewhere" and f"pid {os.getpid()}" in r["error"] and r["top1"] is None
+    run.set_status(state="stopped")
+    assert outcome(run, 1.0)["state"] == "stopped"
+    from dfg.executors import LocalExecutor
+    run.set_status(state="running", pid=os.getpid(), heartbeat=time.time())
+    seen = []
+    assert [r["state"] for r in LocalExecutor(1).run([run], seen.append)] == ["running elsewhere"] == \
+        [r["state"] for r in seen]  # started meanwhile by another process: no second worker is spawned
+    assert not (run.path / "worker.pid").exists()
