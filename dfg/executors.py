@@ -170,7 +170,8 @@ def make_executor(kind: str, address: str | None = None, parallel: int | None = 
 PREFLIGHT_FIELDS = ("dataset", "folder", "data_root", "download", "image_size", "grayscale", "backbone",
                     "imbalance", "ratio", "n_max", "num_majority", "majority", "val_fraction", "limit_test",
                     "short_classes", "seed", "device", "source", "head_refit", "allow_random_init",
-                    "pretrain_steps", "source_per_class", "threads")  # threads: the source cache key
+                    "pretrain_steps", "source_per_class", "threads", "tf32",  # threads, tf32, deterministic:
+                    "deterministic")                                          # the source cache key
 
 
 def preflight_all(configs: list[tuple[str, object]], log=print) -> None:

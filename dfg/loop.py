@@ -79,11 +79,12 @@ def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=None, with_source: bool = True,
-          should_stop=None):
+          should_stop=None, started_from: dict | None = None):
     """Data, source model and method for a config (shared by train, eval and the app's inspectors).
     `data`: the bundle `preflight` already built for this config (saves loading it twice).
     with_source=False: no source model (E/C/G/D are fresh until a checkpoint is loaded into them).
-    should_stop: polled while the source model is made; True raises StoppedInSetup."""
+    should_stop: polled while the source model is made; True raises StoppedInSetup. started_from: the threads
+    and device a resumed run's source model was made with (its checkpoint's `source_compute`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     configure_backend(cfg, device)
@@ -91,7 +92,7 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
     data = load_data(cfg) if data is None else data
     sample = fw_sample(data, cfg, device)
     from_source = with_source and METHODS[cfg.method].from_source
-    source = source_model(cfg, data, device, sample, log, should_stop) if from_source else None
+    source = source_model(cfg, data, device, sample, log, should_stop, started_from) if from_source else None
     torch.manual_seed(cfg.seed)  # network init independent of how much randomness the source used
     rng = torch.Generator(device=device)
     rng.manual_seed(cfg.seed)
@@ -100,6 +101,16 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
                        class_counts=tuple(int(c["kept"]) for c in data.class_counts),
                        log_weights=on_weights or (lambda step, **a: None))
     return data, METHODS[cfg.method](ctx)
+
+
+def check_config_unchanged(run: Run, ckpt: dict, cfg: Config, why: str) -> None:
+    """Refuse a config.json edited after the checkpoint was written (checkpoints since 2026-11-29 hold their
+    config), BOOKKEEPING fields aside: the fields are named, then `why`."""
+    if isinstance(ckpt["state"].get("config"), dict):
+        changed = changed_fields(from_dict(ckpt["state"]["config"]), cfg)
+        if changed:
+            raise CheckpointError(f"run {run.id}'s config.json was changed after its checkpoint at step "
+                                  f"{ckpt['step']} ({'; '.join(changed)}): {why}")
 
 
 def _minority(data) -> tuple[int, ...]:
@@ -116,6 +127,9 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
     device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+    check_config_unchanged(run, ckpt, cfg, "its weights were trained with the old values, and another dataset, "
+                           "test subset or class split would be evaluated under this run's name. Put the old "
+                           "values back, or train a new run with the new ones")
     data, method = setup(cfg, device, log, with_source=False)
     load_method_state(method, ckpt, run.checkpoint_path)
     method.eval()
@@ -125,12 +139,14 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
 def run_eval(method, data, device, split: str = "test") -> dict:
     from .data import iterate_batches
     dataset = data.test if split == "test" else data.val
+    modes = {k: net.training for k, net in method.nets.items()}
     method.eval()
     try:
         return evaluate(method.predict, iterate_batches(dataset, 256, device=device), data.num_classes,
                         _minority(data))
-    finally:
-        method.train()
+    finally:  # each net as it was (a restored run's are in eval mode: BN on running statistics)
+        for k, net in method.nets.items():
+            net.train(modes[k])
 
 
 def _finite(values: dict[str, float]) -> str | None:
@@ -162,14 +178,10 @@ def _train_checked(cfg: Config, run: Run, device, resume: bool, progress, log, d
     its state on record; what fails later is recorded in the status."""
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location="cpu") \
         if resume and run.checkpoint_path.exists() else None
-    if ckpt is not None and isinstance(ckpt["state"].get("config"), dict):  # checkpoints since 2026-11-29
-        changed = changed_fields(from_dict(ckpt["state"]["config"]), cfg)
-        if changed:
-            raise CheckpointError(
-                f"run {run.id}'s config.json was changed after its checkpoint at step {ckpt['step']} "
-                f"({'; '.join(changed)}): a run trains with one config from start to end, and its rows and "
-                "filter weights so far used the old values. Put the old values back to resume it, or start a new "
-                "run with the new ones (`python -m dfg train --set key=value ...`)")
+    if ckpt is not None:
+        check_config_unchanged(run, ckpt, cfg, "a run trains with one config from start to end, and its rows and "
+                               "filter weights so far used the old values. Put the old values back to resume it, "
+                               "or start a new run with the new ones (`python -m dfg train --set key=value ...`)")
     try:
         return _train(cfg, run, device, resume, ckpt, progress, log, data, where)
     except Diverged as e:
@@ -196,9 +208,12 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
 
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), total_steps=cfg.steps,
                    device=str(device), error=None, started=time.time())
+    # what made the run's source model (source.source_key): kept from its start through every resume
+    source_compute = (ckpt or {"state": {}})["state"].get("source_compute") or {"threads": cfg.threads,
+                                                                                 "device": device.type}
     try:
         data, method = setup(cfg, device, log, on_weights=lambda step, **a: run.save_filter_weights(step, **a),
-                             data=data, should_stop=run.stop_requested)
+                             data=data, should_stop=run.stop_requested, started_from=source_compute)
     except StoppedInSetup:  # nothing trained yet: the run stays where it was, its checkpoint (if any) untouched
         run.clear_stop()
         log(f"stopped before training (during setup); resume starts from step {where['step']}")
@@ -292,7 +307,8 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
         if ckpt_now or stop:
             save_checkpoint(run.checkpoint_path, {"method": method.state_dict(), "stream": stream.state_dict(),
                                                   "best": best, "loop": {"sums": sums, "counts": counts},
-                                                  "config": cfg.to_dict()},  # what a resume must still train
+                                                  "config": cfg.to_dict(),  # what a resume must still train
+                                                  "source_compute": source_compute},
                             backbone=cfg.backbone, method=cfg.method, step=step)
             if stop and not last:
                 run.clear_stop()

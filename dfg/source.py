@@ -2,8 +2,12 @@
 ResNet-50), cached by a key of backbone + source + settings, then the head re-fit on the target."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,11 +31,12 @@ class SourceError(RuntimeError):
 def source_key(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> str:
     """The cache name of a source model: its settings and what computes it. A CPU's float sums depend on its
     thread count (100 demo pretraining steps on 1 and 2 threads ended 0.0175 apart), so one entry per
-    `threads` value (0: torch's default on this machine) or per device type: a seeded run never depends on
-    which run happened to fill the cache. A pure function of the config, so a check made in another process
-    (the app's, a sweep's) names the entry the run itself will use."""
+    `threads` value (0: torch's default on this machine) or per device type (with tf32 and deterministic on a
+    GPU): a seeded run never depends on which run happened to fill the cache. A pure function of the config,
+    so a check made in another process (the app's, a sweep's) names the entry the run itself will use."""
     device = torch.device(device)
-    compute = device.type if device.type != "cpu" else f"cpu{cfg.threads}"
+    compute = f"cpu{cfg.threads}" if device.type == "cpu" else device.type + "-tf32" * cfg.tf32 + \
+        "-deterministic" * cfg.deterministic  # on a GPU these change the sums (plain fp32 keeps its old key)
     settings = dict(backbone=cfg.backbone, source=cfg.source, steps=cfg.pretrain_steps,
                     per_class=cfg.source_per_class, in_channels=in_channels, lr=PRETRAIN_LR, seed=SOURCE_SEED,
                     batch=64, compute=compute, **backbone_options(cfg))
@@ -73,49 +78,105 @@ def imagenet_state_dict(allow_random_init: bool, check_only: bool = False) -> di
 
 
 def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
-                    progress: Callable[[int, int, float], None] | None = None):
-    """(E_S, C_S) trained on cfg.source with its own classes; cached under <data_root>/sources/."""
+                    progress: Callable[[int, int, float], None] | None = None, *, started_from: dict | None = None,
+                    log=print):
+    """(E_S, C_S) trained on cfg.source with its own classes; cached under <data_root>/sources/.
+    started_from: {"threads", "device"} a resumed run started with (its checkpoint says): the source model it
+    started from is used while the cache has it, whatever threads or device the run resumes with."""
     if cfg.source == "imagenet":
-        e, c = build_backbone("resnet50", num_classes=1000, state_dict=imagenet_state_dict(cfg.allow_random_init))
-        return e.to(device), c.to(device)
+        return _imagenet_backbone(cfg.allow_random_init, device)
     from .data import BatchStream, build_source_data
 
-    path = Path(cfg.data_root) / "sources" / f"{source_key(cfg, in_channels, device)}.pt"
-    data = None
-    if path.exists():
-        try:
-            ckpt = load_checkpoint(path, backbone=cfg.backbone, method="source")
-            e, c = build_backbone(cfg.backbone, num_classes=ckpt["state"]["num_classes"], in_channels=in_channels,
-                                  **backbone_options(cfg))
-            e.load_state_dict(ckpt["state"]["extractor"])
-            c.load_state_dict(ckpt["state"]["classifier"])
-            return e.to(device), c.to(device)
-        except CheckpointError:
-            pass  # unreadable cache entry: retrain and overwrite it
-    data = build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, seed=SOURCE_SEED,
-                             download=cfg.download, n_per_class=cfg.source_per_class)
-    torch.manual_seed(SOURCE_SEED)
-    e, c = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=in_channels, **backbone_options(cfg))
-    e.to(device).train()
-    c.to(device).train()
-    opt = torch.optim.Adam(list(e.parameters()) + list(c.parameters()), lr=PRETRAIN_LR)
-    stream = BatchStream(data.train, 64, seed=SOURCE_SEED, device=device)
-    for step in range(1, cfg.pretrain_steps + 1):
-        x, y = stream.next()
-        loss = F.cross_entropy(c(e(x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress and (step % 50 == 0 or step == cfg.pretrain_steps):
-            progress(step, cfg.pretrain_steps, loss.item())
-    state = {"extractor": e.state_dict(), "classifier": c.state_dict(), "num_classes": data.num_classes}
+    folder = Path(cfg.data_root) / "sources"
+    path = folder / f"{source_key(cfg, in_channels, device)}.pt"
+    if started_from is not None:
+        then = replace(cfg, threads=started_from["threads"])
+        first = folder / f"{source_key(then, in_channels, started_from['device'])}.pt"
+        if first != path:
+            if (nets := _cached(first, cfg, in_channels, device, log)) is not None:
+                return nets
+            log(f"warning: the source model this run started from ({first.name}, made with threads="
+                f"{started_from['threads']} on {started_from['device']}) is not in {folder}; the resume uses "
+                f"{path.name} (this run's threads and device), so W(E_S) and the regulariser's reference may "
+                "differ from the run's start. Resume with the threads and device it started with to keep them.")
+    if (nets := _cached(path, cfg, in_channels, device, log)) is not None:
+        return nets
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
-    except FileNotFoundError:  # the empty folder went just after our mkdir: another process's writability
-        path.parent.mkdir(parents=True, exist_ok=True)  # probe removes the folders it made (writable_problem)
-        save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
+    with _entry_lock(path):  # two runs needing one entry (a sweep's parallel seeds): one trains, the other waits
+        if (nets := _cached(path, cfg, in_channels, device, lambda m: None)) is not None:
+            return nets
+        for tmp in folder.glob(f".{path.name}.tmp*"):  # left by a process killed mid-write (we hold the lock)
+            tmp.unlink(missing_ok=True)
+        data = build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, seed=SOURCE_SEED,
+                                 download=cfg.download, n_per_class=cfg.source_per_class)
+        torch.manual_seed(SOURCE_SEED)
+        e, c = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=in_channels,
+                              **backbone_options(cfg))
+        e.to(device).train()
+        c.to(device).train()
+        opt = torch.optim.Adam(list(e.parameters()) + list(c.parameters()), lr=PRETRAIN_LR)
+        stream = BatchStream(data.train, 64, seed=SOURCE_SEED, device=device)
+        for step in range(1, cfg.pretrain_steps + 1):
+            x, y = stream.next()
+            loss = F.cross_entropy(c(e(x)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if progress and (step % 50 == 0 or step == cfg.pretrain_steps):
+                progress(step, cfg.pretrain_steps, loss.item())
+        state = {"extractor": e.state_dict(), "classifier": c.state_dict(), "num_classes": data.num_classes}
+        try:
+            save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
+        except FileNotFoundError:  # the folder went meanwhile (another process's writability probe removes the
+            path.parent.mkdir(parents=True, exist_ok=True)  # empty folders it made: writable_problem)
+            save_checkpoint(path, state, backbone=cfg.backbone, method="source", step=cfg.pretrain_steps)
     return e, c
+
+
+def _cached(path: Path, cfg: Config, in_channels: int, device, log):
+    """(E_S, C_S) from a cache entry, or None when there is none; a damaged one is named and left to retrain."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = load_checkpoint(path, backbone=cfg.backbone, method="source")
+        e, c = build_backbone(cfg.backbone, num_classes=ckpt["state"]["num_classes"], in_channels=in_channels,
+                              **backbone_options(cfg))
+        e.load_state_dict(ckpt["state"]["extractor"])
+        c.load_state_dict(ckpt["state"]["classifier"])
+    except CheckpointError as e:
+        log(f"source model cache entry {path} cannot be used ({e}); training it again")
+        return None
+    return e.to(device), c.to(device)
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path):
+    """An exclusive lock per cache entry (<data_root>/sources/.<entry>.lock), held while it is trained."""
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # an empty folder removed by a probe just after our mkdir
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _imagenet_backbone(allow_random_init: bool, device):
+    """ResNet-50 split into E/C with torchvision's ImageNet weights; a file that is not ResNet-50's is named."""
+    state = imagenet_state_dict(allow_random_init)
+    try:
+        e, c = build_backbone("resnet50", num_classes=1000, state_dict=state)
+    except RuntimeError as err:  # load_state_dict: missing or unexpected keys, other shapes
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise SourceError(
+            f"the file under {hub} named as ResNet-50's ImageNet weights ({' or '.join(IMAGENET_FILES)}) does not "
+            f"fit ResNet-50 ({(str(err).splitlines() or [''])[0][:160]}): it holds another network. Delete it and "
+            "fetch it again on an online machine with `python -c \"import torchvision; "
+            "torchvision.models.resnet50(weights='IMAGENET1K_V2')\"`.") from None
+    return e.to(device), c.to(device)
 
 
 def source_classes(cfg: Config) -> tuple[str, ...] | int:
@@ -171,9 +232,10 @@ class StoppedInSetup(Exception):
     """A stop request seen while a run prepares (source pretraining can take hours on a paper preset)."""
 
 
-def source_model(cfg: Config, data, device, sample, log=print, should_stop=None):
+def source_model(cfg: Config, data, device, sample, log=print, should_stop=None, started_from: dict | None = None):
     """E_S/C_S for a target task: pretrained (or from the cache), the head re-fit when the classes differ, all
-    frozen, and W(E_S) on the target sample (Alg. 1 line 2). should_stop: polled on the way."""
+    frozen, and W(E_S) on the target sample (Alg. 1 line 2). should_stop: polled on the way. started_from:
+    pretrain_source's, for a resumed run."""
     from .filter_weights import compute_class_weights
     from .methods import SourceModel
 
@@ -186,7 +248,7 @@ def source_model(cfg: Config, data, device, sample, log=print, should_stop=None)
         if s == n:
             log(f"pretrain source {s}/{n} loss {loss:.3f}")
 
-    e, c = pretrain_source(cfg, data.in_channels, device, progress=progress)
+    e, c = pretrain_source(cfg, data.in_channels, device, progress=progress, started_from=started_from, log=log)
     check()
     if refit_needed(cfg, data.class_names):
         torch.manual_seed(cfg.seed)  # the new head's init must not depend on whether the source came from the cache

@@ -471,6 +471,74 @@ def test_missing_imagenet_weights_say_where_they_go(tmp_path, monkeypatch):
     assert imagenet_state_dict(allow_random_init=True) is None  # only when the user says so
 
 
+def test_another_networks_weights_under_the_imagenet_name_are_named_not_a_raw_load_error(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    from dfg.source import SourceError, pretrain_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), path)  # readable, but not ResNet-50's
+    cfg = make_config("caltech256", {"data_root": str(tmp_path)})
+    with pytest.raises(SourceError, match=r"named as ResNet-50's ImageNet weights .* does not fit ResNet-50 .* "
+                                          r"Delete it and fetch it again"):
+        pretrain_source(cfg, 3, torch.device("cpu"))
+
+
+def test_a_resumed_run_keeps_the_source_model_it_started_from(tmp_path):
+    """The source cache has one entry per thread count (CPU sums depend on it). A run that resumes with other
+    threads keeps the entry its checkpoint names; without that entry it says so and uses its own; a damaged
+    entry is named and trained again."""
+    from dfg.source import pretrain_source, source_key
+
+    def cfg(threads):
+        return make_config("demo", {"pretrain_steps": 3, "source_per_class": 20, "data_root": str(tmp_path),
+                                    "threads": threads})
+    cpu, logged = torch.device("cpu"), []
+    e1, _ = pretrain_source(cfg(1), 1, cpu)
+    entries = sorted((tmp_path / "sources").glob("*.pt"))
+    e2, _ = pretrain_source(cfg(2), 1, cpu, started_from={"threads": 1, "device": "cpu"}, log=logged.append)
+    assert sorted((tmp_path / "sources").glob("*.pt")) == entries and not logged  # no second entry trained
+    assert all(torch.equal(a, b) for a, b in zip(e1.state_dict().values(), e2.state_dict().values()))
+    pretrain_source(cfg(2), 1, cpu, started_from={"threads": 3, "device": "cpu"}, log=logged.append)
+    assert len(logged) == 1 and "started from" in logged[0] and "threads=3" in logged[0]
+    assert (tmp_path / "sources" / f"{source_key(cfg(2), 1)}.pt").is_file()
+    damaged = tmp_path / "sources" / f"{source_key(cfg(1), 1)}.pt"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    logged.clear()
+    pretrain_source(cfg(1), 1, cpu, log=logged.append)
+    assert len(logged) == 1 and str(damaged) in logged[0] and "training it again" in logged[0]
+    assert pretrain_source(cfg(1), 1, cpu, log=logged.append) and len(logged) == 1  # whole again
+
+
+def test_two_runs_needing_one_source_model_train_it_once(tmp_path, monkeypatch):
+    """A sweep's parallel seeds of one preset start together: one trains the cache entry while the other waits on
+    its lock, then loads it (the same weights), and a temp file left by a killed writer is cleared."""
+    import threading
+
+    from dfg import data as data_module
+    from dfg.source import pretrain_source, source_key
+
+    cfg = make_config("demo", {"pretrain_steps": 3, "source_per_class": 20, "data_root": str(tmp_path), "threads": 1})
+    (tmp_path / "sources").mkdir()
+    stale = tmp_path / "sources" / f".{source_key(cfg, 1)}.pt.tmp99999"
+    stale.write_bytes(b"half a checkpoint")
+    built, real = [], data_module.build_source_data
+    monkeypatch.setattr(data_module, "build_source_data", lambda *a, **k: built.append(1) or real(*a, **k))
+    out = [None, None]
+
+    def one(i):
+        out[i] = pretrain_source(cfg, 1, torch.device("cpu"))[0].state_dict()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and not stale.exists()
+    assert all(torch.equal(a, b) for a, b in zip(out[0].values(), out[1].values()))
+
+
 def test_preflight_maps_the_imagenet_file_instead_of_reading_it_and_a_damaged_one_is_refused(tmp_path, monkeypatch):
     from dfg.source import SourceError, imagenet_state_dict
 
@@ -597,6 +665,10 @@ def test_the_source_cache_is_one_entry_per_thread_count_and_device_type():
     assert source_key(one, 1) != source_key(two, 1)
     assert source_key(one, 1) == source_key(make_config("demo", {"threads": 1, "steps": 5, "rho": 0.1}), 1)
     assert source_key(one, 1, "cuda") == source_key(two, 1, "cuda") != source_key(one, 1, "cpu")
+    # on a GPU, TF32 and deterministic kernels change the sums: each their own entry (not on the CPU)
+    gpu = {source_key(make_config("demo", {"tf32": t, "deterministic": d}), 1, "cuda")
+           for t in (False, True) for d in (False, True)}
+    assert len(gpu) == 4 and source_key(make_config("demo", {"threads": 1, "tf32": True}), 1) == source_key(one, 1)
     default = make_config("demo", {"threads": 0})  # torch's own count: the key must not read the live setting,
     before = torch.get_num_threads()                # which another run restored in the app's process may change
     key = source_key(default, 1)

@@ -191,6 +191,24 @@ def test_stop_between_log_rows_then_resume_gives_the_uninterrupted_rows(data_roo
     assert strip(run.read_metrics()[0]) == strip(ref.read_metrics()[0])
 
 
+def test_a_resume_with_other_threads_keeps_the_source_model_the_run_started_from(tmp_path, monkeypatch):
+    """threads may change on a resume, and the source cache has one entry per thread count: the resume finds
+    the entry its checkpoint names instead of pretraining another source model (W(E_S), DELTA's reference)."""
+    cfg = make_config("demo", {**TINY, "data_root": str(tmp_path / "data"), "threads": 1})
+    run = new_run(tmp_path, cfg)
+    patch_step(monkeypatch, 5, lambda m, out: run.request_stop())
+    assert train(cfg, run, **QUIET)["state"] == "stopped"
+    monkeypatch.undo()
+    assert load_checkpoint(run.checkpoint_path)["state"]["source_compute"] == {"threads": 1, "device": "cpu"}
+    entries = sorted((tmp_path / "data" / "sources").glob("*.pt"))
+    logged = []
+    more = make_config("demo", {**TINY, "data_root": str(tmp_path / "data"), "threads": 2})
+    assert train(more, run, resume=True, log=logged.append)["state"] == "finished"
+    assert sorted((tmp_path / "data" / "sources").glob("*.pt")) == entries and len(entries) == 1
+    assert not any("pretrain source" in m for m in logged), logged
+    assert load_checkpoint(run.checkpoint_path)["state"]["source_compute"]["threads"] == 1
+
+
 def assert_same_state(a, b, where="state"):
     """Checkpoint states equal: every tensor bit for bit (torch.equal), every other value exactly."""
     if isinstance(a, torch.Tensor):

@@ -641,6 +641,34 @@ def test_two_runs_written_at_once_read_by_two_readers_each(tmp_path):
         assert raw.count(b"\n") == n and all(json.loads(line) for line in raw.splitlines())
 
 
+@pytest.mark.parametrize("edit, field", [({"limit_test": 50}, "limit_test: 100 -> 50"),
+                                         ({"dataset": "digits"}, "dataset: 'mnist5k' -> 'digits'")])
+def test_eval_of_a_run_whose_config_was_edited_after_its_checkpoint_is_refused(finished, tmp_path, capsys, edit,
+                                                                                field):
+    """Another test subset or dataset would be evaluated under the run's name with weights trained for the old
+    one: refused with the field named, as a resume is; where and how it reports may change (threads)."""
+    copy = tmp_path / "runs"
+    shutil.copytree(finished.path, copy / "r")
+    cfg = json.loads((copy / "r" / "config.json").read_text())
+    (copy / "r" / "config.json").write_text(json.dumps({**cfg, **edit}))
+    assert cli.main(["eval", "r", "--runs-dir", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json was changed after its checkpoint" in err and field in err and "Put the old values back" in err
+    (copy / "r" / "config.json").write_text(json.dumps({**cfg, "threads": 2}))
+    assert cli.main(["eval", "r", "--runs-dir", str(copy)]) == 0
+
+
+def test_evaluating_a_restored_run_leaves_its_nets_in_eval_mode(finished):
+    """run_eval puts each net back as it found it: a restored run's nets stay in eval mode (BN on running
+    statistics) for whatever inspects them next."""
+    from dfg.loop import restore, run_eval
+    cfg, data, method, _ = restore(finished)
+    assert not any(net.training for net in method.nets.values())
+    first = run_eval(method, data, torch.device("cpu"))
+    assert not any(net.training for net in method.nets.values())
+    assert run_eval(method, data, torch.device("cpu")) == first
+
+
 def test_eval_needs_the_target_data_and_the_checkpoint_only(finished, tmp_path, capsys):
     """A run folder moved to a machine without its source model: eval gives the run's own last test metrics
     without pretraining a source (or needing the source's data) and writes nothing into the data root."""
