@@ -32,11 +32,13 @@ class Config:
     grayscale: bool = False         # folder images as 1 channel (LeNet) instead of RGB
     imbalance: str = "step"         # step (Buda et al.) | longtail (exponential) | none
     ratio: float = 10.0             # n_max / n_min
-    n_max: int = 0                  # majority-class count (0 = all a class has)
+    n_max: int = 0                  # majority-class count (0 = the smallest class's count, so every class
+                                    # can give it)
     num_majority: int = 2           # how many majority classes (step imbalance)
     majority: tuple[int, ...] = ()  # fixed majority classes; () = seeded draw of num_majority
     val_fraction: float = 0.0       # validation split carved from training data (enables best-on-val)
-    limit_test: int = 0             # cap the test set (seeded, balanced) for quick runs; 0 = full
+    limit_test: int = 0             # cap the test set (balanced, drawn with the run's seed, so seeds differ
+                                    # in test images too) for quick runs; 0 = full
     short_classes: str = "error"    # a class with fewer training images than the imbalance asks for: error |
                                     # all (it keeps all it has; data.json warns). svhn: all (SVHN's 0 and 9 have
                                     # 4,948 and 4,659, and the paper draws every pair as majority)

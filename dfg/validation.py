@@ -25,6 +25,10 @@ def validate(cfg: Config) -> Config:
           f"choose 'imagenet' or one of {sorted(DATASETS)}")
     _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
           "ImageNet weights exist for backbone=resnet50 only")
+    _need(cfg.dataset not in cfg.source.split("+") or not METHODS[cfg.method].from_source, "source", cfg.source,
+          f"it includes the target dataset {cfg.dataset!r}: E_S would learn every target training image with its "
+          "label, the minority ones the imbalance drops included, and the run would not be imbalanced; choose a "
+          "source without it (glyphs for a digit target, glyphs+mnist5k for Fashion-MNIST)")
     _need(cfg.dataset != "folder" or bool(cfg.folder), "folder", cfg.folder, "set folder=<path> for dataset=folder")
     for name in ("folder", "image_size", "grayscale"):  # read for dataset=folder only: refused, not ignored
         _need(cfg.dataset == "folder" or not getattr(cfg, name), name, getattr(cfg, name),

@@ -120,3 +120,13 @@ def test_each_choice_field_takes_exactly_its_listed_values(name):
         assert getattr(make_config("caltech256", {name: value}), name) == value  # resnet50: delta_layers=stages exists
     with pytest.raises(ConfigError, match=f"^{name}='bogus' is invalid"):
         make_config("caltech256", {name: "bogus"})
+
+
+@pytest.mark.parametrize("overrides", [{"dataset": "glyphs"}, {"source": "mnist5k"}, {"source": "glyphs+mnist5k"}])
+def test_a_source_that_includes_the_target_is_refused_where_the_source_model_is_used(overrides):
+    """E_S trained on the target's own pool would have seen every minority image the imbalance drops (the
+    offline sets split their pools with fixed seeds): refused for the methods that start from E_S."""
+    with pytest.raises(ConfigError, match=r"source='[^']+' is invalid: it includes the target dataset '\w+': .* "
+                                          r"would not be imbalanced"):
+        make_config("demo", overrides)
+    assert make_config("demo", {**overrides, "method": "original"}).method == "original"  # no source model

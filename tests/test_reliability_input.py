@@ -306,7 +306,7 @@ def test_a_stop_during_setup_ends_the_run_before_training_and_it_resumes_from_th
     assert train(cfg, run, resume=True, log=lambda m: None)["state"] == "finished"
     # while the source pretrains: the request is seen at its next progress report, and pretraining ends there
 
-    def pretraining(cfg, in_channels, device, progress=None):
+    def pretraining(cfg, in_channels, device, progress=None, **kw):
         progress(50, cfg.pretrain_steps, 1.0)
         raise AssertionError("pretraining went on after a stop request")
     monkeypatch.setattr("dfg.source.pretrain_source", pretraining)
