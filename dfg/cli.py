@@ -159,7 +159,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .loop import restore, run_eval
+    from .loop import run_eval
+    from .restored import restore
     from .runstore import Run
 
     cfg, data, method, step = restore(Run(args.runs_dir, args.run), args.device,

@@ -117,25 +117,6 @@ def _minority(data) -> tuple[int, ...]:
     return tuple(c for c in range(data.num_classes) if data.majority and c not in data.majority)
 
 
-def restore(run: Run, device: torch.device | str | None = None, log=lambda m: None):
-    """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode.
-    Only the target's data is loaded: the checkpoint holds every trained network and W*, so the source model
-    (its data, its pretraining, the head re-fit) is never needed to inspect or evaluate a run."""
-    from .config import from_dict
-
-    cfg = from_dict(run.require().config())
-    validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
-    device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
-    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
-    check_config_unchanged(run, ckpt, cfg, "its weights were trained with the old values, and another dataset, "
-                           "test subset or class split would be evaluated under this run's name. Put the old "
-                           "values back, or train a new run with the new ones")
-    data, method = setup(cfg, device, log, with_source=False)
-    load_method_state(method, ckpt, run.checkpoint_path)
-    method.eval()
-    return cfg, data, method, ckpt["step"]
-
-
 def run_eval(method, data, device, split: str = "test") -> dict:
     from .data import iterate_batches
     dataset = data.test if split == "test" else data.val

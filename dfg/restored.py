@@ -1,5 +1,5 @@
-"""Restored runs cached in-process for the inspection views (restoring loads the target data and the checkpoint),
-keyed by the checkpoint file so a run that keeps training is restored afresh; test images as RGB/PNG."""
+"""Runs restored from their last checkpoint (`restore`: eval, the inspection views), cached in-process and keyed
+by the checkpoint file so a run that keeps training is restored afresh; test images as RGB/PNG."""
 from __future__ import annotations
 
 import base64
@@ -30,10 +30,30 @@ def checkpoint_key(run: Run) -> tuple[str, int, int]:
     return str(run.path.resolve()), st.st_mtime_ns, st.st_size
 
 
-def restore_cached(run: Run, device: torch.device | str | None = None):
-    """`dfg.loop.restore(run, device)` -> (cfg, data, method, step), memoised per checkpoint and device."""
-    from .loop import restore
+def restore(run: Run, device: torch.device | str | None = None, log=lambda m: None):
+    """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode.
+    Only the target's data is loaded: the checkpoint holds every trained network and W*, so the source model
+    (its data, its pretraining, the head re-fit) is never needed to inspect or evaluate a run."""
+    from .checkpoint import load_checkpoint, load_method_state
+    from .config import from_dict
+    from .loop import check_config_unchanged, resolve_device, setup
+    from .validation import validate
 
+    cfg = from_dict(run.require().config())
+    validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
+    device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
+    ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
+    check_config_unchanged(run, ckpt, cfg, "its weights were trained with the old values, and another dataset, "
+                           "test subset or class split would be evaluated under this run's name. Put the old "
+                           "values back, or train a new run with the new ones")
+    data, method = setup(cfg, device, log, with_source=False)
+    load_method_state(method, ckpt, run.checkpoint_path)
+    method.eval()
+    return cfg, data, method, ckpt["step"]
+
+
+def restore_cached(run: Run, device: torch.device | str | None = None):
+    """`restore(run, device)` -> (cfg, data, method, step), memoised per checkpoint and device."""
     key = (*checkpoint_key(run), str(device))
     with _lock:
         if key in _cache:

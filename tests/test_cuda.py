@@ -15,7 +15,8 @@ import torch
 from dfg import wgan_gp
 from dfg.config import make_config
 from dfg.gan import Critic, Generator
-from dfg.loop import configure_backend, restore, run_eval, setup, train
+from dfg.loop import configure_backend, run_eval, setup, train
+from dfg.restored import restore
 from dfg.methods import METHODS
 from dfg.networks import BACKBONES, build_backbone
 from dfg.runstore import Run

@@ -661,7 +661,8 @@ def test_eval_of_a_run_whose_config_was_edited_after_its_checkpoint_is_refused(f
 def test_evaluating_a_restored_run_leaves_its_nets_in_eval_mode(finished):
     """run_eval puts each net back as it found it: a restored run's nets stay in eval mode (BN on running
     statistics) for whatever inspects them next."""
-    from dfg.loop import restore, run_eval
+    from dfg.loop import run_eval
+    from dfg.restored import restore
     cfg, data, method, _ = restore(finished)
     assert not any(net.training for net in method.nets.values())
     first = run_eval(method, data, torch.device("cpu"))
