@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .jobs import launching, starting_worker
+from .jobs import launching, worker_busy
 from .runstore import Run
 
 DONE = ("finished", "diverged")   # outcomes: a re-launched sweep skips these (diverging again is certain)
@@ -26,10 +26,10 @@ def action_for(run: Run) -> str:
     resume covers created, interrupted, stopped and failed runs (train resumes from a checkpoint if any)."""
     if not run.exists():
         return "new"
-    state = run.status().get("state")
-    if state in DONE:
+    status = run.status()
+    if status.get("state") in DONE:
         return "skip"
-    if state == "running" or starting_worker(run):  # a worker launched (the app's Resume, another sweep)
+    if worker_busy(run, status):  # a worker trains it or was launched (the app's Resume, another sweep)
         return "busy"
     return "resume"
 
@@ -49,10 +49,9 @@ def outcome(run: Run, seconds: float, error: str | None = None) -> dict:
     """One finished task, as reported per line and in the sweep summary."""
     s = run.status()
     last = (run.read_json("final.json") or {}).get("last") or {}
-    if not error and (s.get("state") == "running" or starting_worker(run)):  # another process trains the run
+    if not error and (pid := worker_busy(run, s)):  # another process trains the run
         return {"run_id": run.id, "state": "running elsewhere", "top1": None, "seconds": seconds,
-                "error": f"another process (pid {s.get('pid') or starting_worker(run)}) is training it; its "
-                         "outcome is not this sweep's"}
+                "error": f"another process (pid {pid}) is training it; its outcome is not this sweep's"}
     state = s.get("state") if not error else "failed"
     return {"run_id": run.id, "state": state, "top1": last.get("top1") if state == "finished" else None,
             "error": error or (s.get("error") if state != "finished" else None), "seconds": seconds}
@@ -98,7 +97,7 @@ class LocalExecutor:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         with launching(run), open(run.path / "log.txt", "ab") as log:  # the app's Resume waits, then sees it
-            if run.status().get("state") == "running" or starting_worker(run):
+            if worker_busy(run):
                 return None
             # own session: Ctrl-C in the sweep does not kill it; the sweep asks it to checkpoint and stop
             proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -147,3 +148,23 @@ def newest_json_line(path: Path, wanted, hint: bytes = b"", block: int = 1 << 16
                 if isinstance(row, dict) and wanted(row):
                     return row
     return None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, make_folder: bool = False):
+    """An exclusive flock on the file `path` (created if missing), waited for and held for the block; the OS
+    releases it if the process dies. make_folder: create its folder when it is missing (also when another
+    process's writability probe removed the empty folder just before)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        if not make_folder:
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

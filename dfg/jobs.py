@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .fileio import writable_problem
+from .fileio import exclusive_lock, writable_problem
 from .runstore import Run, RunBusyError, RunError, pid_alive
 
 # The workers this process started. Each is polled at the next launch, which reaps those that have ended
@@ -45,16 +44,19 @@ def launch(run: Run) -> int:
     return proc.pid
 
 
-@contextlib.contextmanager
 def launching(run: Run):
     """Held while a worker for the run is checked for and started (the app's launch, a sweep's spawn): an
     exclusive lock on <run>/.launch, apart from the trainer's .lock, which the worker takes seconds later."""
-    fd = os.open(run.path / ".launch", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_lock(run.path / ".launch")
+
+
+def worker_busy(run: Run, status: dict | None = None) -> int:
+    """The pid of a worker that trains the run (state running) or was launched and has not reported yet, or 0:
+    another launch must not start a second one."""
+    status = run.status() if status is None else status
+    if status.get("state") == "running":
+        return int(status.get("pid") or -1)
+    return starting_worker(run, status)
 
 
 def starting_worker(run: Run, status: dict | None = None) -> int:

@@ -2,11 +2,8 @@
 ResNet-50), cached by a key of backbone + source + settings, then the head re-fit on the target."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -16,6 +13,7 @@ from torch.nn import functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config
+from .fileio import exclusive_lock
 from .networks import backbone_options, build_backbone, init_scheme, last_linear, replace_head
 
 # torchvision's ResNet-50 ImageNet checkpoints, as they sit in $TORCH_HOME/hub/checkpoints
@@ -102,7 +100,8 @@ def pretrain_source(cfg: Config, in_channels: int, device: torch.device,
     if (nets := _cached(path, cfg, in_channels, device, log)) is not None:
         return nets
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _entry_lock(path):  # two runs needing one entry (a sweep's parallel seeds): one trains, the other waits
+    # two runs needing one entry (a sweep's parallel seeds): one trains, the other waits, then loads it
+    with exclusive_lock(path.with_name(f".{path.name}.lock"), make_folder=True):
         if (nets := _cached(path, cfg, in_channels, device, lambda m: None)) is not None:
             return nets
         for tmp in folder.glob(f".{path.name}.tmp*"):  # left by a process killed mid-write (we hold the lock)
@@ -147,21 +146,6 @@ def _cached(path: Path, cfg: Config, in_channels: int, device, log):
         log(f"source model cache entry {path} cannot be used ({e}); training it again")
         return None
     return e.to(device), c.to(device)
-
-
-@contextlib.contextmanager
-def _entry_lock(path: Path):
-    """An exclusive lock per cache entry (<data_root>/sources/.<entry>.lock), held while it is trained."""
-    try:
-        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:  # an empty folder removed by a probe just after our mkdir
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _imagenet_backbone(allow_random_init: bool, device):
