@@ -117,3 +117,27 @@ def test_resnet_folder_is_file_backed(tree):
     assert b.image_size == 224 and len(b.train.labels) == len(b.train)
     x, _ = b.test[0]
     assert x.shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("backbone,grayscale", [("vgg16", True), ("vgg16", None), ("lenet", None)])
+def test_a_folder_read_per_batch_gives_the_pixels_it_gives_in_memory(tmp_path, monkeypatch, backbone, grayscale):
+    """A folder over the memory limit is read per batch from its files. Both paths must decode a JPEG the
+    same way: made gray for an RGB backbone, the file path once converted libjpeg's RGB while the array
+    path decoded gray, a few levels apart."""
+    import warnings
+
+    import dfg.data.folder as folder
+
+    for c in ("a", "b"):
+        (tmp_path / "jpgs" / c).mkdir(parents=True)
+        for i in range(3):
+            _img("RGB", size=(48, 40), seed=30 + 3 * (c == "b") + i).save(tmp_path / "jpgs" / c / f"{i}.jpg")
+    kw = dict(backbone=backbone, root=str(tmp_path), folder="jpgs", imbalance="none", grayscale=grayscale)
+    in_memory = build_data("folder", **kw)
+    monkeypatch.setattr(folder, "MEMORY_LIMIT", 0)
+    per_batch = build_data("folder", **kw)
+    assert isinstance(in_memory.test, TensorImages) and not isinstance(per_batch.test, TensorImages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # no "non-writable NumPy array" warning per image either
+        views = [(in_memory.test[i][0], per_batch.test[i][0]) for i in range(len(in_memory.test))]
+    assert all(torch.equal(a, b) for a, b in views)

@@ -66,7 +66,9 @@ class FileImages(Dataset):
         item = self.items[i]
         if isinstance(item, np.ndarray):
             return Image.fromarray(item)
-        return open_image(item, self.spec.size, self.spec.channels)
+        # decode as the in-memory path does (folder.load_folder): a JPEG made gray is decoded to gray by
+        # libjpeg, which can differ by a few levels from converting its decoded RGB
+        return open_image(item, self.spec.size, 1 if self.spec.gray else self.spec.channels)
 
     def __getitem__(self, key) -> tuple[torch.Tensor, int]:
         i, aug_seed = key if isinstance(key, tuple) else (key, None)

@@ -138,7 +138,7 @@ def image_to_input(img, spec: BackboneInput, aug_seed: int | None) -> torch.Tens
     """One PIL image → float C×crop×crop in [−1, 1]. aug_seed=None: test view (centre crop);
     otherwise the backbone's training augmentation, drawn from random.Random(aug_seed)."""
     img = resize_image(to_mode(img, spec.channels, spec.gray), spec.size)
-    a = np.asarray(img, dtype=np.uint8)
+    a = np.array(img, dtype=np.uint8)                                    # a writable copy for torch
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)                 # C×size×size
     t = torch.from_numpy(np.ascontiguousarray(a))
     if aug_seed is None or spec.train_augment is None:
