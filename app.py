@@ -25,8 +25,8 @@ def device_label() -> str:
 
 
 with st.sidebar:
-    root = st.text_input("Runs folder", value=views.default_runs_dir(), key="runs_dir",
-                         help="every run is a folder here; set DFG_RUNS_DIR to change the default")
+    root = views.runs_folder(st.text_input("Runs folder", value=views.default_runs_dir(), key="runs_dir",
+                                           help="every run is a folder here; set DFG_RUNS_DIR to change the default"))
     st.text_input("Data root", value=views.default_data_root(), key="data_root",
                   help="datasets and cached source models (DFG_DATA_ROOT)")
     runs = list_runs(root)

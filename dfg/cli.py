@@ -11,8 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from .config import (DATA_ROOT_ENV, FIELD_TYPES, Config, ConfigError, absolute_path, default_data_root,
-                     default_runs_dir, field_docs, from_dict, make_config)
+from .config import (DATA_ROOT_ENV, FIELD_TYPES, Config, ConfigError, default_data_root,
+                     default_runs_dir, field_docs, from_dict, make_config,
+                     with_absolute_data_root)
 from .presets import PRESET_NOTES, PRESETS
 
 
@@ -57,7 +58,7 @@ def config_from_args(args) -> Config:
     if env := _env_data_root(overrides):
         overrides["data_root"] = env
     cfg = make_config(args.preset, overrides)
-    return dataclasses.replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
+    return with_absolute_data_root(cfg)
 
 
 class ProgressBar:
@@ -110,7 +111,7 @@ def _interrupted(run, runs_dir) -> int:
 
 
 def _report(run, status: dict) -> int:
-    final = run.read_json("final.json") or {}
+    final = run.read_record("final.json")
     last = final.get("last") or {}
     print(json.dumps({"run": run.id, "state": status["state"], "step": status.get("step"),
                       "error": status.get("error"),

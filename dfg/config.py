@@ -241,6 +241,11 @@ def absolute_path(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def with_absolute_data_root(cfg: Config) -> Config:
+    """The config a run stores: its data root absolute (absolute_path), as the CLI and the app both write it."""
+    return replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
+
+
 def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
     """A preset with overrides applied (values may be text, as from the CLI), validated."""
     from .presets import PRESETS  # presets.py builds on Config

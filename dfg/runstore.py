@@ -106,6 +106,15 @@ class Run:
             shutil.rmtree(tmp, ignore_errors=True)
         return run
 
+    def identity(self) -> tuple | None:
+        """Which folder this is beyond its path: config.json's inode and modification time (written once, at
+        creation). A run deleted and made again under the same id has another; None without config.json."""
+        try:
+            st = (self.path / "config.json").stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns
+
     def exists(self) -> bool:
         return (self.path / "config.json").exists()
 
@@ -311,6 +320,12 @@ class Run:
             return json.loads((self.path / name).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return default
+
+    def read_record(self, name: str) -> dict:
+        """A JSON object the run wrote (data.json, final.json): {} when missing, unreadable or, hand-edited,
+        not an object, so one damaged run cannot break a page that lists every run."""
+        obj = self.read_json(name)
+        return obj if isinstance(obj, dict) else {}
 
     @property
     def checkpoint_path(self) -> Path:

@@ -25,10 +25,11 @@ _METHOD_ORDER = ("original", "finetune", "delta", "difa_cmwgan", "dfg")
 def run_row(run: Run, keys=()) -> dict:
     """One run's identity, state and final test metrics (in %); `keys` adds those config fields."""
     cfg, status = run.config(), run.status()
-    final = run.read_json("final.json") or {}
-    last = final.get("last") or {}
-    data = run.read_json("data.json") or {}
+    final = run.read_record("final.json")
+    last = final.get("last") if isinstance(final.get("last"), dict) else {}
+    data = run.read_record("data.json")
     majority = data.get("majority", cfg.get("majority") or [])
+    majority = majority if isinstance(majority, list) else []
     row = {"run_id": run.id, "preset": cfg.get("preset"), "dataset": cfg.get("dataset"), "method": cfg.get("method"),
            "seed": cfg.get("seed"), "majority": " ".join(str(c) for c in majority),
            **{k: cfg.get(k) for k in keys}, "state": status.get("state"), "step": status.get("step"),
@@ -36,11 +37,11 @@ def run_row(run: Run, keys=()) -> dict:
     done = row["state"] == "finished"
     for m in METRICS:
         v = last.get(m) if done else None
-        row[m] = 100.0 * v if v is not None else None
+        row[m] = 100.0 * v if is_number(v) else None  # a hand-edited value that is no number: not counted
     # Best-on-validation (only with a validation split): the test top-1 of the step with the best val top-1.
-    best = final.get("best_on_val") if done else None
-    test_at_best = (best or {}).get("test") or {}
-    row["best_val_top1"] = 100.0 * test_at_best["top1"] if test_at_best.get("top1") is not None else None
+    best = final.get("best_on_val") if done and isinstance(final.get("best_on_val"), dict) else {}
+    test_at_best = best.get("test") if isinstance(best.get("test"), dict) else {}
+    row["best_val_top1"] = 100.0 * test_at_best["top1"] if is_number(test_at_best.get("top1")) else None
     row["best_val_step"] = best.get("step") if row["best_val_top1"] is not None else None
     row["error"] = status.get("error") if row["state"] != "finished" else None
     return row

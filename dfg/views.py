@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import (DATA_ROOT_ENV, FIELD_TYPES, RUNS_DIR_ENV, Config, ConfigError,  # noqa: F401
-                     default_data_root, default_runs_dir, make_config)
+                     absolute_path, default_data_root, default_runs_dir, make_config, with_absolute_data_root)
 from .presets import PRESETS
 from .jobs import starting_worker
 from .runstore import ACTIVE, Run, RunError, list_runs, readable_runs
@@ -30,6 +30,11 @@ def device_info() -> dict:
 
 
 # -- the run list ---------------------------------------------------------------------------------
+def runs_folder(text: str | None) -> str:
+    """The sidebar's runs folder as an absolute path (~ expanded, as a shell would); empty: the default."""
+    return absolute_path(text.strip() if text and text.strip() else default_runs_dir())
+
+
 def run_ids(root: str | Path) -> list[str]:
     return [r.id for r in list_runs(root)]
 
@@ -129,6 +134,7 @@ def start_run(cfg: Config, root: str | Path, run_id: str | None = None) -> Run:
 
     if cfg.threads == 0 and any(r.status().get("state") in ACTIVE for r in list_runs(root)):
         cfg = replace(cfg, threads=1)
+    cfg = with_absolute_data_root(cfg)  # a relative root would be looked up from wherever eval or resume runs
     return submit(cfg, root, run_id or new_run_id(cfg, root))
 
 

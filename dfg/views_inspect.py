@@ -108,7 +108,7 @@ def image_order(run: Run, seed: int) -> list[int] | None:
     ev = last_eval(run) or {}
     n = ev.get("n") or sum(sum(row) for row in ev.get("confusion") or [])
     if not n:  # no test evaluation yet: the test size data.json records per class
-        counts = (run.read_json("data.json") or {}).get("class_counts") or []
+        counts = run.read_record("data.json").get("class_counts") or []
         n = sum(int(c.get("test") or 0) for c in counts if isinstance(c, dict))
     return np.random.default_rng(seed).permutation(int(n)).tolist() if n else None
 

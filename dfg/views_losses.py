@@ -44,11 +44,14 @@ def _append(cols: dict, rows: list[dict], keys) -> None:
 
 
 def update_tail(tail: dict, run: Run) -> int:
-    """Read only the rows appended since the last call; returns how many arrived. A file that shrank
-    (a resumed run drops rows past its checkpoint) is read again from the start."""
+    """Read only the rows appended since the last call; returns how many arrived. A file that shrank (a run
+    restarted from scratch) or belongs to another run of that id (deleted and made again) is read again
+    from the start."""
     size = (run.path / "metrics.jsonl").stat().st_size if (run.path / "metrics.jsonl").exists() else 0
-    if size < tail["offset"]:
+    identity = run.identity()
+    if size < tail["offset"] or tail.get("identity", identity) != identity:
         tail.update(new_tail())
+    tail["identity"] = identity
     rows, tail["offset"] = run.read_metrics(tail["offset"])
     rows = [r for r in rows if is_number(r.get("step"))]  # a hand-edited row without a step has no place
     train = [r for r in rows if r.get("kind") == "train"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from .fileio import is_number
 from .paper import method_label
 from .runstore import Run, list_runs, readable_runs
 from .tables import BEST_VAL_LABEL, has_best_val, run_row, summarise, to_csv, varied_keys
@@ -55,56 +56,94 @@ def sweeps(root: str | Path) -> list[dict]:
     return out
 
 
+def usable_eval(ev) -> dict | None:
+    """An evaluation record the figures can draw: numeric top-1 and a list of numeric per-class recalls (a
+    confusion matrix, when present, K×K counts). Anything else, e.g. a hand-edited final.json, is None."""
+    if not isinstance(ev, dict) or not is_number(ev.get("top1")):
+        return None
+    recall = ev.get("per_class_recall")
+    if not isinstance(recall, list) or not recall or not all(is_number(v) for v in recall):
+        return None
+    cm = ev.get("confusion")
+    if cm is not None and not (isinstance(cm, list) and len(cm) == len(recall) and all(
+            isinstance(row, list) and len(row) == len(recall) and all(is_number(v) for v in row) for row in cm)):
+        ev = {k: v for k, v in ev.items() if k != "confusion"}  # the recall bars can still be drawn
+    return ev
+
+
 def last_eval(run: Run) -> dict | None:
-    """The final test evaluation (final.json), else the newest eval row while the run trains. Call it once per
-    page run and hand the row to the figures and tables below (each used to read the file again)."""
-    last = (run.read_json("final.json") or {}).get("last")
-    return last or run.newest_eval()
+    """The final test evaluation (final.json), else the newest eval row while the run trains; None when neither
+    is usable (usable_eval). Call it once per page run and hand the row to the figures and tables below."""
+    return usable_eval(run.read_record("final.json").get("last")) or usable_eval(run.newest_eval())
 
 
-def _classes(run: Run, k: int) -> tuple[list[str], set[int]]:
-    data = run.read_json("data.json") or {}
-    names = [str(n) for n in data.get("class_names") or []]
-    return (names if len(names) == k else [str(i) for i in range(k)]), set(data.get("minority") or [])
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _ints(v) -> set[int]:
+    """Class indices from a data.json list (anything else in a hand-edited file is ignored)."""
+    return {c for c in _list(v) if isinstance(c, int)}
+
+
+def run_classes(run: Run, k: int) -> tuple[list[str], set[int]]:
+    """(class names, minority class indices) from data.json; indices as names when it lacks k names."""
+    data = run.read_record("data.json")
+    names = [str(n) for n in _list(data.get("class_names"))]
+    return (names if len(names) == k else [str(i) for i in range(k)]), _ints(data.get("minority"))
 
 
 def data_rows(run: Run) -> tuple[list[dict], list[str]]:
     """What a run trained and tested on, per class (data.json: role under step imbalance, images available,
     kept for training, carved for validation, tested), and the data warnings its log also printed."""
-    data = run.read_json("data.json") or {}
-    majority, minority = set(data.get("majority") or []), set(data.get("minority") or [])
-    rows = [{"class": c["class"], "name": c["name"],
-             "role": "majority" if c["class"] in majority else "minority" if c["class"] in minority else "",
-             "available": c["available"], "train": c["kept"], "val": c["val"], "test": c["test"]}
-            for c in data.get("class_counts") or []]
-    return rows, [str(w) for w in data.get("warnings") or []]
+    data = run.read_record("data.json")
+    majority, minority = _ints(data.get("majority")), _ints(data.get("minority"))
+    rows = [{"class": c.get("class"), "name": c.get("name"),
+             "role": "majority" if c.get("class") in majority else
+             "minority" if c.get("class") in minority else "",
+             "available": c.get("available"), "train": c.get("kept"), "val": c.get("val"), "test": c.get("test")}
+            for c in _list(data.get("class_counts")) if isinstance(c, dict)]
+    return rows, [str(w) for w in _list(data.get("warnings"))]
 
 
 def recall_figure(run: Run, ev: dict | None = None) -> go.Figure | None:
     """Per-class test recall; minority classes in orange, majority in blue; dashed = top-1."""
-    ev = ev or last_eval(run)
+    ev = usable_eval(ev) or last_eval(run)
     if not ev:
         return None
     recall = ev["per_class_recall"]
-    names, minority = _classes(run, len(recall))
+    tested = tested_classes(ev)
+    names, minority = run_classes(run, len(recall))
     colors = ["#ff7f0e" if i in minority else "#1f77b4" for i in range(len(recall))]
-    fig = go.Figure(go.Bar(x=names, y=recall, marker_color=colors,
-                           text=[f"{v:.0%}" for v in recall], textposition="outside",
+    # a class without test images has no recall: no bar, "no test images" where it would stand
+    fig = go.Figure(go.Bar(x=names, y=[v if t else None for v, t in zip(recall, tested)], marker_color=colors,
+                           text=[f"{v:.0%}" if t else "" for v, t in zip(recall, tested)], textposition="outside",
                            hovertemplate="class %{x}<br>recall %{y:.1%}<extra></extra>"))
+    for i in (i for i, t in enumerate(tested) if not t):
+        fig.add_annotation(x=names[i], y=0.02, text="no test images", textangle=-90, showarrow=False,
+                           yanchor="bottom", font=dict(size=10, color="grey"))
     fig.add_hline(y=ev["top1"], line=dict(dash="dash", color="grey"), annotation_text=f"top-1 {ev['top1']:.1%}")
-    fig.update_layout(title=f"{run.id}: per-class recall at step {ev['step']} (orange = minority)", height=340,
+    step = f" at step {ev['step']}" if is_number(ev.get("step")) else ""
+    fig.update_layout(title=f"{run.id}: per-class recall{step} (orange = minority)", height=340,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(type="category", title="class"))
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
     return fig
 
 
+def tested_classes(ev: dict) -> list[bool]:
+    """Per class, whether the test set had images of it (the confusion matrix's row sums); all True when
+    the record has no confusion matrix. Recall is stored as 0 for an untested class, which is no measurement."""
+    cm = ev.get("confusion")
+    return [sum(row) > 0 for row in cm] if cm else [True] * len(ev["per_class_recall"])
+
+
 def confusion_figure(run: Run, ev: dict | None = None) -> go.Figure | None:
     """Confusion matrix (rows = true class, columns = predicted), counts with row-normalised colour."""
-    ev = ev or last_eval(run)
+    ev = usable_eval(ev) or last_eval(run)
     if not ev or not ev.get("confusion"):
         return None
     cm = ev["confusion"]
-    names, minority = _classes(run, len(cm))
+    names, minority = run_classes(run, len(cm))
     rates = [[v / max(sum(row), 1) for v in row] for row in cm]
     ylab = [f"{n}*" if i in minority else n for i, n in enumerate(names)]
     fig = go.Figure(go.Heatmap(z=rates, x=names, y=ylab, text=cm, texttemplate="%{text}", colorscale="Blues",
@@ -118,17 +157,21 @@ def confusion_figure(run: Run, ev: dict | None = None) -> go.Figure | None:
 
 def confusion_rows(run: Run, ev: dict | None = None) -> list[dict]:
     """The confusion matrix as table rows (for the CSV download)."""
-    ev = ev or last_eval(run) or {}
+    ev = usable_eval(ev) or last_eval(run) or {}
     cm = ev.get("confusion") or []
-    names, _ = _classes(run, len(cm))
+    names, _ = run_classes(run, len(cm))
     return [{"true": names[i], **{f"pred {names[j]}": v for j, v in enumerate(row)}} for i, row in enumerate(cm)]
 
 
 def recall_rows(run: Run, ev: dict | None = None) -> list[dict]:
-    ev = ev or last_eval(run) or {}
-    recall = ev.get("per_class_recall") or []
-    names, minority = _classes(run, len(recall))
-    return [{"class": names[i], "minority": i in minority, "recall": r} for i, r in enumerate(recall)]
+    """Per-class recall for the CSV download; empty (None) for a class without test images."""
+    ev = usable_eval(ev) or last_eval(run)
+    if not ev:
+        return []
+    recall = ev["per_class_recall"]
+    names, minority = run_classes(run, len(recall))
+    return [{"class": names[i], "minority": i in minority, "recall": r if t else None}
+            for i, (r, t) in enumerate(zip(recall, tested_classes(ev)))]
 
 
 def csv_bytes(rows: list[dict]) -> bytes:

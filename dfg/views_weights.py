@@ -14,11 +14,7 @@ from .filter_weights import attention, blend
 from .paper import figure6_top1
 from .fileio import is_number
 from .runstore import Run, RunError, list_runs, readable_runs
-
-
-def class_names(run: Run, num_classes: int) -> list[str]:
-    names = (run.read_json("data.json") or {}).get("class_names") or []
-    return [str(n) for n in names] if len(names) == num_classes else [str(i) for i in range(num_classes)]
+from .views_results import run_classes
 
 
 def recompute_w_star(weights: dict, rho: float, delta: float, cfg: dict | None = None) -> np.ndarray:
@@ -106,10 +102,11 @@ def weight_view(run: Run, step: int, rho: float, delta: float, stored: dict | No
     cfg = run.config()
     stored = run.load_filter_weights(step) if stored is None else stored
     w_star = recompute_w_star(stored, rho, delta, cfg)
-    names = class_names(run, w_star.shape[0])
-    minority = set((run.read_json("data.json") or {}).get("minority") or [])
+    names, minority = run_classes(run, w_star.shape[0])
     zmax = float(max(stored["w_source"].max(), stored["w_target"].max(), w_star.max(), 1.0))
-    same = np.isclose(rho, cfg.get("rho", -1)) and np.isclose(delta, cfg.get("delta", -1))
+    rho0, delta0 = cfg.get("rho", -1), cfg.get("delta", -1)
+    same = np.isclose(rho, rho0) and np.isclose(delta, delta0)
+    own = w_star if same else recompute_w_star(stored, rho0, delta0, cfg)
     return {
         "w_source": heatmap(stored["w_source"], "W(E_S): source extractor", names, zmax, minority),
         "w_target": heatmap(stored["w_target"], f"W(E): target extractor at step {step}", names, zmax, minority),
@@ -117,6 +114,9 @@ def weight_view(run: Run, step: int, rho: float, delta: float, stored: dict | No
         "w_star_values": w_star,
         "recorded_w_star": stored["w_star"],
         "matches_recorded": bool(same and np.allclose(w_star, stored["w_star"], atol=1e-6)),
+        # config.json's ρ, δ and switches give the W* training recorded: False after a hand edit of config.json
+        "config_reproduces": bool(np.allclose(own, stored["w_star"], atol=1e-6)),
+        "rho_ignored": bool(cfg.get("official_discard_rho")),  # official_discard_rho: W* = threshold(W(E)) alone
         "deactivated": deactivated_table(w_star, names, minority),
         "num_filters": int(w_star.shape[1]),
         "representative": representative_filters(stored),
@@ -176,7 +176,7 @@ def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 
     figure5_steps(…, selected); red line = equality of all filters (1)."""
     steps, stored = figure5_steps(list(history), selected), history
     num_classes = stored[steps[0]]["w_source"].shape[0]
-    names = class_names(run, num_classes)
+    names, _ = run_classes(run, num_classes)
     fig = make_subplots(rows=len(filters), cols=len(rhos), shared_yaxes=True,
                         vertical_spacing=min(0.25, 0.5 / len(filters)),
                         subplot_titles=[f"filter f{j} (ρ={r:g})" for j in filters for r in rhos])
@@ -200,23 +200,32 @@ def figure5(run: Run, filters: list[int], history: dict[int, dict], rhos=(0.75, 
     return fig
 
 
-def rho_accuracy(root: str | Path, run: Run) -> list[dict]:
-    """Paper Fig. 6 from our runs: DFG runs of the run's preset/dataset grouped by ρ via
-    dfg.tables.summarise (top-1 mean ± std in %, finished runs only). Empty unless two ρ have results."""
-    from .tables import summarise
+def rho_accuracy(root: str | Path, run: Run) -> tuple[list[dict], str]:
+    """Paper Fig. 6 from our runs: the finished DFG runs of the run's condition (preset, dataset and every
+    setting other than ρ and the replicate keys, tables.REPLICATE_KEYS, equal to the run's), grouped by ρ via
+    dfg.tables.summarise (top-1 mean ± std in %). Returns (rows, note): rows are empty unless two ρ have
+    results; the note names the DFG runs of the preset left out because another setting differs."""
+    from .tables import summarise, varied_keys
 
     cfg, runs = run.config(), []
     for r in readable_runs(list_runs(root))[0]:
         c = r.config()  # read once per run
         if (c.get("method"), c.get("dataset"), c.get("preset")) == ("dfg", cfg.get("dataset"), cfg.get("preset")) \
                 and is_number(c.get("rho")) and np.isfinite(c["rho"]):  # a hand-edited ρ of another type: left out
-            runs.append(r)
-    rows = [s for s in summarise(runs, by=["rho"]) if s["n"] > 0]
+            runs.append((r, c))
+    others = [k for k in varied_keys([c for _, c in runs] + [cfg]) if k != "rho"]
+    differ = {r.id: [k for k in others if repr(c.get(k)) != repr(cfg.get(k))] for r, c in runs}
+    same = [r for r, _ in runs if not differ[r.id]]
+    keys = sorted({k for ks in differ.values() for k in ks})
+    left = len(runs) - len(same)
+    note = (f"{left} DFG run(s) of this preset left out: they differ from {run.id} in {', '.join(keys)}. "
+            f"Each point averages seeds of one setting." if left else "")
+    rows = [s for s in summarise(same, by=["rho"]) if s["n"] > 0]
     if len({s["rho"] for s in rows}) < 2:
-        return []
+        return [], note
     return [{"rho": float(s["rho"]), "top1_mean": s["top1_mean"], "top1_std": s["top1_std"] or 0.0,
-             "runs": s["n"], "paper": figure6_top1(cfg.get("dataset"), "dfg", s["rho"])}
-            for s in sorted(rows, key=lambda s: s["rho"])]
+             "runs": s["n"], "paper": figure6_top1(cfg.get("dataset"), "dfg", s["rho"]), "notes": s["notes"]}
+            for s in sorted(rows, key=lambda s: s["rho"])], note
 
 
 def rho_figure(rows: list[dict]) -> go.Figure:

@@ -21,4 +21,4 @@ def page_context() -> tuple[str, str | None]:
     if PagesManager.uses_pages_directory:
         runpy.run_path(str(APP), run_name="__main__")
         st.stop()
-    return st.session_state.get("runs_dir", views.default_runs_dir()), st.session_state.get("run_id")
+    return views.runs_folder(st.session_state.get("runs_dir")), st.session_state.get("run_id")

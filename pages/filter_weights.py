@@ -15,6 +15,15 @@ if not run_id:
     st.info("No run selected: pick one in the sidebar.")
     st.stop()
 run = Run(root, run_id)
+# The widgets are keyed by run id; the same id in another runs folder, or a run deleted and made again, is
+# another run: its sliders start from its own ρ and δ, not from the values chosen on the first one.
+WIDGETS = [f"fw.{w}.{run_id}" for w in ("step", "rho", "delta", "filters")] + [
+    f"fw.delta_top.{root}::{run_id}", f"fw.delta_last.{root}::{run_id}"]
+scope = (str(root), run.identity())
+if st.session_state.get(f"fw.scope.{run_id}", scope) != scope:
+    for key in WIDGETS:
+        st.session_state.pop(key, None)
+st.session_state[f"fw.scope.{run_id}"] = scope
 try:  # a hand-edited or damaged config.json: say so instead of a traceback
     rho0, delta0, method = page_settings(run)
 except ValueError as e:
@@ -50,7 +59,14 @@ view = weight_view(run, step, rho, delta, history[step])
 c = st.columns(3)
 for col, name in zip(c, ["w_source", "w_target", "w_star"]):
     col.plotly_chart(view[name], key=f"fw.{name}", width="stretch")
-if view["matches_recorded"]:
+if not view["config_reproduces"]:
+    st.warning(f"{run_id}'s config.json (ρ={rho0:g}, δ={delta0:g} and its switches) does not give the W* recorded "
+               f"at step {step}: it was probably edited after training. The sliders start from config.json's "
+               "values; the recorded W* is under *W\\* values* below.", icon=":material/warning:")
+if view["rho_ignored"]:
+    st.caption(f"{run_id} trained with `official_discard_rho=true`: W* is W(E) thresholded at δ, and ρ does not "
+               "change it (the official code's behaviour).")
+elif view["matches_recorded"]:
     st.caption("ρ and δ are the run's own: W* equals the one recorded during training.")
 else:
     st.caption(f"W* recomputed from the stored W(E_S) and W(E) for ρ={rho:.2f}, δ={delta:.2f} "
@@ -60,8 +76,11 @@ st.subheader("Channels each class switches off")
 st.dataframe(pd.DataFrame(view["deactivated"]), hide_index=True, key="fw.deactivated")
 with st.expander("W* values"):
     names = [r["class"] for r in view["deactivated"]]
-    st.dataframe(pd.DataFrame(view["w_star_values"], index=names,
-                              columns=[f"f{j}" for j in range(view["w_star_values"].shape[1])]), key="fw.values")
+    columns = [f"f{j}" for j in range(view["w_star_values"].shape[1])]
+    st.dataframe(pd.DataFrame(view["w_star_values"], index=names, columns=columns), key="fw.values")
+    if not view["config_reproduces"]:
+        st.caption(f"W* recorded during training at step {step}:")
+        st.dataframe(pd.DataFrame(view["recorded_w_star"], index=names, columns=columns), key="fw.recorded")
 
 st.subheader("Per-filter weight over classes (paper Fig. 5)")
 filters = st.multiselect("Filters", list(range(view["num_filters"])), default=view["representative"],
@@ -78,10 +97,13 @@ if filters:
                "class structure.")
 
 st.subheader("Accuracy vs ρ (paper Fig. 6)")
-rows = rho_accuracy(root, run)
+rows, left_out = rho_accuracy(root, run)
 if rows:
     st.plotly_chart(rho_figure(rows), key="fw.fig6", width="stretch")
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 else:
-    st.info("Needs finished DFG runs of this preset with at least two values of ρ — e.g. "
-            "`python -m dfg sweep` over rho, or several runs from the Train page.")
+    st.info(f"Needs finished DFG runs of {run_id}'s setting (its preset, and its values of every setting but ρ "
+            "and the seed) with at least two values of ρ — e.g. `python -m dfg sweep` over rho, or several "
+            "runs from the Train page.")
+if left_out:
+    st.caption(left_out)

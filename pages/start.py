@@ -48,10 +48,18 @@ st.divider()
 st.subheader("Try it: the offline demo")
 st.markdown(f"**demo** — {PRESET_NOTES['demo']}. Nothing is downloaded. The run trains in its own process: "
             "close the tab or restart the app and it keeps going.")
-overrides = views.demo_overrides()
+try:
+    overrides = views.demo_overrides()
+except ValueError as e:  # a malformed DFG_DEMO_OVERRIDES: the button below says it again when clicked
+    overrides = None
+    st.error(f"{views.DEMO_OVERRIDES_ENV}: {e}")
 if overrides:
     st.caption(f"{views.DEMO_OVERRIDES_ENV} is set: {overrides}")
 if st.button("Start the demo run", type="primary", icon=":material/play_arrow:"):
-    run = views.start_demo(root, st.session_state.get("data_root", views.default_data_root()))
-    st.session_state["run_id"] = run.id
-    st.switch_page("pages/losses.py", query_params={"run": run.id})
+    try:  # a runs folder that cannot be made, a data root that cannot be read, a bad override
+        run = views.start_demo(root, st.session_state.get("data_root", views.default_data_root()))
+    except (ValueError, RuntimeError, OSError) as e:
+        st.error(f"Not started: {e}", icon=":material/error:")
+    else:
+        st.session_state["run_id"] = run.id
+        st.switch_page("pages/losses.py", query_params={"run": run.id})

@@ -140,11 +140,13 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", key
     else:
         try:
             run = views.start_run(cfg, root, run_id.strip() or None)
+        except (ValueError, RuntimeError, OSError) as e:  # taken run id, missing data files, no CUDA...
+            st.error(f"Not started: {e}")
+        else:  # the sidebar (drawn before this page) must list and select the new run: draw all of it again
             st.session_state["run_id"] = run.id
             st.query_params["run"] = run.id
-            st.success(f"Started {run.id} in the background.")
-        except (ValueError, RuntimeError) as e:  # taken run id, missing data files, no CUDA...
-            st.error(f"Not started: {e}")
+            st.session_state["train.flash"] = f"Started {run.id} in the background."
+            st.rerun()
 
 st.subheader("Runs")
 runs = list_runs(root)
