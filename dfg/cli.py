@@ -1,34 +1,19 @@
 """Command line: `python -m dfg {train,resume,eval,pretrain,presets,runs,data,worker,sweep}`."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import json
 import os
+import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from .config import (DATA_ROOT_ENV, FIELD_TYPES, Config, ConfigError, default_data_root,
-                     default_runs_dir, field_docs, from_dict, make_config,
-                     with_absolute_data_root)
+from .cli_args import build_parser  # noqa: F401 (the parser; tests and tools build it from here)
+from .config import (BOOKKEEPING, DATA_ROOT_ENV, FIELD_TYPES, Config, ConfigError, field_docs, from_dict,
+                     make_config, parse_value, with_absolute_data_root)
 from .presets import PRESET_NOTES, PRESETS
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One --flag per Config field (text, parsed by the field's type), plus --set key=value."""
-    p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (repeatable)")
-    g = p.add_argument_group("config fields", "Every config field is also a flag, --key-with-dashes VALUE: "
-                             "--pretrain-steps 5 is --set pretrain_steps=5. `python -m dfg presets --fields` "
-                             "lists the fields with their defaults and meaning.")
-    for f in dataclasses.fields(Config):
-        if f.name != "preset":
-            g.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None, metavar="V",
-                           help=argparse.SUPPRESS)
 
 
 def _env_data_root(given) -> str | None:
@@ -62,66 +47,88 @@ def config_from_args(args) -> Config:
 
 
 class ProgressBar:
-    """One updating line on stderr: bar, step, steps/s, ETA and the current losses."""
+    """One updating line on stderr: bar, step, steps/s, ETA and the current losses. On a terminal the line is
+    cut to its width (a wrapped line cannot be redrawn in place); a shorter line blanks what the longer one
+    before it left."""
 
     KEYS = ("L_D", "L_G", "L_E", "L_rC", "L_C", "GP")
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
+        self.shown = 0  # length of the line on screen; 0: none open
 
     def __call__(self, step: int, total: int, rate: float, row: dict) -> None:
         width = 24
         done = int(width * step / total)
         eta = (total - step) / rate if rate > 0 else float("inf")
         losses = " ".join(f"{k}={row[k]:.3f}" for k in self.KEYS if k in row)
-        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} {rate:.1f} it/s "
-                          f"ETA {eta:4.0f}s {losses}   ")
+        line = f"[{'#' * done}{'.' * (width - done)}] {step}/{total} {rate:.1f} it/s ETA {eta:4.0f}s {losses}"
+        if self.stream.isatty():
+            line = line[:max(20, shutil.get_terminal_size().columns - 1)]
+        self.stream.write("\r" + line.ljust(self.shown))
+        self.shown = len(line)
         if step == total:
-            self.stream.write("\n")
+            self.close()
         self.stream.flush()
 
-
-def new_run_id(cfg: Config) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{cfg.method}-s{cfg.seed}"
+    def close(self) -> None:
+        """End the open line, so what is printed next starts on its own."""
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = 0
 
 
 def cmd_train(args) -> int:
     from .jobs import create_checked, launch
-    from .loop import train
 
     cfg = config_from_args(args)
-    run, data = create_checked(cfg, args.runs_dir, new_run_id(cfg) if args.run_id is None else args.run_id)
+    run, data = create_checked(cfg, args.runs_dir, args.run_id)
     print(f"run {run.id} in {run.path}", file=sys.stderr)
     if args.background:
         pid = launch(run)
         print(f"training in the background (pid {pid}); follow with `python -m dfg runs --runs-dir {args.runs_dir}`")
         return 0
+    return _train_here(cfg, run, args.runs_dir, data=data)
+
+
+def _train_here(cfg: Config, run, runs_dir, **kw) -> int:
+    """Train in this process with a progress bar; the exit code says how it ended: 0 finished (or stopped on
+    request), 130 Ctrl-C, 143 SIGTERM (a scheduler reads 0 as done and would not requeue), 1 failed."""
+    from .jobs import sigterm_stopped
+    from .loop import train
+
+    bar = ProgressBar()
     try:
-        status = train(cfg, run, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr), data=data)
+        status = train(cfg, run, progress=bar, log=lambda m: (bar.close(), print(m, file=sys.stderr)), **kw)
     except KeyboardInterrupt:
-        return _interrupted(run, args.runs_dir)
+        bar.close()
+        return _stopped(run, runs_dir, "interrupted", f"its last checkpoint (one every ckpt_every={cfg.ckpt_every} "
+                        "steps)", 130)
+    bar.close()
+    if status["state"] == "stopped" and sigterm_stopped(run):
+        return _report(run, status, _stopped(run, runs_dir, "stopped by SIGTERM", "there (checkpoint written)", 143))
     return _report(run, status)
 
 
-def _interrupted(run, runs_dir) -> int:
-    """Ctrl-C: the loop has recorded the run as interrupted; say how to continue it (exit code 130)."""
-    print(f"\ninterrupted at step {run.status().get('step', 0)}; continue with "
-          f"`python -m dfg resume {run.id} --runs-dir {runs_dir}`", file=sys.stderr)
-    return 130
+def _stopped(run, runs_dir, how: str, where: str, code: int) -> int:
+    """Say where the run stopped and how to continue it; returns `code`."""
+    print(f"{how} at step {run.status().get('step', 0)}; continue with `python -m dfg resume {run.id} --runs-dir "
+          f"{runs_dir}`, from {where}", file=sys.stderr)
+    return code
 
 
-def _report(run, status: dict) -> int:
+def _report(run, status: dict, code: int | None = None) -> int:
     final = run.read_record("final.json")
-    last = final.get("last") or {}
+    last = final.get("last") if isinstance(final.get("last"), dict) else {}
     print(json.dumps({"run": run.id, "state": status["state"], "step": status.get("step"),
                       "error": status.get("error"),
                       **{k: last.get(k) for k in ("top1", "balanced_acc", "macro_f1", "minority_recall")}}))
-    return 0 if status["state"] in ("finished", "stopped") else 1
+    return code if code is not None else 0 if status["state"] in ("finished", "stopped") else 1
 
 
 def cmd_resume(args) -> int:
     from .jobs import check_writable
-    from .loop import train
     from .runstore import Run
 
     run = Run(args.runs_dir, args.run).require()
@@ -129,14 +136,40 @@ def cmd_resume(args) -> int:
     s = run.status()
     if s.get("state") == "finished" and (s.get("step") or 0) >= cfg.steps:
         print(f"run {run.id} already finished at step {s['step']}/{cfg.steps}: nothing to resume "
-              f"(`python -m dfg eval {run.id}` re-evaluates its checkpoint)", file=sys.stderr)
+              f"(`python -m dfg eval {run.id} --runs-dir {args.runs_dir}` re-evaluates its checkpoint)",
+              file=sys.stderr)
         return 0
     check_writable(run)
-    try:
-        status = train(cfg, run, resume=True, progress=ProgressBar(), log=lambda m: print(m, file=sys.stderr))
-    except KeyboardInterrupt:
-        return _interrupted(run, args.runs_dir)
-    return _report(run, status)
+    if args.set:
+        cfg = _reporting_changes(run, cfg, args.set)
+    return _train_here(cfg, run, args.runs_dir, resume=True)
+
+
+def _reporting_changes(run, cfg: Config, sets: list[str]) -> Config:
+    """resume --set: new values of the BOOKKEEPING fields (a run moved to another machine: threads, device,
+    data_root), written to config.json before the run continues. A field that changes what the run computes is
+    refused: the rows so far were made with the old value."""
+    from .jobs import worker_busy
+    from .runstore import RunBusyError
+    from .validation import validate
+
+    changes = {}
+    for item in sets:
+        k, sep, v = (t.strip() for t in item.partition("="))
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set threads=1")
+        if k not in BOOKKEEPING:
+            raise ConfigError(f"{k} cannot change on resume: the run's rows so far were computed with {k}="
+                              f"{getattr(cfg, k, '?')!r}; resume --set takes {', '.join(sorted(BOOKKEEPING))}; "
+                              "start a new run for another value")
+        if k in changes:
+            raise ConfigError(f"{k} is set twice; give it once")
+        changes[k] = parse_value(k, v)
+    if pid := worker_busy(run):
+        raise RunBusyError(f"run {run.id!r} is being trained by another process (pid {pid}); stop it first")
+    cfg = with_absolute_data_root(validate(dataclasses.replace(cfg, **changes)))
+    run.write_json("config.json", cfg.to_dict())
+    return cfg
 
 
 def cmd_worker(args) -> int:
@@ -164,8 +197,13 @@ def cmd_eval(args) -> int:
     from .restored import restore
     from .runstore import Run
 
-    cfg, data, method, step = restore(Run(args.runs_dir, args.run), args.device,
-                                      log=lambda m: print(m, file=sys.stderr))
+    try:
+        cfg, data, method, step = restore(Run(args.runs_dir, args.run), args.device,
+                                          log=lambda m: print(m, file=sys.stderr))
+    except RuntimeError as e:
+        if "CUDA is not available" in str(e) and args.device is None:  # the run trained on a GPU
+            raise RuntimeError(f"{e.args[0].split('; ')[0]}; evaluate here with --device cpu") from None
+        raise
     m = run_eval(method, data, method.ctx.device)
     print(json.dumps({"run": args.run, "step": step, **{k: v for k, v in m.items() if k != "confusion"}}))
     return 0
@@ -185,8 +223,10 @@ def cmd_pretrain(args) -> int:
     t0 = time.perf_counter()
     pretrain_source(cfg, data.in_channels, device,
                     progress=lambda s, n, l: print(f"\rpretrain {s}/{n} loss {l:.3f}", end="", file=sys.stderr))
+    where = ("torchvision's ImageNet weights, from the torch cache: nothing is trained or cached here"
+             if cfg.source == "imagenet" else f"cache: {Path(cfg.data_root) / 'sources'}")
     print(f"\nsource model {source_key(cfg, data.in_channels, device)} ready in {time.perf_counter() - t0:.1f}s "
-          f"(cache: {Path(cfg.data_root) / 'sources'})")
+          f"({where})")
     return 0
 
 
@@ -211,9 +251,9 @@ def cmd_runs(args) -> int:
     for run in list_runs(args.runs_dir):
         s = run.status()
         try:
-            run.config()
+            from_dict(run.config())  # fields this version does not know, values of the wrong type
             problem = f"  error: {s['error']}" if s.get("error") and s.get("state") != "finished" else ""
-        except RunError as e:  # its status would promise a resume that cannot start
+        except (RunError, ConfigError) as e:  # its status would promise a resume that cannot start
             problem = f"  damaged: {e}"
         print(f"{run.id:50s} {s.get('state', '?'):12s} step {s.get('step', 0)}/{s.get('total_steps', '?')}"
               + (f"  top1={s['top1']:.4f}" if s.get("top1") is not None else "") + problem)
@@ -231,72 +271,6 @@ def cmd_data(args) -> int:
         print(f"{name:16s} {spec.num_classes:4d} classes  {'offline' if spec.offline else 'needs files'}  "
               f"{spec.description}")
     return 0
-
-
-RUNS_HELP = "runs folder (default: $DFG_RUNS_DIR, else ./runs)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dfg", description="Discriminative Feature Generation (DFG)",
-                                allow_abbrev=False)
-    shown = "{train,resume,eval,pretrain,presets,runs,data,sweep}"  # `worker` is internal: not listed
-    sub = p.add_subparsers(dest="cmd", required=True, metavar=shown)
-    sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # --rh must not mean --rho
-    t = sub.add_parser("train", help="train a run (DFG or a baseline) from a preset")
-    _add_config_flags(t)
-    t.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
-    t.add_argument("--run-id", default=None, help="the run folder's name (default: "
-                   "<yyyymmdd-hhmmss>-<preset>-<method>-s<seed>)")
-    t.add_argument("--background", action="store_true", help="train in a detached worker process")
-    t.set_defaults(fn=cmd_train)
-    for name, fn, hlp in (("resume", cmd_resume, "continue a run from its last checkpoint"),
-                          ("eval", cmd_eval, "re-evaluate a run's checkpoint on the test set"),
-                          ("worker", cmd_worker, None)):
-        s = sub.add_parser(name, **({"help": hlp} if hlp else {}))  # no help: left out of the listing
-        s.add_argument("run")
-        s.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
-        if name == "eval":
-            s.add_argument("--device", default=None, help="evaluate on this device (cpu, cuda, cuda:1) "
-                           "instead of the run's own")
-        s.set_defaults(fn=fn)
-    pt = sub.add_parser("pretrain", help="train (or reuse) the preset's source model")
-    _add_config_flags(pt)
-    pt.set_defaults(fn=cmd_pretrain)
-    pr = sub.add_parser("presets", help="list presets (or --fields: every config field)")
-    pr.add_argument("--fields", action="store_true")
-    pr.set_defaults(fn=cmd_presets)
-    r = sub.add_parser("runs", help="list runs and their state")
-    r.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
-    r.set_defaults(fn=cmd_runs)
-    d = sub.add_parser("data", help="list datasets, or --download NAME")
-    d.add_argument("--download", default=None, metavar="NAME")
-    d.add_argument("--data-root", default=default_data_root(),
-                   help="datasets and cached source models (default: $DFG_DATA_ROOT, else ./data)")
-    d.set_defaults(fn=cmd_data)
-    _add_sweep_parser(sub)
-    return p
-
-
-def _add_sweep_parser(sub) -> None:
-    s = sub.add_parser("sweep", help="run a grid (presets x methods x seeds x majority sets x --set values) "
-                                     "and write results tables; re-launch to resume")
-    s.add_argument("--presets", required=True, help="comma-separated presets, e.g. fmnist,svhn")
-    s.add_argument("--methods", default="dfg", help="comma-separated methods (default dfg), e.g. original,dfg")
-    s.add_argument("--seeds", default="1", help="a count (10 = seeds 0..9) or a list (0,3,7); default 1")
-    s.add_argument("--majority-combos", default=None, metavar="all|K",
-                   help="majority-class sets: all C(n,k), or K sampled (seeded); default: each seed's own draw")
-    s.add_argument("--num-majority", type=int, default=None, metavar="K", help="k majority classes")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=V[,V...]",
-                   help="config override; several comma-separated values add a grid axis (--set rho=0,0.5,1)")
-    s.add_argument("--executor", default="local", choices=("local", "ray"))
-    s.add_argument("--address", default=None, help="Ray cluster address (default env RAY_ADDRESS, "
-                                                   "else a local Ray instance); --runs-dir must be shared storage")
-    s.add_argument("--parallel", type=int, default=None, help="runs at a time on CPU (default 1; GPUs: one each)")
-    s.add_argument("--runs-dir", default=default_runs_dir(), help=RUNS_HELP)
-    s.add_argument("--name", default=None, help="sweep name (default: the presets joined by '-')")
-    s.add_argument("--replace", action="store_true", help="re-launch a sweep with other fixed --set values "
-                                                           "under the same name (its tables follow the new grid)")
-    s.set_defaults(fn=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
@@ -317,10 +291,14 @@ def cmd_sweep(args) -> int:
     return 0 if res["failed"] == 0 else 1
 
 
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "worker": cmd_worker,
+            "pretrain": cmd_pretrain, "presets": cmd_presets, "runs": cmd_runs, "data": cmd_data, "sweep": cmd_sweep}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        return COMMANDS[args.cmd](args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

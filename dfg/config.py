@@ -157,7 +157,7 @@ def field_docs() -> dict[str, str]:
 def parse_value(name: str, text: str):
     """Convert CLI/app text into the field's type, with a clear message on failure."""
     if name not in FIELD_TYPES:
-        raise ConfigError(f"unknown config field {name!r}; run `python -m dfg presets --fields` to list them")
+        raise ConfigError(f"unknown config field {name!r}{_did_you_mean(name)}")
     kind = FIELD_TYPES[name]
     try:
         if kind is bool:
@@ -181,15 +181,17 @@ def parse_value(name: str, text: str):
         return str(text)
     except ValueError:
         allowed = {bool: " (true or false)", int: " (a whole number; above 2^53 write it in digits)",
-                   float: " (a number)"}.get(kind, "")
-        raise ConfigError(f"{name}={text!r} is not a valid {getattr(kind, '__name__', kind)}{allowed}") from None
+                   float: " (a number)"}.get(kind, " (class indices, e.g. \"2 9\", 2,9 or [2, 9])")
+        what = getattr(kind, "__name__", "list") if kind is not str else "str"
+        raise ConfigError(f"{name}={text!r} is not a valid {what}{allowed}") from None
 
 
 def from_dict(d: dict) -> Config:
     """Config from a (possibly older) config.json: unknown keys are an error, missing keys default."""
     unknown = sorted(set(d) - set(FIELD_TYPES))
     if unknown:
-        raise ConfigError(f"unknown config fields {unknown}")
+        raise ConfigError(f"unknown config fields {unknown}: config.json was made by a newer version of DFG "
+                          "Explorer (update this one) or edited by hand (remove those keys)")
     for k, v in d.items():  # config.json is data: every value must have its field's JSON type
         kind = FIELD_TYPES[k]
         ok = (isinstance(v, bool) if kind is bool else
@@ -241,6 +243,14 @@ def absolute_path(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _did_you_mean(name: str) -> str:
+    """'; did you mean pretrain_steps?' for a misspelt or dashed field name, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(FIELD_TYPES), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else "; `python -m dfg presets --fields` lists them"
+
+
 def with_absolute_data_root(cfg: Config) -> Config:
     """The config a run stores: its data root absolute (absolute_path), as the CLI and the app both write it."""
     return replace(cfg, data_root=absolute_path(cfg.data_root)) if cfg.data_root else cfg
@@ -255,7 +265,12 @@ def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
             for k, v in (overrides or {}).items()}
     for k in vals:
         if k not in FIELD_TYPES:
-            raise ConfigError(f"unknown config field {k!r}")
+            raise ConfigError(f"unknown config field {k!r}{_did_you_mean(k)}")
+    if vals.get("majority"):  # given classes fix their count; a different count beside them is a contradiction
+        if "num_majority" in vals and vals["num_majority"] != len(vals["majority"]):
+            raise ConfigError(f"num_majority={vals['num_majority']} contradicts majority={vals['majority']} "
+                              f"({len(vals['majority'])} classes); give one of them")
+        vals["num_majority"] = len(vals["majority"])
     if "preset" in vals:
         raise ConfigError(f"preset={vals['preset']!r} cannot be overridden: choose the preset with --preset NAME "
                           "(the app: the preset box)")
@@ -265,6 +280,9 @@ def make_config(preset: str = "demo", overrides: dict | None = None) -> Config:
     method_defaults = METHOD_DEFAULTS.get(vals.get("method", base.method), {})
     vals = {**method_defaults.get(vals.get("optimizer_ec", base.optimizer_ec), {}), **vals}
     cfg = replace(base, preset=preset, **vals)
+    if vals.get("majority") and cfg.imbalance != "step":
+        raise ConfigError(f"majority={cfg.majority} applies to imbalance=step only (this run: imbalance="
+                          f"{cfg.imbalance}); leave it unset or use imbalance=step")
     from .validation import validate  # validation.py builds on Config
     validate(cfg)
     return cfg

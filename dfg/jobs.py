@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -88,21 +89,45 @@ def check_writable(run: Run) -> None:
                        "folder you can write to and resume it there (--runs-dir)")
 
 
-def create_checked(cfg, runs_dir: str | Path, run_id: str):
-    """Check everything that can be checked (run id, config, device, data files, source) before a run
-    folder exists, then create the run. Returns (run, data bundle). Bad input raises and leaves no folder."""
-    from .preflight import preflight
-    from .runstore import RunError
+RESERVED_IDS = ("sweeps",)  # folders the runs folder holds beside its runs
 
-    run = Run(runs_dir, run_id)  # checks the id
+
+def new_run_id(cfg, root: str | Path) -> str:
+    """<yyyymmdd-hhmmss>-<preset>-<method>-s<seed>, with -2, -3... when that id is taken (two starts in one
+    second, several launches at once)."""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{cfg.method}-s{cfg.seed}"
+    rid, n = base, 1
+    while (Path(root) / rid).exists():
+        n += 1
+        rid = f"{base}-{n}"
+    return rid
+
+
+def create_checked(cfg, runs_dir: str | Path, run_id: str | None = None):
+    """Check everything that can be checked (run id, config, device, data files, source) before a run
+    folder exists, then create the run. Returns (run, data bundle). Bad input raises and leaves no folder.
+    run_id None: new_run_id, taking the next free suffix when another process takes that id meanwhile."""
+    from .preflight import preflight
+
+    run = Run(runs_dir, new_run_id(cfg, runs_dir) if run_id is None else run_id)  # checks the id
+    if run.id in RESERVED_IDS:
+        raise RunError(f"run id {run.id!r} is the name of the runs folder's {run.id}/ folder; choose another id")
     if run.path.exists():
-        raise RunError(f"run {run_id!r} already exists in {run.root}; choose another id or resume it")
+        what = "" if run.exists() else " as a folder that is not a run (no config.json)"
+        raise RunError(f"run {run.id!r} already exists in {run.root}{what}; choose another id"
+                       + (" or resume it" if not what else ""))
     check_runs_folder(run.root)
     data = preflight(cfg)
-    return Run.create(runs_dir, run_id, cfg.to_dict()), data
+    while True:
+        try:
+            return Run.create(runs_dir, run.id, cfg.to_dict()), data
+        except RunError:
+            if run_id is not None or not run.path.exists():
+                raise
+            run = Run(runs_dir, new_run_id(cfg, runs_dir))
 
 
-def submit(cfg, runs_dir: str | Path, run_id: str) -> Run:
+def submit(cfg, runs_dir: str | Path, run_id: str | None = None) -> Run:
     """`create_checked`, then launch the run's background worker."""
     run, _ = create_checked(cfg, runs_dir, run_id)
     launch(run)
@@ -137,14 +162,23 @@ def on_first_sigterm(action: Callable[[], None]):
         signal.signal(signal.SIGTERM, restore)
 
 
+_SIGTERMED: set[str] = set()  # run folders this process was told to stop by SIGTERM
+
+
 def stop_on_sigterm(run: Run):
     """While training: SIGTERM (docker stop, a job scheduler's pre-emption, `kill`) asks for a stop as the
     STOP file does: the step ends, a checkpoint is written and the run is recorded as stopped, not lost
-    back to its last checkpoint."""
+    back to its last checkpoint. sigterm_stopped(run) tells the command line why it stopped."""
     def request() -> None:
+        _SIGTERMED.add(str(run.path))
         with contextlib.suppress(OSError):  # a vanished folder or a full disk: the second SIGTERM still ends it
             run.request_stop()
     return on_first_sigterm(request)
+
+
+def sigterm_stopped(run: Run) -> bool:
+    """Whether this process's training of `run` was stopped by SIGTERM (not by a Stop or a STOP file)."""
+    return str(run.path) in _SIGTERMED
 
 
 def sigterm_as_interrupt():

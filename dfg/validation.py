@@ -21,8 +21,11 @@ def validate(cfg: Config) -> Config:
     _need(cfg.method in METHODS, "method", cfg.method, f"choose one of {sorted(METHODS)}")
     _need(cfg.backbone in BACKBONES, "backbone", cfg.backbone, f"choose one of {sorted(BACKBONES)}")
     _need(cfg.dataset in DATASETS, "dataset", cfg.dataset, f"choose one of {sorted(DATASETS)}")
+    sources = sorted(n for n in DATASETS if n != "folder")
+    _need(cfg.source != "folder", "source", cfg.source, f"your own images can be the target (dataset=folder, "
+          f"folder=<path>), not the pretraining source; choose 'imagenet' or one of {sources}")
     _need(cfg.source in DATASETS or cfg.source == "imagenet", "source", cfg.source,
-          f"choose 'imagenet' or one of {sorted(DATASETS)}")
+          f"choose 'imagenet' or one of {sources}")
     _need(cfg.source != "imagenet" or cfg.backbone == "resnet50", "source", cfg.source,
           "ImageNet weights exist for backbone=resnet50 only")
     _need(cfg.dataset not in cfg.source.split("+") or not METHODS[cfg.method].from_source, "source", cfg.source,
@@ -59,6 +62,12 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _need(0 < v <= 1.0 and v == v, name, v, "must be a learning rate in (0, 1]")
     _need(cfg.gp_lambda >= 0, "gp_lambda", cfg.gp_lambda, "must be >= 0")
+    _need(0 <= cfg.sgd_momentum < 1, "sgd_momentum", cfg.sgd_momentum, "must lie in [0, 1) (the paper: 0.9)")
+    for name in ("reg_alpha", "reg_beta"):  # a negative weight would reward moving away from the source
+        _need(getattr(cfg, name) >= 0, name, getattr(cfg, name), "must be >= 0")
+    _need(cfg.pretrain_steps > 0 or cfg.source == "imagenet" or not METHODS[cfg.method].from_source,
+          "pretrain_steps", cfg.pretrain_steps, f"source={cfg.source} is trained here: 0 steps would leave E_S and "
+          "C_S at their random initialisation; give a positive count (the presets: 1500-2000)")
     _need(cfg.ratio >= 1.0, "ratio", cfg.ratio, "must be >= 1 (n_max / n_min)")
     _need(cfg.imbalance in CHOICES["imbalance"], "imbalance", cfg.imbalance, "choose step, longtail or none")
     _need(cfg.short_classes in CHOICES["short_classes"], "short_classes", cfg.short_classes,
@@ -87,8 +96,8 @@ def validate(cfg: Config) -> Config:
           "Original trains from scratch: there is no source model to regularise towards; use auto or none")
     _need(cfg.method != "delta" or cfg.transfer_reg in ("auto", "delta"), "transfer_reg", cfg.transfer_reg,
           "DELTA is fine-tuning with DELTA's regulariser; use auto or delta (finetune is DELTA without it)")
-    _need(0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "adam_betas", (cfg.adam_beta1, cfg.adam_beta2),
-          "must lie in [0, 1)")
+    for name in ("adam_beta1", "adam_beta2"):
+        _need(0 <= getattr(cfg, name) < 1, name, getattr(cfg, name), "must lie in [0, 1) (the paper: 0.5, 0.9)")
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
           "choose auto, cpu, cuda or cuda:N")
     _need(all(isinstance(c, int) and c >= 0 for c in cfg.majority), "majority", cfg.majority,

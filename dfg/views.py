@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,16 +115,6 @@ def format_seconds(sec: float) -> str:
 
 
 # -- starting, stopping, resuming -----------------------------------------------------------------
-def new_run_id(cfg: Config, root: str | Path) -> str:
-    """<time>-<preset>-<method>-s<seed>, with -2, -3... when that id is taken (two starts in one second)."""
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{cfg.method}-s{cfg.seed}"
-    rid, n = base, 1
-    while (Path(root) / rid).exists():
-        n += 1
-        rid = f"{base}-{n}"
-    return rid
-
-
 def start_run(cfg: Config, root: str | Path, run_id: str | None = None) -> Run:
     """Check the config and its data (dfg.jobs.submit: nothing is created when that fails), create the run
     folder and launch its background worker. threads=0 while another run trains becomes 1: several torch
@@ -135,7 +124,7 @@ def start_run(cfg: Config, root: str | Path, run_id: str | None = None) -> Run:
     if cfg.threads == 0 and any(r.status().get("state") in ACTIVE for r in list_runs(root)):
         cfg = replace(cfg, threads=1)
     cfg = with_absolute_data_root(cfg)  # a relative root would be looked up from wherever eval or resume runs
-    return submit(cfg, root, run_id or new_run_id(cfg, root))
+    return submit(cfg, root, run_id)
 
 
 def all_core_runs(root: str | Path) -> list[str]:

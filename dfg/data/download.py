@@ -13,17 +13,40 @@ def download_dataset(name: str, root: str | os.PathLike = "data") -> str:
     Offline sets (glyphs, mnist5k, digits) need nothing; Fashion-MNIST from Debian is left untouched."""
     get_spec(name)
     root = Path(root)
+    before = _folders(root)
     try:
         return _download(name, root)
     except DataError:
+        _remove_new_empty_folders(root, before)
         raise
     except (NotADirectoryError, FileExistsError, PermissionError) as e:  # the data root, not the network
+        _remove_new_empty_folders(root, before)
         raise DataError(f"cannot write {name!r} into {root} ({type(e).__name__}: {e.strerror or e}); choose a "
                         "--data-root folder you can write to") from None
-    except Exception as e:   # URLError, HTTPError, socket timeouts, checksum failures…
+    except BaseException as e:   # URLError, HTTPError, socket timeouts, checksum failures, Ctrl-C…
+        _remove_new_empty_folders(root, before)  # an offline machine left an empty <root>/<name>/ behind
+        if not isinstance(e, Exception):
+            raise
         raise DataError(f"could not download {name!r} into {root}: {type(e).__name__}: {e}. This machine may be "
                         f"offline; on a machine with internet run `python -m dfg data --download {name} "
                         f"--data-root {root}` and copy {root} over") from None
+
+
+def _folders(root: Path) -> set[Path]:
+    """Every folder under root (root itself included) that exists now."""
+    if not root.is_dir():
+        return set()
+    return {root} | {p for p in root.rglob("*") if p.is_dir()}
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
+    """Remove the folders a failed download made that hold no file: deepest first, so empty trees go too.
+    Folders that were there before, or that hold a file (a partial archive), stay."""
+    for p in sorted(_folders(root) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            p.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass
 
 
 def _download(name: str, root: Path) -> str:
