@@ -43,6 +43,9 @@ def config_from_args(args) -> Config:
     if env := _env_data_root(overrides):
         overrides["data_root"] = env
     cfg = make_config(args.preset, overrides)
+    from .validation import unused_fields
+    for note in unused_fields(cfg, overrides):
+        print(f"note: {note}", file=sys.stderr)
     return with_absolute_data_root(cfg)
 
 

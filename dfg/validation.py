@@ -103,3 +103,28 @@ def validate(cfg: Config) -> Config:
     _need(all(isinstance(c, int) and c >= 0 for c in cfg.majority), "majority", cfg.majority,
           "must be class indices >= 0")
     return cfg
+
+
+# Fields only some methods read (checked against dfg/methods/): a value given for a method that does not read
+# it is kept in config.json but changes nothing, which `unused_fields` says.
+_ATTENTION = ("rho", "delta", "n_w", "fw_per_class", "official_discard_rho", "official_unscaled_weights",
+              "official_loss_gate")                                           # DFG's class-wise attention
+_GAN = ("n_critic", "gp_lambda", "lr_generator", "lr_critic", "n_c1", "n_c2", "alpha", "beta", "gamma")
+_DIFA = ("difa_level", "difa_critic", "difa_phase_fraction")
+
+
+def unused_fields(cfg: Config, given) -> list[str]:
+    """The fields among `given` (those the user set) that this run does not read: one note per group, naming
+    the fields and who reads them ([] when all are used)."""
+    given = set(given)
+    groups = {"dfg": [(_DIFA, "DIFA+cMWGAN")], "difa_cmwgan": [(_ATTENTION, "DFG's filter-weight attention")]}.get(
+        cfg.method, [(_ATTENTION + _GAN, "the GAN methods (DFG, DIFA+cMWGAN)"), (_DIFA, "DIFA+cMWGAN")])
+    if cfg.optimizer_ec != "sgd":
+        groups.append((("sgd_momentum", "lr_drop_at"), "E and C's SGD (optimizer_ec=sgd)"))
+    notes = []
+    for names, who in groups:
+        if hit := [n for n in names if n in given]:
+            one = len(hit) == 1
+            notes.append(f"{', '.join(hit)} {'is' if one else 'are'} read by {who} only: this run (method="
+                         f"{cfg.method}, optimizer_ec={cfg.optimizer_ec}) ignores {'it' if one else 'them'}")
+    return notes

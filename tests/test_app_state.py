@@ -190,3 +190,12 @@ def test_a_class_without_test_images_has_no_recall_bar(tiny):
     assert bars.y[3] is None and bars.text[3] == "" and bars.y[2] == ev["per_class_recall"][2]
     assert any(a.text == "no test images" for a in fig.layout.annotations)
     assert recall_rows(run, ev)[3]["recall"] is None and recall_rows(run, ev)[2]["recall"] is not None
+
+
+def test_the_train_form_notes_a_value_the_method_does_not_read(tiny, monkeypatch):
+    root, data_root = tiny
+    at = goto(app_on(root, data_root, monkeypatch), "train")
+    at.selectbox(key="train.method").select("original").run()
+    assert not at.info or not any("ignores" in i.value for i in at.info)
+    at.number_input(key="train.demo.original.rho").set_value(0.5).run()
+    assert any(i.value.startswith("rho is read by the GAN methods") for i in at.info)

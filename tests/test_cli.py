@@ -197,3 +197,18 @@ def test_eval_of_a_gpu_run_on_a_cpu_says_to_add_device_cpu(tiny_dfg_run, tmp_pat
     (tmp_path / "g" / "config.json").write_text(json.dumps({**cfg, "device": "cuda"}))
     assert cli.main(["eval", "g", "--runs-dir", str(tmp_path)]) == 2
     assert "evaluate here with --device cpu" in capsys.readouterr().err
+
+
+def test_a_value_the_method_does_not_read_is_noted(capsys):
+    """--set rho=0.2 for Original, difa_level for DFG, sgd_momentum under Adam: accepted before without a word."""
+    from dfg.validation import unused_fields
+    args = cli.build_parser().parse_args(["train", "--set", "method=original", "--set", "rho=0.2", "--n-c1", "7",
+                                          "--set", "steps=30", "--set", "sgd_momentum=0.5"])
+    cli.config_from_args(args)
+    err = capsys.readouterr().err
+    assert "note: rho, n_c1 are read by the GAN methods (DFG, DIFA+cMWGAN) only" in err
+    assert "note: sgd_momentum is read by E and C's SGD (optimizer_ec=sgd) only" in err and "steps" not in err
+    assert unused_fields(make_config("demo", {"method": "difa_cmwgan"}), ["rho", "n_c1", "gp_lambda"]) == [
+        "rho is read by DFG's filter-weight attention only: this run (method=difa_cmwgan, optimizer_ec=adam) "
+        "ignores it"]
+    assert unused_fields(make_config("demo"), ["rho", "n_c1", "delta", "n_w"]) == []
