@@ -14,7 +14,8 @@ import torch
 from torch.nn import functional as F
 
 from .projections import PRE_PCA, PROJECTIONS, one_thread, pca, project
-from .restored import checkpoint_key, hover_images, image_uri, restore_cached, thumbnail  # noqa: F401
+from .restored import (INSPECT_WHY, checkpoint_key, hover_images, image_uri, restore_cached,  # noqa: F401
+                       thumbnail)
 from .runstore import Run, atomic_write_bytes
 
 MAX_DIM = 16384   # wider feature maps (ResNet-50: 256×56×56) are average-pooled to ≤ this many values
@@ -158,7 +159,7 @@ def clear_cache() -> None:
 
 
 # bumped when what an entry holds changes: 2 = as many generated points as real ones, kNN on the features
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: entries hold the config they were computed with
 
 
 def _disk_path(run: Run, step: int, method: str, n: int, seed: int):
@@ -210,6 +211,10 @@ def embed_run(run: Run, method: str = "pca", n: int = 1000, seed: int = 0, progr
         entry, source = _compute(run, ckpt, method, n, seed, device, progress), None
         if disk_cache:
             _save_disk(run, ckpt, entry)
+    # an entry (or its features) may come from an earlier restore: config.json must still be what it trained with
+    from .config import from_dict
+    from .loop import refuse_changed_config
+    refuse_changed_config(run, entry["config"], entry["step"], from_dict(run.config()), INSPECT_WHY)
     _remember(_memory, key, entry, MEMORY_ENTRIES)
     if images and "images" not in entry:
         progress(0.95, "encoding hover images")
@@ -220,8 +225,8 @@ def embed_run(run: Run, method: str = "pca", n: int = 1000, seed: int = 0, progr
 
 def run_data(run: Run, device=None):
     """The run's DataBundle: from a restored run when one is cached, else rebuilt (no source model)."""
-    from .restored import cached_runs
-    if any(k[:3] == checkpoint_key(run) and k[3] == str(device) for k in cached_runs()):
+    from .restored import cached_runs, inspect_device
+    if any(k[:3] == checkpoint_key(run) and k[3] == str(inspect_device(device)) for k in cached_runs()):
         return restore_cached(run, device)[1]
     from .config import from_dict
     from .loop import load_data
@@ -238,6 +243,7 @@ def _compute(run: Run, ckpt: tuple, method: str, n: int, seed: int, device, prog
         fs = collect_features(m, data, n_real=n, seed=seed, device=device)
         progress(0.4, "scoring label agreement and real/generated separability")
         meta = {"run_id": run.id, "step": int(step), "n": n, "seed": seed, "class_names": list(data.class_names),
+                "config": cfg.to_dict(),  # what restore checked against the checkpoint: a later hit is checked too
                 "has_generator": has_generator(m), "metrics": feature_metrics(fs, seed=seed),
                 "feature_name": m.feature_name, "weighted": getattr(m, "channel_weights", lambda: None)() is not None}
         hit = _remember(_features, fkey, (fs, meta), FEATURE_ENTRIES)
@@ -254,5 +260,5 @@ def _as_result(entry: dict, source: str | None) -> dict:
               "kind": ["real" if r else "generated" for r in entry["is_real"]], "index": entry["index"]}
     if "images" in entry:
         points["image"] = entry["images"]
-    meta = {k: v for k, v in entry.items() if k not in ("xy", "labels", "is_real", "index", "images")}
+    meta = {k: v for k, v in entry.items() if k not in ("xy", "labels", "is_real", "index", "images", "config")}
     return {"points": points, **meta, "cache": source}

@@ -2,6 +2,7 @@
 predictions, the same test images compared across runs, and heat maps blended over the image."""
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from .restored import restore_cached, to_rgb
 from .runstore import Run
 
 FILTERS = ("all", "minority", "misclassified")
+_HOOKS = threading.Lock()  # Grad-CAM hooks a layer of a restored (shared) network
 
 
 class Composed(nn.Module):
@@ -207,8 +209,9 @@ def compare_runs(runs: Sequence[Run], indices: Sequence[int] | None = None, *, o
     per_run, layers = [], []
     for i, (cfg, data, method, step) in enumerate(restored):
         progress(0.6 + 0.4 * i / len(restored), f"Grad-CAM for run {runs[i].id}")
-        per_run.append(gradcam(method, x))
-        layers.append(describe_layer(method, x))
+        with _HOOKS:  # restored nets are shared by every session: one hooked pass at a time
+            per_run.append(gradcam(method, x))
+            layers.append(describe_layer(method, x))
     names = ref[1].class_names
     images = [to_rgb(img) for img in x]
     out = []

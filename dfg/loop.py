@@ -111,10 +111,16 @@ def check_config_unchanged(run: Run, ckpt: dict, cfg: Config, why: str) -> None:
     """Refuse a config.json edited after the checkpoint was written (checkpoints since 2026-11-29 hold their
     config), BOOKKEEPING fields aside: the fields are named, then `why`."""
     if isinstance(ckpt["state"].get("config"), dict):
-        changed = changed_fields(from_dict(ckpt["state"]["config"]), cfg)
-        if changed:
-            raise CheckpointError(f"run {run.id}'s config.json was changed after its checkpoint at step "
-                                  f"{ckpt['step']} ({'; '.join(changed)}): {why}")
+        refuse_changed_config(run, ckpt["state"]["config"], ckpt["step"], cfg, why)
+
+
+def refuse_changed_config(run: Run, trained: dict, step: int, cfg: Config, why: str) -> None:
+    """CheckpointError naming the fields (BOOKKEEPING aside) where `cfg` differs from the config the checkpoint
+    at `step` was trained with (`trained`, as config.json holds it)."""
+    changed = changed_fields(from_dict(trained), cfg)
+    if changed:
+        raise CheckpointError(f"run {run.id}'s config.json was changed after its checkpoint at step "
+                              f"{step} ({'; '.join(changed)}): {why}")
 
 
 def _minority(data) -> tuple[int, ...]:

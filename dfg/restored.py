@@ -13,10 +13,16 @@ import torch
 
 from .runstore import Run, RunError
 
-MAX_RUNS = 4  # restored (cfg, data, method, step) kept; ResNet-50 runs hold ~100 MB of weights each
+MAX_RUNS = 5  # restored (cfg, data, method, step) kept: one per Grad-CAM column; a ResNet-50 run holds ~100 MB
 
 _cache: OrderedDict[tuple, tuple] = OrderedDict()
 _lock = threading.Lock()  # one restore at a time: two page reruns must not both spend seconds on one run
+
+
+# why eval and the inspectors refuse a config.json edited after the checkpoint
+INSPECT_WHY = ("its weights were trained with the old values, and another dataset, test subset or class split "
+               "would be evaluated under this run's name. Put the old values back, or train a new run with the new "
+               "ones")
 
 
 def checkpoint_key(run: Run) -> tuple[str, int, int]:
@@ -43,17 +49,22 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     validate(cfg)  # a hand-edited config.json gets the same checks as a new run's
     device = resolve_device(device or cfg.device) if isinstance(device, (str, type(None))) else device
     ckpt = load_checkpoint(run.checkpoint_path, backbone=cfg.backbone, method=cfg.method, map_location=device)
-    check_config_unchanged(run, ckpt, cfg, "its weights were trained with the old values, and another dataset, "
-                           "test subset or class split would be evaluated under this run's name. Put the old "
-                           "values back, or train a new run with the new ones")
+    check_config_unchanged(run, ckpt, cfg, INSPECT_WHY)
     data, method = setup(cfg, device, log, with_source=False)
     load_method_state(method, ckpt, run.checkpoint_path)
     method.eval()
     return cfg, data, method, ckpt["step"]
 
 
+def inspect_device(device: torch.device | str | None) -> torch.device | str:
+    """Where the inspectors restore a run: `device`, else "auto" (the app's machine), not the run's own: a run
+    trained on a GPU is inspected on a machine without one."""
+    return "auto" if device is None else device
+
+
 def restore_cached(run: Run, device: torch.device | str | None = None):
-    """`restore(run, device)` -> (cfg, data, method, step), memoised per checkpoint and device."""
+    """`restore(run, device)` -> (cfg, data, method, step), memoised per checkpoint and device (inspect_device)."""
+    device = inspect_device(device)
     key = (*checkpoint_key(run), str(device))
     with _lock:
         if key in _cache:

@@ -21,9 +21,12 @@ def has_checkpoint(run: Run) -> bool:
     return run.checkpoint_path.exists()
 
 
-def checkpoint_stamp(run: Run) -> int:
-    """Changes whenever the worker writes a new checkpoint (part of the app's cache keys)."""
-    return run.checkpoint_path.stat().st_mtime_ns if run.checkpoint_path.exists() else 0
+def checkpoint_stamp(run: Run) -> tuple:
+    """Changes whenever the worker writes a new checkpoint, or config.json changes (a hand edit, a run made
+    again under the id): part of the app's cache keys, so a page never serves a result the run's files no
+    longer give (an edited config.json is then refused by the restore)."""
+    ckpt = run.checkpoint_path.stat().st_mtime_ns if run.checkpoint_path.exists() else 0
+    return ckpt, run.identity()
 
 
 def points_frame(result: dict) -> pd.DataFrame:
@@ -146,5 +149,6 @@ def gradcam_grid(entries: list[dict]) -> list[dict]:
                                            "cells": []})
         mark = "✓" if e["correct"] else "✗"
         row["cells"].append({"title": method_label(e["method"]), "overlay": e["overlay"], "correct": e["correct"],
-                             "caption": f"{mark} {e['pred_name']} ({e['conf']:.0%})", "run_id": e["run_id"]})
+                             "caption": f"{mark} {e['pred_name']} ({e['conf']:.0%})", "run_id": e["run_id"],
+                             "step": e["step"]})
     return list(rows.values())

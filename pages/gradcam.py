@@ -1,5 +1,7 @@
 """Grad-CAM page (paper Fig. 3-4): the same test images through Original, Fine-tuning, DELTA and DFG (and
 DIFA+cMWGAN) checkpoints side by side, each map for the predicted class, with its label and confidence."""
+import zlib
+
 import streamlit as st
 
 from dfg.gradcam import compare_runs
@@ -23,20 +25,26 @@ dataset = selected.get("dataset")
 options = comparable_runs(root, selected)
 st.caption(f"Runs with a checkpoint on **{dataset}** and the same test images as {run_id} (backbone, limit_test), "
            "one per method (newest first). Each map is for the class the run predicts.")
+if selected.get("method") in GRADCAM_METHODS and run_id not in options[selected["method"]]:
+    st.info(f"{run_id} has no checkpoint yet: its column offers the other {method_label(selected['method'])} runs.")
 cols = st.columns(len(GRADCAM_METHODS))
 chosen, picked = [], {}  # picked: run id -> the method column it was picked in
 for col, m in zip(cols, GRADCAM_METHODS):
     ids = options[m]
+    # keyed by the sidebar run (its pick preselects itself), the folder and the offered runs: a run that gets
+    # its first checkpoint, or another folder with this id, offers its runs afresh instead of a stale "—"
+    scope = zlib.crc32(repr((str(root), Run(root, run_id).identity(), ids)).encode())
     pick = col.selectbox(method_label(m), ["—"] + ids,
                          index=ids.index(run_id) + 1 if run_id in ids else 1 if ids else 0,
-                         key=f"cam.{m}.{run_id}")  # per sidebar run: a new sidebar pick preselects itself
+                         key=f"cam.{m}.{run_id}.{scope}")
     if pick != "—":
         chosen.append(pick)
         picked[pick] = m
 c = st.columns([4, 2, 1])
+first = chosen[0] if chosen else "the first run"
 only = c[0].radio("Images", ["all", "minority", "misclassified"], horizontal=True, key="cam.only",
-                  format_func={"all": "all", "minority": "minority classes",
-                               "misclassified": "misclassified by the first run"}.get)
+                  format_func={"all": "all", "minority": f"minority classes of {first}",
+                               "misclassified": f"misclassified by {first}"}.get)
 count = c[1].slider("How many", 2, 16, 6, key="cam.count")
 seed = c[2].number_input("Image draw (seed)", 0, 10_000, 0, key="cam.seed", help="which test images are shown")
 if not chosen:
@@ -64,7 +72,12 @@ except (ValueError, RuntimeError, IndexError) as e:
 if not entries:
     st.info("No test image matches this filter.")
 st.caption(gradcam_layer_caption(entries))
-for row in gradcam_grid(entries):
+grid = gradcam_grid(entries)
+if grid:  # which checkpoint each column shows: a run still training moves on between reruns
+    cols = st.columns(1 + len(GRADCAM_METHODS))
+    for cell in grid[0]["cells"]:
+        cols[1 + GRADCAM_METHODS.index(picked[cell["run_id"]])].caption(f"{cell['run_id']}, step {cell['step']}")
+for row in grid:
     cols = st.columns(1 + len(GRADCAM_METHODS))  # fixed grid: images keep their size whatever is picked
     cols[0].image(row["image"], caption=f"test #{row['index']}: true {row['label_name']}", width=120)
     for cell in row["cells"]:

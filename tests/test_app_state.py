@@ -21,7 +21,7 @@ from test_app import app_on, goto
 @pytest.fixture
 def tiny(tiny_dfg_run, tmp_path):
     """(runs folder with a copy of the tiny run as "tiny", data root)."""
-    shutil.copytree(tiny_dfg_run.run.path, tmp_path / "runs" / "tiny", ignore=shutil.ignore_patterns("checkpoint*"))
+    shutil.copytree(tiny_dfg_run.run.path, tmp_path / "runs" / "tiny")
     return tmp_path / "runs", tiny_dfg_run.data_root
 
 
@@ -199,3 +199,51 @@ def test_the_train_form_notes_a_value_the_method_does_not_read(tiny, monkeypatch
     assert not at.info or not any("ignores" in i.value for i in at.info)
     at.number_input(key="train.demo.original.rho").set_value(0.5).run()
     assert any(i.value.startswith("rho is read by the GAN methods") for i in at.info)
+
+
+def test_grad_cam_offers_a_run_that_gets_its_checkpoint_and_names_each_columns_step(tiny, monkeypatch):
+    """Before, a column's picker kept its value when the runs it offers changed (a run got its first
+    checkpoint; another folder with this id): a stale "—" hid them. The page named no checkpoint step."""
+    from test_app import cam_picker
+    root, data_root = tiny
+    shutil.copytree(root / "tiny", root / "d2", ignore=shutil.ignore_patterns("checkpoint*"))
+    at = app_on(root, data_root, monkeypatch)
+    at.selectbox(key="sidebar.run").select("tiny").run()
+    goto(at, "gradcam")
+    assert cam_picker(at, "dfg", "tiny").options == ["—", "tiny"]
+    cam_picker(at, "dfg", "tiny").select("—").run()
+    shutil.copy(root / "tiny" / "checkpoint.pt", root / "d2" / "checkpoint.pt")  # d2's first checkpoint
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    picker = cam_picker(at, "dfg", "tiny")
+    assert picker.options[0] == "—" and sorted(picker.options[1:]) == ["d2", "tiny"] and picker.value == "tiny"
+    step = json.loads((root / "tiny" / "final.json").read_text())["last"]["step"]
+    assert f"tiny, step {step}" in [c.value for c in at.caption]
+
+
+def test_embeddings_refuse_a_config_edited_after_their_cached_result(tiny, monkeypatch):
+    """Before, a cached embedding (on disk, or in the page's cache) was shown for an edited config.json, with
+    the hover images of another test subset or an IndexError."""
+    from dfg.embeddings import embed_run
+    from dfg.checkpoint import CheckpointError
+    root, data_root = tiny
+    run = Run(root, "tiny")
+    first = embed_run(run, n=100)
+    assert first["cache"] is None and embed_run(run, n=100)["cache"] == "memory"
+    edit(root, "tiny", "config.json", limit_test=100)
+    with pytest.raises(CheckpointError, match="limit_test: 200 -> 100"):
+        embed_run(Run(root, "tiny"), n=100)
+    at = app_on(root, data_root, monkeypatch)
+    goto(at, "embeddings")
+    assert any("limit_test: 200 -> 100" in e.value for e in at.error)
+
+
+def test_a_run_trained_on_a_gpu_is_inspected_on_a_machine_without_one(tiny, monkeypatch):
+    import torch
+    root, data_root = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    edit(root, "tiny", "config.json", device="cuda")
+    at = app_on(root, data_root, monkeypatch)
+    for page in ("embeddings", "gradcam"):
+        goto(at, page)
+        assert not at.error, (page, [e.value for e in at.error])
