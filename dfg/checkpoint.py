@@ -101,3 +101,21 @@ def load_method_state(method, ckpt: dict, path: Path) -> None:
         first = (str(e).splitlines() or [""])[0][:300]
         raise CheckpointError(f"checkpoint {path} does not fit this run's networks ({type(e).__name__}: {first}); "
                               "it was written for another setting or edited") from None
+
+
+def check_config_unchanged(run, ckpt: dict, cfg, why: str) -> None:
+    """Refuse a config.json edited after the checkpoint was written (checkpoints since 2026-11-29 hold their
+    config), BOOKKEEPING fields aside: the fields are named, then `why`."""
+    if isinstance(ckpt["state"].get("config"), dict):
+        refuse_changed_config(run, ckpt["state"]["config"], ckpt["step"], cfg, why)
+
+
+def refuse_changed_config(run, trained: dict, step: int, cfg, why: str) -> None:
+    """CheckpointError naming the fields (BOOKKEEPING aside) where `cfg` differs from the config the checkpoint
+    at `step` was trained with (`trained`, as config.json holds it)."""
+    from .config import changed_fields, from_dict
+
+    changed = changed_fields(from_dict(trained), cfg)
+    if changed:
+        raise CheckpointError(f"run {run.id}'s config.json was changed after its checkpoint at step "
+                              f"{step} ({'; '.join(changed)}): {why}")

@@ -213,7 +213,7 @@ def embed_run(run: Run, method: str = "pca", n: int = 1000, seed: int = 0, progr
             _save_disk(run, ckpt, entry)
     # an entry (or its features) may come from an earlier restore: config.json must still be what it trained with
     from .config import from_dict
-    from .loop import refuse_changed_config
+    from .checkpoint import refuse_changed_config
     refuse_changed_config(run, entry["config"], entry["step"], from_dict(run.config()), INSPECT_WHY)
     _remember(_memory, key, entry, MEMORY_ENTRIES)
     if images and "images" not in entry:

@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_method_state, save_checkpoint
-from .config import Config, ConfigError, changed_fields, from_dict
+from .checkpoint import check_config_unchanged, load_checkpoint, load_method_state, save_checkpoint
+from .config import Config, ConfigError
 from .filter_weights import balanced_sample
 from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
@@ -105,22 +105,6 @@ def setup(cfg: Config, device: torch.device, log=print, on_weights=None, data=No
                        class_counts=tuple(int(c["kept"]) for c in data.class_counts),
                        log_weights=on_weights or (lambda step, **a: None))
     return data, METHODS[cfg.method](ctx)
-
-
-def check_config_unchanged(run: Run, ckpt: dict, cfg: Config, why: str) -> None:
-    """Refuse a config.json edited after the checkpoint was written (checkpoints since 2026-11-29 hold their
-    config), BOOKKEEPING fields aside: the fields are named, then `why`."""
-    if isinstance(ckpt["state"].get("config"), dict):
-        refuse_changed_config(run, ckpt["state"]["config"], ckpt["step"], cfg, why)
-
-
-def refuse_changed_config(run: Run, trained: dict, step: int, cfg: Config, why: str) -> None:
-    """CheckpointError naming the fields (BOOKKEEPING aside) where `cfg` differs from the config the checkpoint
-    at `step` was trained with (`trained`, as config.json holds it)."""
-    changed = changed_fields(from_dict(trained), cfg)
-    if changed:
-        raise CheckpointError(f"run {run.id}'s config.json was changed after its checkpoint at step "
-                              f"{step} ({'; '.join(changed)}): {why}")
 
 
 def _minority(data) -> tuple[int, ...]:

@@ -42,7 +42,8 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     (its data, its pretraining, the head re-fit) is never needed to inspect or evaluate a run."""
     from .checkpoint import load_checkpoint, load_method_state
     from .config import from_dict
-    from .loop import check_config_unchanged, resolve_device, setup
+    from .checkpoint import check_config_unchanged
+    from .loop import resolve_device, setup
     from .validation import validate
 
     cfg = from_dict(run.require().config())
