@@ -110,7 +110,8 @@ def _train_here(cfg: Config, run, runs_dir, **kw) -> int:
                         "steps)", 130)
     bar.close()
     if status["state"] == "stopped" and sigterm_stopped(run):
-        return _report(run, status, _stopped(run, runs_dir, "stopped by SIGTERM", "there (checkpoint written)", 143))
+        where = "there (checkpoint written)" if run.checkpoint_path.exists() else "the start (no checkpoint yet)"
+        return _report(run, status, _stopped(run, runs_dir, "stopped by SIGTERM", where, 143))
     return _report(run, status)
 
 
@@ -171,6 +172,8 @@ def _reporting_changes(run, cfg: Config, sets: list[str]) -> Config:
     if pid := worker_busy(run):
         raise RunBusyError(f"run {run.id!r} is being trained by another process (pid {pid}); stop it first")
     cfg = with_absolute_data_root(validate(dataclasses.replace(cfg, **changes)))
+    from .loop import resolve_device
+    resolve_device(cfg.device)  # a device this machine lacks is refused before config.json is written
     run.write_json("config.json", cfg.to_dict())
     return cfg
 

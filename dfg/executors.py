@@ -48,7 +48,8 @@ def work(runs_dir: str, run_id: str) -> dict:
 def outcome(run: Run, seconds: float, error: str | None = None) -> dict:
     """One finished task, as reported per line and in the sweep summary."""
     s = run.status()
-    last = run.read_record("final.json").get("last") or {}
+    last = run.read_record("final.json").get("last")
+    last = last if isinstance(last, dict) else {}
     if not error and (pid := worker_busy(run, s)):  # another process trains the run
         return {"run_id": run.id, "state": "running elsewhere", "top1": None, "seconds": seconds,
                 "error": f"another process (pid {pid}) is training it; its outcome is not this sweep's"}

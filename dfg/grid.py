@@ -100,8 +100,8 @@ def _majority_sets(preset: str, sets: dict, combos: str | None) -> list[tuple[in
     from .data import DATASETS, majority_combinations
 
     cfg = make_config(preset, sets)
-    if cfg.imbalance == "none":
-        return [None]  # a balanced dataset has no majority classes to choose
+    if cfg.imbalance != "step":
+        return [None]  # balanced or long-tailed data: no majority classes to choose
     n = DATASETS[cfg.dataset].num_classes
     if not n:
         raise ConfigError(f"--majority-combos needs a dataset with known classes; {cfg.dataset!r} has none")

@@ -112,7 +112,7 @@ def create_checked(cfg, runs_dir: str | Path, run_id: str | None = None):
     run = Run(runs_dir, new_run_id(cfg, runs_dir) if run_id is None else run_id)  # checks the id
     if run.id in RESERVED_IDS:
         raise RunError(f"run id {run.id!r} is the name of the runs folder's {run.id}/ folder; choose another id")
-    if run.path.exists():
+    if run_id is not None and run.path.exists():  # an automatic id taken meanwhile gets a suffix below
         what = "" if run.exists() else " as a folder that is not a run (no config.json)"
         raise RunError(f"run {run.id!r} already exists in {run.root}{what}; choose another id"
                        + (" or resume it" if not what else ""))

@@ -106,14 +106,12 @@ class Run:
             shutil.rmtree(tmp, ignore_errors=True)
         return run
 
-    def identity(self) -> tuple | None:
-        """Which folder this is beyond its path: config.json's inode and modification time (written once, at
-        creation). A run deleted and made again under the same id has another; None without config.json."""
-        try:
-            st = (self.path / "config.json").stat()
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino, st.st_mtime_ns
+    def identity(self) -> float | None:
+        """Which run this is beyond its path: its creation time, which status.json keeps for the run's life
+        (config.json may be rewritten: `resume --set`). A run deleted and made again under the same id has
+        another; None when status.json does not say."""
+        created = self.raw_status().get("created")
+        return created if is_number(created) else None
 
     def exists(self) -> bool:
         return (self.path / "config.json").exists()

@@ -47,6 +47,12 @@ def run_row(run: Run, keys=()) -> dict:
     return row
 
 
+def setting_text(v) -> str:
+    """A config value as compared between runs: numbers as floats, so ratio 10 (a preset's) and 10.0 (the app
+    form's) are one setting."""
+    return repr(float(v)) if is_number(v) else repr(v)
+
+
 def varied_keys(configs: list[dict]) -> list[str]:
     """Config fields whose value differs between runs of one (preset, dataset, method), replicates excluded."""
     seen: dict[tuple, dict[str, set]] = {}
@@ -54,7 +60,7 @@ def varied_keys(configs: list[dict]) -> list[str]:
         per = seen.setdefault((c.get("preset"), c.get("dataset"), c.get("method")), {})
         for k, v in c.items():
             if k not in REPLICATE_KEYS:
-                per.setdefault(k, set()).add(repr(v))
+                per.setdefault(k, set()).add(setting_text(v))
     return sorted({k for per in seen.values() for k, vals in per.items() if len(vals) > 1})
 
 
@@ -100,7 +106,7 @@ def summarise(runs: list[Run], by: list[str] | None = None, rows: list[dict] | N
     rows = rows if rows is not None else [run_row(r, by) for r in runs]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["preset"], row["dataset"], row["method"], *(repr(row.get(k)) for k in by)),
+        groups.setdefault((row["preset"], row["dataset"], row["method"], *(setting_text(row.get(k)) for k in by)),
                           []).append(row)
     out = []
     for members in groups.values():

@@ -197,6 +197,8 @@ def field_of_error(err: Exception) -> str:
 def build_config(preset: str, values: dict) -> tuple[Config | None, str, str]:
     """(config, "", "") when the form's values are valid, else (None, field, message)."""
     values = {k: v for k, v in values.items() if k != "preset"}
+    if str(values.get("majority") or "").strip():  # the form always sends a count: given classes decide it
+        values.pop("num_majority", None)
     try:
         return make_config(preset, values), "", ""
     except ConfigError as e:

@@ -25,8 +25,12 @@ def checkpoint_stamp(run: Run) -> tuple:
     """Changes whenever the worker writes a new checkpoint, or config.json changes (a hand edit, a run made
     again under the id): part of the app's cache keys, so a page never serves a result the run's files no
     longer give (an edited config.json is then refused by the restore)."""
-    ckpt = run.checkpoint_path.stat().st_mtime_ns if run.checkpoint_path.exists() else 0
-    return ckpt, run.identity()
+    def stamp(path):
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return 0
+    return stamp(run.checkpoint_path), stamp(run.path / "config.json")
 
 
 def points_frame(result: dict) -> pd.DataFrame:

@@ -205,7 +205,7 @@ def rho_accuracy(root: str | Path, run: Run) -> tuple[list[dict], str]:
     setting other than ρ and the replicate keys, tables.REPLICATE_KEYS, equal to the run's), grouped by ρ via
     dfg.tables.summarise (top-1 mean ± std in %). Returns (rows, note): rows are empty unless two ρ have
     results; the note names the DFG runs of the preset left out because another setting differs."""
-    from .tables import summarise, varied_keys
+    from .tables import setting_text, summarise, varied_keys
 
     cfg, runs = run.config(), []
     for r in readable_runs(list_runs(root))[0]:
@@ -214,7 +214,7 @@ def rho_accuracy(root: str | Path, run: Run) -> tuple[list[dict], str]:
                 and is_number(c.get("rho")) and np.isfinite(c["rho"]):  # a hand-edited ρ of another type: left out
             runs.append((r, c))
     others = [k for k in varied_keys([c for _, c in runs] + [cfg]) if k != "rho"]
-    differ = {r.id: [k for k in others if repr(c.get(k)) != repr(cfg.get(k))] for r, c in runs}
+    differ = {r.id: [k for k in others if setting_text(c.get(k)) != setting_text(cfg.get(k))] for r, c in runs}
     same = [r for r, _ in runs if not differ[r.id]]
     keys = sorted({k for ks in differ.values() for k in ks})
     left = len(runs) - len(same)

@@ -212,3 +212,43 @@ def test_a_value_the_method_does_not_read_is_noted(capsys):
         "rho is read by DFG's filter-weight attention only: this run (method=difa_cmwgan, optimizer_ec=adam) "
         "ignores it"]
     assert unused_fields(make_config("demo"), ["rho", "n_c1", "delta", "n_w"]) == []
+
+
+def test_majority_sets_apply_to_step_imbalance_only_and_the_form_derives_their_count():
+    """A review of this pass's changes: a sweep over imbalance=longtail with --majority-combos was refused (its
+    cells got majority sets), and the Train form (which always sends a count) refused three typed classes."""
+    from dfg import views
+    from dfg.grid import _majority_sets
+    assert _majority_sets("demo", {"imbalance": "longtail"}, "2") == [None]
+    assert len(_majority_sets("demo", {}, "2")) == 2
+    cfg, field, message = views.build_config("demo", {"method": "dfg", "majority": "1,4,8", "num_majority": 2})
+    assert (field, message) == ("", "") and cfg.majority == (1, 4, 8) and cfg.num_majority == 3
+
+
+def test_resume_set_refuses_a_device_this_machine_lacks_before_writing(data_root, tmp_path, capsys):
+    cfg = make_config("demo", {**TINY, "data_root": data_root})
+    run = Run.create(tmp_path, "r", cfg.to_dict())
+    run.set_status(state="stopped")
+    before = (run.path / "config.json").read_bytes()
+    assert cli.main(["resume", "r", "--runs-dir", str(tmp_path), "--set", "device=cuda:3"]) == 2
+    assert "CUDA" in capsys.readouterr().err and (run.path / "config.json").read_bytes() == before
+
+
+def test_a_sigterm_before_the_first_checkpoint_says_resume_starts_over(tmp_path, capsys, monkeypatch):
+    cfg = make_config("demo", {**TINY, "data_root": str(tmp_path)})
+    run = Run.create(tmp_path, "r", cfg.to_dict())
+
+    def stopped_in_setup(cfg, run, **kw):
+        jobs._SIGTERMED.add(str(run.path))
+        return run.set_status(state="stopped", step=0)
+    monkeypatch.setattr("dfg.loop.train", stopped_in_setup)
+    assert cli._train_here(cfg, run, tmp_path) == 143
+    assert "from the start (no checkpoint yet)" in capsys.readouterr().err
+
+
+def test_a_number_stored_as_int_or_float_is_one_setting():
+    """ratio 10 (a preset) and 10.0 (the app's form) split Fig. 6 and the results tables into two settings."""
+    from dfg.tables import varied_keys
+    base = make_config("svhn").to_dict()
+    assert base["ratio"] == 10 and varied_keys([base, {**base, "ratio": 10.0}]) == []
+    assert varied_keys([base, {**base, "ratio": 10.5}]) == ["ratio"]

@@ -2,7 +2,9 @@
 `python -m dfg data --download NAME --data-root ROOT` and the app's download checkbox call)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from .registry import DEBIAN_FMNIST, DataError, get_spec
@@ -32,21 +34,23 @@ def download_dataset(name: str, root: str | os.PathLike = "data") -> str:
                         f"--data-root {root}` and copy {root} over") from None
 
 
-def _folders(root: Path) -> set[Path]:
-    """Every folder under root (root itself included) that exists now."""
+def _folders(root: Path) -> set[Path] | None:
+    """The folders directly in root now (None: no root yet). Only the top level: a data root can hold
+    millions of image files, and a download makes its own top-level folder."""
+    return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else None
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path] | None) -> None:
+    """Remove what a failed download made that holds no file (a new top-level folder, and the root itself
+    when it is new and left empty); a folder with a file in it (a partial archive) stays."""
     if not root.is_dir():
-        return set()
-    return {root} | {p for p in root.rglob("*") if p.is_dir()}
-
-
-def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
-    """Remove the folders a failed download made that hold no file: deepest first, so empty trees go too.
-    Folders that were there before, or that hold a file (a partial archive), stay."""
-    for p in sorted(_folders(root) - before, key=lambda p: len(p.parts), reverse=True):
-        try:
-            p.rmdir()  # only succeeds on an empty folder
-        except OSError:
-            pass
+        return
+    for p in _folders(root) - (before or set()):
+        if not any(f.is_file() for f in p.rglob("*")):
+            shutil.rmtree(p, ignore_errors=True)
+    if before is None:
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
 
 
 def _download(name: str, root: Path) -> str:
