@@ -66,6 +66,15 @@ def configure_backend(cfg: Config, device: torch.device) -> None:
 
 def load_data(cfg: Config):
     from .data import build_data
+    data = _build(cfg, build_data)
+    if cfg.batch_size > len(data.train):  # allowed (every batch is the whole set), rarely meant
+        data.warnings.append(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} "
+                             f"images): every batch is the whole set, while G and D still make {cfg.batch_size} "
+                             "features per step; a batch below the set's size is what the paper uses (64)")
+    return data
+
+
+def _build(cfg: Config, build_data):
     return build_data(cfg.dataset, backbone=cfg.backbone, root=cfg.data_root, seed=cfg.seed,
                       imbalance=cfg.imbalance, ratio=cfg.ratio, n_max=cfg.n_max or None,
                       num_majority=cfg.num_majority, majority=cfg.majority or None, val_fraction=cfg.val_fraction,

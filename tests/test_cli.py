@@ -252,3 +252,11 @@ def test_a_number_stored_as_int_or_float_is_one_setting():
     base = make_config("svhn").to_dict()
     assert base["ratio"] == 10 and varied_keys([base, {**base, "ratio": 10.0}]) == []
     assert varied_keys([base, {**base, "ratio": 10.5}]) == ["ratio"]
+
+
+def test_a_batch_larger_than_the_training_set_is_warned_about():
+    from dfg.loop import load_data
+    data = load_data(make_config("demo", {"batch_size": "100000"}))
+    assert any(w.startswith(f"batch_size=100000 is larger than the training set ({len(data.train)} images)")
+               for w in data.warnings)
+    assert not any("batch_size" in w for w in load_data(make_config("demo")).warnings)
