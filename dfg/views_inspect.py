@@ -105,6 +105,16 @@ def comparable_runs(root: str | Path, like: dict | str) -> dict[str, list[str]]:
     return out
 
 
+def majority_draws(runs: list[Run]) -> dict[tuple, list[str]]:
+    """{majority classes a run trained with (data.json): the ids of those runs}; runs on one test set may
+    still have trained on different imbalance draws (each seed draws its own)."""
+    out: dict[tuple, list[str]] = {}
+    for run in runs:
+        majority = run.read_record("data.json").get("majority")
+        out.setdefault(tuple(majority) if isinstance(majority, list) else (), []).append(run.id)
+    return out
+
+
 def image_order(run: Run, seed: int) -> list[int] | None:
     """A seeded permutation of the run's test indices, so the first images shown mix all classes (the
     test set is stored class by class); None when the test size is not recorded yet."""

@@ -247,3 +247,17 @@ def test_a_run_trained_on_a_gpu_is_inspected_on_a_machine_without_one(tiny, monk
     for page in ("embeddings", "gradcam"):
         goto(at, page)
         assert not at.error, (page, [e.value for e in at.error])
+
+
+def test_grad_cam_says_when_the_picked_runs_trained_on_other_majority_classes(tiny, monkeypatch):
+    from dfg.views_inspect import majority_draws
+    root, data_root = tiny
+    shutil.copytree(root / "tiny", root / "other")
+    data = json.loads((root / "tiny" / "data.json").read_text())
+    edit(root, "other", "data.json", majority=[c for c in range(10) if c not in data["majority"]][:2])
+    draws = majority_draws([Run(root, "tiny"), Run(root, "other")])
+    assert sorted(map(sorted, draws.values())) == [["other"], ["tiny"]]
+    at = app_on(root, data_root, monkeypatch)
+    at.selectbox(key="sidebar.run").select("tiny").run()
+    goto(at, "gradcam")
+    assert not any("different majority classes" in c.value for c in at.caption)  # one column: the newest run
