@@ -66,21 +66,20 @@ def configure_backend(cfg: Config, device: torch.device) -> None:
 
 def load_data(cfg: Config):
     from .data import build_data
-    data = _build(cfg, build_data)
-    if cfg.batch_size > len(data.train):  # allowed (every batch is the whole set), rarely meant
-        data.warnings.append(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} "
-                             f"images): every batch is the whole set, while G and D still make {cfg.batch_size} "
-                             "features per step; a batch below the set's size is what the paper uses (64)")
-    return data
-
-
-def _build(cfg: Config, build_data):
     return build_data(cfg.dataset, backbone=cfg.backbone, root=cfg.data_root, seed=cfg.seed,
                       imbalance=cfg.imbalance, ratio=cfg.ratio, n_max=cfg.n_max or None,
                       num_majority=cfg.num_majority, majority=cfg.majority or None, val_fraction=cfg.val_fraction,
                       download=cfg.download, folder=cfg.folder or None, image_size=cfg.image_size or None,
                       grayscale=cfg.grayscale if cfg.dataset == "folder" else None,
                       limit_test=cfg.limit_test or None, short_classes=cfg.short_classes)
+
+
+def batch_warnings(cfg: Config, data) -> list[str]:
+    """A batch larger than the training set is allowed (every batch is then the whole set) but rarely meant."""
+    if cfg.batch_size <= len(data.train):
+        return []
+    return [f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} images): every batch "
+            f"is the whole set, while G and D still make {cfg.batch_size} features per step; the paper uses 64"]
 
 
 def fw_sample(data, cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +201,11 @@ def _train(cfg: Config, run: Run, device, resume: bool, ckpt: dict | None, progr
         run.clear_stop()
         log(f"stopped before training (during setup); resume starts from step {where['step']}")
         return run.set_status(state="stopped", step=where["step"], heartbeat=time.time())
+    warnings = data.warnings + batch_warnings(cfg, data)
     run.write_json("data.json", {"class_counts": data.class_counts, "class_names": list(data.class_names),
                                  "majority": list(data.majority), "minority": list(_minority(data)),
-                                 "warnings": list(data.warnings), "num_classes": data.num_classes})
-    for warning in data.warnings:
+                                 "warnings": warnings, "num_classes": data.num_classes})
+    for warning in warnings:
         log(f"warning: {warning}")
     stream = BatchStream(data.train, cfg.batch_size, seed=cfg.seed, device=device)
     start, best = 0, {"val_top1": -1.0, "step": 0}
