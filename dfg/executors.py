@@ -8,16 +8,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
-from .jobs import launching, worker_busy
+from .jobs import launching, spawn_worker, worker_busy
 from .runstore import Run
 
 DONE = ("finished", "diverged")   # outcomes: a re-launched sweep skips these (diverging again is certain)
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 STOP_GRACE_S = 120.0              # on Ctrl-C: how long stopped workers get to write their checkpoint
 
 
@@ -93,19 +90,11 @@ class LocalExecutor:
     def _spawn(self, run: Run, gpu: str | None) -> subprocess.Popen | None:
         """The run's worker, or None when another process (the app's Resume, another sweep) started one since
         the sweep looked."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        with launching(run), open(run.path / "log.txt", "ab") as log:  # the app's Resume waits, then sees it
+        with launching(run):  # the app's Resume waits, then sees it
             if worker_busy(run):
                 return None
             # own session: Ctrl-C in the sweep does not kill it; the sweep asks it to checkpoint and stop
-            proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
-            (run.path / "worker.pid").write_text(str(proc.pid))
-        return proc
+            return spawn_worker(run, {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
 
     def run(self, runs: list[Run], on_done: Callable[[dict], None]) -> list[dict]:
         queue, active, free, results = list(runs), {}, list(range(self.parallel)), []

@@ -18,6 +18,7 @@ from .runstore import Run, RunBusyError, RunError, pid_alive
 # (a finished child stays a zombie until its parent waits on it); holding them also keeps Python from
 # warning that a Popen object was dropped while its process still ran.
 _children: list[subprocess.Popen] = []
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def launch(run: Run) -> int:
@@ -32,17 +33,26 @@ def launch(run: Run) -> int:
         if pid := starting_worker(run):  # started, not yet training (importing torch takes seconds)
             raise RunBusyError(f"run {run.id!r} is starting (worker pid {pid}); wait for it")
         run.clear_stop()  # an old request; one made from now on (even before the worker is up) is honoured
-        log = open(run.path / "log.txt", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+        return spawn_worker(run).pid
+
+
+def pythonpath() -> str:
+    """PYTHONPATH for a worker process: this checkout first, so it imports the same dfg."""
+    return os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
+def spawn_worker(run: Run, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m dfg worker <run>` in its own session (Ctrl-C in this process does not reach it; it is
+    asked to checkpoint and stop instead), its output appended to <run>/log.txt and its pid in worker.pid
+    (status.json stays the worker's alone). The caller holds `launching(run)` and found no busy worker."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath(), **(env or {})}
+    with open(run.path / "log.txt", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "dfg", "worker", run.id, "--runs-dir", str(run.root)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=os.getcwd())
-        log.close()
-        _children[:] = [p for p in _children if p.poll() is None] + [proc]
-        (run.path / "worker.pid").write_text(str(proc.pid))  # status.json stays the worker's alone
-    return proc.pid
+                                start_new_session=True, env=env)
+    _children[:] = [p for p in _children if p.poll() is None] + [proc]
+    (run.path / "worker.pid").write_text(str(proc.pid))
+    return proc
 
 
 def launching(run: Run):

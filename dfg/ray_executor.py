@@ -7,7 +7,8 @@ import re
 import time
 from typing import Callable
 
-from .executors import DONE, REPO_ROOT, STOP_GRACE_S, outcome, work
+from .executors import DONE, STOP_GRACE_S, outcome, work
+from .jobs import pythonpath
 from .runstore import Run, RunError
 
 
@@ -30,9 +31,8 @@ class RayExecutor:
             _check_reachable(self.address)
             ray.init(address=self.address, log_to_driver=False)
         else:  # a local instance; its workers import dfg from this checkout
-            path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
             ray.init(include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}})
+                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath(), "PYTHONUNBUFFERED": "1"}})
         res = ray.cluster_resources()
         self.gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
         node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
