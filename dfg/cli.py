@@ -123,8 +123,8 @@ def _stopped(run, runs_dir, how: str, where: str, code: int) -> int:
 
 
 def _report(run, status: dict, code: int | None = None) -> int:
-    final = run.read_record("final.json")
-    last = final.get("last") if isinstance(final.get("last"), dict) else {}
+    from .runstore import as_record
+    last = as_record(run.read_record("final.json").get("last"))
     print(json.dumps({"run": run.id, "state": status["state"], "step": status.get("step"),
                       "error": status.get("error"),
                       **{k: last.get(k) for k in ("top1", "balanced_acc", "macro_f1", "minority_recall")}}))

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from .jobs import launching, spawn_worker, worker_busy
-from .runstore import Run
+from .runstore import Run, as_record
 
 DONE = ("finished", "diverged")   # outcomes: a re-launched sweep skips these (diverging again is certain)
 STOP_GRACE_S = 120.0              # on Ctrl-C: how long stopped workers get to write their checkpoint
@@ -45,8 +45,7 @@ def work(runs_dir: str, run_id: str) -> dict:
 def outcome(run: Run, seconds: float, error: str | None = None) -> dict:
     """One finished task, as reported per line and in the sweep summary."""
     s = run.status()
-    last = run.read_record("final.json").get("last")
-    last = last if isinstance(last, dict) else {}
+    last = as_record(run.read_record("final.json").get("last"))
     if not error and (pid := worker_busy(run, s)):  # another process trains the run
         return {"run_id": run.id, "state": "running elsewhere", "top1": None, "seconds": seconds,
                 "error": f"another process (pid {pid}) is training it; its outcome is not this sweep's"}

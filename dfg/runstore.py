@@ -54,6 +54,11 @@ class RunBusyError(RunError):
     """Another live process is already training this run."""
 
 
+def as_record(value) -> dict:
+    """A JSON object from a run's files, or {} for anything else (missing, or hand-edited into another type)."""
+    return value if isinstance(value, dict) else {}
+
+
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
         raise RunError(f"invalid run id {run_id!r}: use 1 to 128 letters, digits, '.', '_' and '-', starting "
@@ -322,8 +327,7 @@ class Run:
     def read_record(self, name: str) -> dict:
         """A JSON object the run wrote (data.json, final.json): {} when missing, unreadable or, hand-edited,
         not an object, so one damaged run cannot break a page that lists every run."""
-        obj = self.read_json(name)
-        return obj if isinstance(obj, dict) else {}
+        return as_record(self.read_json(name))
 
     @property
     def checkpoint_path(self) -> Path:

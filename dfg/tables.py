@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .paper import FIGURE6, dataset_label, figure6_top1, method_label, paper_top1
 from .fileio import is_number
-from .runstore import Run, atomic_write_bytes
+from .runstore import Run, as_record, atomic_write_bytes
 
 METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
 METRIC_LABELS = {"top1": "Top-1", "balanced_acc": "Balanced acc.", "macro_f1": "Macro-F1",
@@ -26,7 +26,7 @@ def run_row(run: Run, keys=()) -> dict:
     """One run's identity, state and final test metrics (in %); `keys` adds those config fields."""
     cfg, status = run.config(), run.status()
     final = run.read_record("final.json")
-    last = final.get("last") if isinstance(final.get("last"), dict) else {}
+    last = as_record(final.get("last"))
     data = run.read_record("data.json")
     majority = data.get("majority", cfg.get("majority") or [])
     majority = majority if isinstance(majority, list) else []
@@ -39,8 +39,8 @@ def run_row(run: Run, keys=()) -> dict:
         v = last.get(m) if done else None
         row[m] = 100.0 * v if is_number(v) else None  # a hand-edited value that is no number: not counted
     # Best-on-validation (only with a validation split): the test top-1 of the step with the best val top-1.
-    best = final.get("best_on_val") if done and isinstance(final.get("best_on_val"), dict) else {}
-    test_at_best = best.get("test") if isinstance(best.get("test"), dict) else {}
+    best = as_record(final.get("best_on_val")) if done else {}
+    test_at_best = as_record(best.get("test"))
     row["best_val_top1"] = 100.0 * test_at_best["top1"] if is_number(test_at_best.get("top1")) else None
     row["best_val_step"] = best.get("step") if row["best_val_top1"] is not None else None
     row["error"] = status.get("error") if row["state"] != "finished" else None
