@@ -194,6 +194,12 @@ def field_of_error(err: Exception) -> str:
     return name if name in FIELD_TYPES else ""
 
 
+def form_notes(cfg: Config, values: dict, defaults: dict) -> list[str]:
+    """validation.unused_fields for the form's values moved from their defaults (the form sends every field)."""
+    from .validation import unused_fields
+    return unused_fields(cfg, [k for k, v in values.items() if k in defaults and str(v) != str(defaults[k])])
+
+
 def build_config(preset: str, values: dict) -> tuple[Config | None, str, str]:
     """(config, "", "") when the form's values are valid, else (None, field, message)."""
     values = {k: v for k, v in values.items() if k != "preset"}

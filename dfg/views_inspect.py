@@ -115,6 +115,15 @@ def majority_draws(runs: list[Run]) -> dict[tuple, list[str]]:
     return out
 
 
+def majority_note(runs: list[Run]) -> str:
+    """'' when the runs trained with one majority set, else a sentence naming each set and its runs."""
+    draws = majority_draws(runs)
+    if len(draws) < 2:
+        return ""
+    return "The picked runs trained with different majority classes: " + "; ".join(
+        f"{', '.join(ids)}: {{{', '.join(map(str, m))}}}" for m, ids in draws.items()) + "."
+
+
 def image_order(run: Run, seed: int) -> list[int] | None:
     """A seeded permutation of the run's test indices, so the first images shown mix all classes (the
     test set is stored class by class); None when the test size is not recorded yet."""

@@ -8,7 +8,7 @@ from dfg.gradcam import compare_runs
 from dfg.paper import method_label
 from dfg.runstore import Run, RunError
 from dfg.views_inspect import (GRADCAM_METHODS, checkpoint_stamp, comparable_runs, gradcam_grid,
-                                gradcam_layer_caption, image_order, majority_draws)
+                                gradcam_layer_caption, image_order, majority_note)
 from pages._shared import page_context
 
 root, run_id = page_context()
@@ -50,9 +50,8 @@ seed = c[2].number_input("Image draw (seed)", 0, 10_000, 0, key="cam.seed", help
 if not chosen:
     st.info("No run with a checkpoint for these methods on this dataset yet: train them on the Train page.")
     st.stop()
-if len(draws := majority_draws([Run(root, i) for i in chosen])) > 1:  # same test images, other training data
-    st.caption("The picked runs trained with different majority classes: " + "; ".join(
-        f"{', '.join(ids)}: {{{', '.join(map(str, m))}}}" for m, ids in draws.items()) + ".")
+if note := majority_note([Run(root, i) for i in chosen]):  # same test images, other training data
+    st.caption(note)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -9,7 +9,6 @@ from dfg.data import DATASETS
 from dfg.methods import METHODS
 from dfg.networks import BACKBONES
 from dfg.runstore import Run, list_runs
-from dfg.validation import unused_fields
 from pages._shared import page_context
 
 root, _ = page_context()
@@ -132,7 +131,7 @@ cfg, bad_field, message = views.build_config(preset, values)
 if cfg is None:
     (error_slots[bad_field] if bad_field in error_slots else st).error(message, icon=":material/error:")
 else:  # a value moved from its default that this method never reads: say so before a run is started with it
-    for note in unused_fields(cfg, [k for k, v in values.items() if k in defaults and str(v) != str(defaults[k])]):
+    for note in views.form_notes(cfg, values, defaults):
         st.info(note, icon=":material/info:")
 if busy := views.all_core_runs(root):
     st.warning(f"{', '.join(busy)} trains on every core (threads=0). A run started now gets 1 thread, and the "

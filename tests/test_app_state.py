@@ -250,13 +250,16 @@ def test_a_run_trained_on_a_gpu_is_inspected_on_a_machine_without_one(tiny, monk
 
 
 def test_grad_cam_says_when_the_picked_runs_trained_on_other_majority_classes(tiny, monkeypatch):
-    from dfg.views_inspect import majority_draws
+    from dfg.views_inspect import majority_draws, majority_note
     root, data_root = tiny
     shutil.copytree(root / "tiny", root / "other")
     data = json.loads((root / "tiny" / "data.json").read_text())
     edit(root, "other", "data.json", majority=[c for c in range(10) if c not in data["majority"]][:2])
     draws = majority_draws([Run(root, "tiny"), Run(root, "other")])
     assert sorted(map(sorted, draws.values())) == [["other"], ["tiny"]]
+    note = majority_note([Run(root, "tiny"), Run(root, "other")])
+    assert note.startswith("The picked runs trained with different majority classes: tiny: {")
+    assert majority_note([Run(root, "tiny")]) == ""
     at = app_on(root, data_root, monkeypatch)
     at.selectbox(key="sidebar.run").select("tiny").run()
     goto(at, "gradcam")
