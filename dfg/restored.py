@@ -40,9 +40,8 @@ def restore(run: Run, device: torch.device | str | None = None, log=lambda m: No
     """(cfg, data, method, step) of a run, with the weights of its last checkpoint, nets in eval mode.
     Only the target's data is loaded: the checkpoint holds every trained network and W*, so the source model
     (its data, its pretraining, the head re-fit) is never needed to inspect or evaluate a run."""
-    from .checkpoint import load_checkpoint, load_method_state
+    from .checkpoint import check_config_unchanged, load_checkpoint, load_method_state
     from .config import from_dict
-    from .checkpoint import check_config_unchanged
     from .loop import resolve_device, setup
     from .validation import validate
 
