@@ -22,8 +22,9 @@ projection = c[0].radio("Projection", ["pca", "tsne", "umap"], horizontal=True, 
 n = c[1].select_slider("Points of each kind", [100, 200, 300, 500, 1000], value=300, key="emb.n",
                        help="n real test images (class-balanced; all of them when the test set is smaller) and "
                             "as many generated features")
-c[2].caption("t-SNE and UMAP take from seconds to about half a minute the first time (2 × 1,000 points: ~20 s "
-             "and ~12 s on one busy core); results are cached per run, checkpoint, projection and size.")
+c[2].caption("t-SNE and UMAP take seconds to tens of seconds the first time (2 × 1,000 LeNet features: ~6 s and "
+             "~14 s on an idle core, `bench/embeddings_speed.py`; more on a busy one); results are cached per run, "
+             "checkpoint, projection and size.")
 
 
 @st.cache_data(show_spinner=False, max_entries=24)
