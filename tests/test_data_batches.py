@@ -32,6 +32,16 @@ def test_same_seed_same_batches(augment):
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 
 
+def test_each_batch_gets_its_own_crops_and_flips():
+    """flipcrop draws new offsets and flips for every batch: the same images in two batches differ."""
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ds = TensorImages(image.repeat(16, 1, 1, 1), torch.zeros(16, dtype=torch.int64), augment="flipcrop")
+    s = BatchStream(ds, 8, seed=0)
+    batches = [s.next()[0] for _ in range(4)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
+    assert not all(torch.equal(batches[0][0], row) for row in batches[0][1:])  # and every row its own
+
+
 def test_epochs_are_permutations_drop_last():
     ds = _toy(n=50)
     s = BatchStream(ds, 8, seed=0)

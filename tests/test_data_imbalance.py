@@ -30,6 +30,10 @@ def test_paper_ratios_round_correctly():
     assert target_counts([5000] * 10, "step", ratio=10, n_max=5000, majority=(0,))[1] == 500
     assert target_counts([750] * 101, "step", ratio=5, n_max=750, majority=(0,))[1] == 150
     assert target_counts([9000] * 10, "step", ratio=10, n_max=9000, majority=(0,))[1] == 900
+    # quotients that floating point puts just below a whole number: 110 / 2.2 = 49.99999999999999
+    assert 110 / 2.2 < 50 and 110 / 1.1 < 100
+    assert target_counts([110] * 2, "step", ratio=2.2, n_max=110, majority=(0,)) == [110, 50]
+    assert target_counts([110] * 2, "step", ratio=1.1, n_max=110, majority=(0,)) == [110, 100]
 
 
 def test_longtail_is_monotone_from_n_max_to_n_max_over_ratio():
@@ -65,6 +69,14 @@ def test_validation_split_is_stratified_disjoint_and_seeded():
     assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(kept)
     assert per_class(FMNIST_LIKE[va], 10).tolist() == [60, 60] + [6] * 8
     assert np.array_equal(va, split_validation(kept, FMNIST_LIKE, 0.1, seed=0)[1])
+
+
+def test_validation_never_takes_a_class_s_last_training_image():
+    labels = np.array([0, 0] + [1] * 10)
+    tr, va = split_validation(np.arange(12), labels, 0.9, seed=0)
+    assert per_class(labels[tr], 2).tolist() == [1, 1] and per_class(labels[va], 2).tolist() == [1, 9]
+    tr, va = split_validation(np.arange(1), labels[:1], 0.9, seed=0)  # a class of one image keeps it
+    assert tr.tolist() == [0] and va.tolist() == []
 
 
 def test_balanced_test_cap():

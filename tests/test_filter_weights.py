@@ -106,6 +106,25 @@ def test_rho_blend_and_delta_threshold():
     assert torch.allclose(fw.attention(ws, wt, rho=0.75, delta=0.95, discard_rho=True)[0],
                           torch.tensor([0.0, 1.0, 2.0]))
     assert torch.allclose(fw.attention(ws, wt, rho=0.75, delta=0.95, unscaled=True), star / 3)
+    # W ≥ δ is kept: a weight exactly at δ stays on
+    assert torch.equal(fw.threshold(torch.tensor([[0.95, 0.5, 1.55]]), 0.95), torch.tensor([[0.95, 0.0, 1.55]]))
+
+
+def test_dfg_blends_the_source_weights_with_rho_and_the_target_ones_with_one_minus_rho():
+    """DFG.set_weights: W* = threshold(ρ·W(E_S) + (1−ρ)·W(E), δ) (Eq. 7), recorded with both inputs."""
+    from types import SimpleNamespace
+
+    from dfg.methods.dfg import DFG
+
+    cfg = SimpleNamespace(rho=0.75, delta=0.95, official_discard_rho=False, official_unscaled_weights=False)
+    logged = {}
+    m = SimpleNamespace(ctx=SimpleNamespace(cfg=cfg, log_weights=lambda step, **a: logged.update(step=step, **a)),
+                        w_source=torch.tensor([[2.0, 1.0, 0.0]]), w_target=torch.ones(1, 3),
+                        w_star=torch.ones(1, 3))
+    DFG.set_weights(m, 7, torch.tensor([[0.0, 1.0, 2.0]]))
+    assert torch.allclose(m.w_star, torch.tensor([[1.5, 1.0, 0.0]]))  # 0.75·[2,1,0] + 0.25·[0,1,2] = [1.5,1,0.5]
+    assert logged["step"] == 7 and np.allclose(logged["w_target"], [[0.0, 1.0, 2.0]])
+    assert np.allclose(logged["w_source"], [[2.0, 1.0, 0.0]]) and np.allclose(logged["w_star"], [[1.5, 1.0, 0.0]])
 
 
 def test_sign_flip_reverses_order():
@@ -179,3 +198,32 @@ def test_train_mode_pass_normalises_each_ablation_alone():
             want[:, j] = F.cross_entropy(c(ablated(x)), y, reduction="none") - base
     assert got.shape == (6, 8) and want.abs().max() > 0.01  # removals that matter
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_paper_s_pass_uses_bn_running_statistics_and_leaves_them_as_they_were():
+    """W(E) is measured in eval mode (the default, eval_mode=True), also when the nets arrive in train mode:
+    with BN (ResNet-50) the result is the eval-mode one, not a batch-statistics one, and the running statistics
+    do not move. The nets leave in the mode they came in."""
+    from torch import nn
+
+    from dfg.networks import Extractor
+
+    torch.manual_seed(4)
+    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
+                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
+    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(6, 3))
+    for bn in (e.tail[0], c[1]):  # running statistics far from any batch's, so the two modes differ
+        bn.running_mean.fill_(0.5)
+        bn.running_var.fill_(4.0)
+    x, y = torch.randn(9, 3, 8, 8), torch.arange(9) % 3
+    buffers = {k: v.clone() for net in (e, c) for k, v in net.state_dict().items() if "running" in k or "batches" in k}
+    got = fw.compute_class_weights(e.train(), c.train(), x, y, 3)
+    assert e.training and c.training
+    after = {k: v for net in (e, c) for k, v in net.state_dict().items() if k in buffers}
+    assert all(torch.equal(buffers[k], after[k]) for k in buffers)
+    e.eval(), c.eval()
+    want = fw.compute_class_weights(e, c, x, y, 3)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    batch_stats = fw.compute_class_weights(e.train(), c.train(), x, y, 3, eval_mode=False)
+    assert (batch_stats - want).abs().max() > 1e-3  # the other mode gives other weights: the check can fail

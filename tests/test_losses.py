@@ -34,6 +34,13 @@ def test_interpolates_lie_between_real_and_fake():
     real, fake = torch.ones(32, 1, 1, 1), torch.zeros(32, 1, 1, 1)
     mixed = losses.interpolate(real, fake, torch.Generator().manual_seed(1))
     assert (mixed >= 0).all() and (mixed <= 1).all() and mixed.std() > 0.1
+    # one ε per sample, shared by all of its elements: x̂ = fake + ε·(real − fake) row by row
+    torch.manual_seed(0)
+    real, fake = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
+    mixed = losses.interpolate(real, fake, torch.Generator().manual_seed(2))
+    eps = torch.rand(6, generator=torch.Generator().manual_seed(2))  # the same draw, one per row
+    torch.testing.assert_close(mixed, fake + eps[:, None, None, None] * (real - fake))
+    assert mixed.requires_grad and mixed.is_leaf
 
 
 def test_critic_loss_standard_sign():
@@ -41,6 +48,7 @@ def test_critic_loss_standard_sign():
     # E[D(fake)] - E[D(real)] + λ·GP = 0 - 3 + 10*0.5
     assert losses.critic_loss(d_real, d_fake, torch.tensor(0.5), lam=10).item() == pytest.approx(2.0)
     assert losses.generator_loss(d_fake).item() == pytest.approx(0.0)
+    assert losses.generator_loss(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)  # Eq. 2: −E[D(G(z))]
 
 
 def test_classifier_loss_combines_4a_4b_4c():

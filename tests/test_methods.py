@@ -331,6 +331,24 @@ def test_each_official_switch_changes_training(switch, data_root):
     assert o1 != o2 or not torch.equal(w1, w2)
 
 
+def test_the_loss_gate_recomputes_w_only_below_0_05_and_then_in_train_mode(data_root, monkeypatch):
+    """official_loss_gate (DESIGN §2 item 7): W(E) is recomputed only once the last L_E < 0.05, and that pass runs
+    in train mode (eval_mode=False); without the switch, every nW steps in eval mode."""
+    from dfg.methods import dfg as dfg_module
+    calls = []
+    compute = dfg_module.compute_class_weights
+    monkeypatch.setattr(dfg_module, "compute_class_weights",
+                        lambda *a, **k: calls.append(k["eval_mode"]) or compute(*a, **k))
+    for gate in (False, True):
+        _, m = setup(tiny(data_root, official_loss_gate=gate), torch.device("cpu"), log=lambda m: None)
+        calls.clear()
+        m.last_loss_e = 0.5
+        m.recompute_weights(2)
+        m.last_loss_e = 0.01
+        m.recompute_weights(4)
+        assert calls == ([False] if gate else [True, True]), gate
+
+
 @pytest.mark.parametrize("reg", ["delta", "l2sp"])
 def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
     cfg = tiny(data_root, transfer_reg=reg, reg_alpha=0.5)
@@ -338,6 +356,36 @@ def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
     assert train(cfg, run, log=lambda m: None)["state"] == "finished"
     rows = [r for r in run.read_metrics()[0] if r["kind"] == "train"]
     assert all(r["L_reg"] > 0 and math.isfinite(r["L_reg"]) for r in rows[1:])
+
+
+@pytest.mark.parametrize("reg", ["delta", "l2sp"])
+def test_the_transfer_regulariser_s_value_by_hand(reg, data_root):
+    """reg_alpha × the distance to the source (DELTA: E(x) against E_S(x) with DELTA's channel weights; L2-SP:
+    ½‖θ − θ_S‖² over every parameter but the head) + reg_beta × ½‖head‖². E's last conv moved by +0.1, so the
+    distance is not 0; reg_alpha ≠ reg_beta, so swapping them shows."""
+    from dfg.networks import last_linear
+    cfg = tiny(data_root, transfer_reg=reg, reg_alpha=0.7, reg_beta=0.2)
+    _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    src = m.ctx.source
+    x = m.ctx.fw_sample[0][:8]
+    assert torch.equal(m.extractor(x), src.extractor(x))  # E starts as E_S
+    with torch.no_grad():
+        m.extractor.last_conv.weight.add_(0.1)
+    head = last_linear(m.classifier)
+    head_l2 = 0.5 * (head.weight.pow(2).sum() + head.bias.pow(2).sum())
+    if reg == "delta":  # DELTA's channel weights: softmax of the z-scored mean loss increase / 5, on the source
+        from dfg import filter_weights, losses
+        inc = filter_weights.loss_increase(src.extractor.eval(), src.classifier.eval(), *m.ctx.fw_sample).mean(0)
+        torch.testing.assert_close(m.reg_weights[0], losses.delta_attention(inc))
+        assert m.reg_weights[0].std() > 1e-3  # not uniform
+        feats, _, maps = m.forward_with_maps(x)
+        dist = 0.5 * ((feats.detach() - src.extractor(x)).pow(2).flatten(2).mean(2) * (feats.shape[1] * m.reg_weights[0])).sum()
+    else:
+        maps = []
+        dist = 0.5 * 0.1 ** 2 * m.extractor.last_conv.weight.numel()
+    assert dist > 1e-4
+    got = m.transfer_penalty(x, maps).item()
+    assert got == pytest.approx(0.7 * float(dist) + 0.2 * head_l2.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("setting, expected", [
@@ -377,6 +425,33 @@ def test_head_refit_never_with_other_class_counts_says_what_to_set():
     with pytest.raises(SourceError, match="keeps the source head's 1000 classes, but the target 'caltech256' "
                                           "has 257: set head_refit=auto"):
         refit_needed(make_config("caltech256", {"head_refit": "never"}), tuple(map(str, range(257))))
+
+
+def test_source_pretraining_is_plain_adam_on_the_source_classes(tmp_path):
+    """E_S, C_S after 3 steps are those of 3 plain Adam steps (lr 1e-3) on cross-entropy from SOURCE_SEED's init,
+    on the source stream's batches, each step's gradient its own."""
+    from torch.nn import functional as F
+
+    from dfg.data import BatchStream, build_source_data
+    from dfg.networks import build_backbone
+    from dfg.source import SOURCE_SEED, pretrain_source
+    cfg = tiny(str(tmp_path), pretrain_steps=3)
+    e, c = pretrain_source(cfg, 1, torch.device("cpu"), log=lambda m: None)
+    data = build_source_data(cfg.source, backbone=cfg.backbone, root=cfg.data_root, seed=SOURCE_SEED,
+                             n_per_class=cfg.source_per_class)
+    torch.manual_seed(SOURCE_SEED)
+    e2, c2 = build_backbone(cfg.backbone, num_classes=data.num_classes, in_channels=1)
+    start = [p.detach().clone() for p in e2.parameters()]
+    opt = torch.optim.Adam(list(e2.parameters()) + list(c2.parameters()), lr=1e-3)
+    stream = BatchStream(data.train, 64, seed=SOURCE_SEED)
+    for _ in range(3):
+        x, y = stream.next()
+        opt.zero_grad()
+        F.cross_entropy(c2(e2(x)), y).backward()
+        opt.step()
+    assert not all(torch.equal(a, b) for a, b in zip(start, e2.parameters()))
+    for a, b in zip([*e.parameters(), *c.parameters()], [*e2.parameters(), *c2.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_a_kept_source_head_is_the_pretrained_one_and_a_re_fit_one_is_new(data_root):
@@ -443,6 +518,9 @@ def test_validation_split_selects_on_val_never_on_test(data_root, tmp_path):
     val = [r for r in rows if r["kind"] == "eval" and r["split"] == "val"]
     test = [r for r in rows if r["kind"] == "eval" and r["split"] == "test"]
     assert [r["step"] for r in val] == [r["step"] for r in test] == [3, 6]
+    n_val = len(load_data(cfg).val)  # each split is evaluated on its own images
+    assert n_val != 100 and all(r["n"] == n_val == sum(map(sum, r["confusion"])) for r in val)
+    assert all(r["n"] == 100 for r in test)  # limit_test
     best = run.read_json("final.json")["best_on_val"]
     chosen = max(val, key=lambda r: r["top1"])  # first maximum: selection uses val top-1 only
     assert best["step"] == chosen["step"] and best["test"]["top1"] == next(

@@ -65,6 +65,28 @@ def test_channel_weights_zero_out_channels_in_official_order_only():
     assert out[:, 0].std() > 0.5
 
 
+def test_paper_order_normalises_the_weighted_channels_and_official_order_scales_the_normalised_ones():
+    """Eq. 9, BN(W* ⊙ h): with batch statistics, a channel weighted 2 comes out as it does weighted 1 (BN removes
+    the scale), and a channel weighted 0 comes out as BN's shift β. The official W* ⊙ BN(h): twice the output
+    and exactly 0. All rows of the class ŷ=3, so the batch statistics are those of the weighted channel."""
+    z, y = torch.rand(8, 100, generator=torch.Generator().manual_seed(1)) * 2 - 1, torch.full((8,), 3)
+    w = torch.ones(10, 6)
+    w[3, 0], w[3, 2] = 2.0, 0.0
+    for official in (False, True):
+        torch.manual_seed(0)
+        g = Generator("lenet", num_classes=10, weight_after_bn=official)
+        with torch.no_grad():
+            g.bn_out.bias.fill_(0.5)
+        plain, weighted = g(z, y, torch.ones(10, 6)), g(z, y, w)
+        if official:
+            torch.testing.assert_close(weighted[:, 0], 2 * plain[:, 0])
+            assert weighted[:, 2].abs().max() == 0
+        else:
+            torch.testing.assert_close(weighted[:, 0], plain[:, 0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(weighted[:, 2], torch.full_like(weighted[:, 2], 0.5))
+        assert (plain[:, 0] - 0.5).abs().max() > 0.5  # channel 0 is not constant: the comparisons can fail
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 11, 9)])
 def test_fast_no_grad_pool_equals_max_pool(shape):
     """MaxPool2x2's no-grad path gives exactly nn.MaxPool2d's values (odd sides cropped, NaN kept,
