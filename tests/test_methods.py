@@ -454,6 +454,45 @@ def test_source_pretraining_is_plain_adam_on_the_source_classes(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_w_of_e_s_is_the_filter_weights_of_the_source_model_on_the_target_sample(data_root):
+    """Alg. 1 line 2: W(E_S) = Eq. 5-6 on E_S and C_S (head re-fit when needed) over the target's class-balanced
+    sample, with the run's sign and bias switches; the other sign gives other weights."""
+    from dfg.filter_weights import compute_class_weights
+    cfg = tiny(data_root)
+    _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
+    src, (x, y) = m.ctx.source, m.ctx.fw_sample
+    for flip in (False, True):
+        w = compute_class_weights(src.extractor, src.classifier, x, y, 10, flip_sign=flip)
+        if flip:
+            assert (w - src.class_weights).abs().max() > 1e-3
+        else:
+            torch.testing.assert_close(src.class_weights, w)
+
+
+def test_the_head_re_fit_leaves_all_but_the_new_head_and_bn_statistics_as_they_were():
+    """With BN in C (ResNet-50), the re-fit reads features with C_S's running statistics and keeps them; only the
+    new head differs, and the nets end in eval mode."""
+    from torch import nn
+
+    from dfg.data import TensorImages
+    from dfg.networks import Extractor
+    from dfg.source import refit_head
+    torch.manual_seed(5)
+    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
+                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
+    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(6, 5))
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    kept = {f"{n}.{k}": v.clone() for n, net in (("e", e), ("c", c)) for k, v in net.state_dict().items()}
+    refit_head(e.train(), c.train(), TensorImages(images, torch.arange(40) % 3), 3,
+               make_config("demo", {"head_refit_steps": 4}), torch.device("cpu"))
+    assert not e.training and not c.training and c[-1].out_features == 3
+    now = {f"{n}.{k}": v for n, net in (("e", e), ("c", c)) for k, v in net.state_dict().items()}
+    assert {k for k in now if not k.startswith("c.5.")} == {k for k in kept if not k.startswith("c.5.")}
+    assert all(torch.equal(kept[k], now[k]) for k in kept if not k.startswith("c.5."))
+    assert int(now["c.1.num_batches_tracked"]) == 0
+
+
 def test_a_kept_source_head_is_the_pretrained_one_and_a_re_fit_one_is_new(data_root):
     from dfg.source import pretrain_source
     cfg = tiny(data_root)  # glyphs -> MNIST 5k: the same digits
@@ -508,6 +547,18 @@ def test_eq_4c_is_one_concatenated_batch_and_with_bn_4a_4b_get_their_own(data_ro
     assert seen[True] == [2 * b, b, b, 2 * b, b, b]
     for key in ("L_cC_G", "L_rC", "L_gC", "L_cC", "L_C"):
         assert outs[True][key].item() == pytest.approx(outs[False][key].item(), rel=1e-6), key
+
+
+def test_evaluation_predicts_in_eval_mode_and_puts_the_nets_back(data_root):
+    from dfg.loop import run_eval
+    data, m = setup(tiny(data_root), torch.device("cpu"), log=lambda m: None)
+    seen, predict = [], m.predict
+    m.predict = lambda x: seen.append([net.training for net in m.nets.values()]) or predict(x)
+    m.critic.eval()  # a net in eval mode before stays so
+    run_eval(m, data, torch.device("cpu"))
+    assert seen and not any(any(modes) for modes in seen)
+    assert {k: net.training for k, net in m.nets.items()} == dict(extractor=True, classifier=True, generator=True,
+                                                                   critic=False)
 
 
 def test_validation_split_selects_on_val_never_on_test(data_root, tmp_path):
