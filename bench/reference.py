@@ -44,6 +44,19 @@ def per_filter_class_weights(extractor, classifier, x, y, num_classes: int, keep
     return w
 
 
+def extractor_then_classifier(E, C, opt_e, opt_c, x, y) -> dict:
+    """Algorithm 1 lines 16-17 written plainly: E on Eq. 3, then C on Eq. 4a through the updated E."""
+    loss_e = F.cross_entropy(C(E(x)), y)
+    opt_e.zero_grad()
+    loss_e.backward()
+    opt_e.step()
+    loss_rc = F.cross_entropy(C(E(x).detach()), y)
+    opt_c.zero_grad()
+    loss_rc.backward()
+    opt_c.step()
+    return {"L_E": loss_e.item(), "L_rC": loss_rc.item()}
+
+
 class EagerAlgorithm1:
     """One Algorithm 1 iteration per call, written plainly: every batch from a DataLoader iterator,
     D(real), D(fake) and D(x̂) as three forwards, G and E recomputed for each use, losses read with
@@ -103,15 +116,7 @@ class EagerAlgorithm1:
             opt["G"].zero_grad()
             loss.backward()
             opt["G"].step()
-        loss_e = F.cross_entropy(C(E(x)), y)
-        opt["E"].zero_grad()
-        loss_e.backward()
-        opt["E"].step()
-        loss_rc = F.cross_entropy(C(E(x).detach()), y)
-        opt["C"].zero_grad()
-        loss_rc.backward()
-        opt["C"].step()
-        log.update(L_E=loss_e.item(), L_rC=loss_rc.item())
+        log.update(extractor_then_classifier(E, C, opt["E"], opt["C"], x, y))
         if step % cfg.n_c2 == 0:
             z2, y2 = self.noise()
             real, fake = E(x).detach(), G(z2, y2, self.w_star).detach()

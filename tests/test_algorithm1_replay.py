@@ -19,7 +19,7 @@ from dfg.methods import baselines
 from dfg.methods import dfg as dfg_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from reference import plain_copy  # noqa: E402
+from reference import extractor_then_classifier, plain_copy  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -127,15 +127,7 @@ def replay(nets, opt, w_star, drawn, cfg, step):
         loss.backward()
         opt["generator"].step()
         out["L_cC_G"] = loss.item()
-    loss_e = F.cross_entropy(C(E(x)), y)  # line 16, Eq. 3
-    opt["extractor"].zero_grad()
-    loss_e.backward()
-    opt["extractor"].step()
-    loss_rc = F.cross_entropy(C(E(x).detach()), y)  # line 17, Eq. 4a with the updated E
-    opt["classifier"].zero_grad()
-    loss_rc.backward()
-    opt["classifier"].step()
-    out.update(L_E=loss_e.item(), L_rC=loss_rc.item())
+    out.update(extractor_then_classifier(E, C, opt["extractor"], opt["classifier"], x, y))  # lines 16-17
     if step % cfg.n_c2 == 0:  # lines 18-20: C on the whole Eq. 4
         z2, y2 = noise[cfg.n_critic + 1]
         with torch.no_grad():
@@ -186,21 +178,16 @@ def test_original_under_sgd_with_momentum_and_the_lr_drop_is_plain_sgd(joint, da
         for n, lr in (("extractor", 0.05), ("classifier", 0.02)):
             opt[n].param_groups[0]["lr"] = lr * (0.1 if step > 2 else 1.0)
         (x, y), = drew["batches"]
-        loss_e = F.cross_entropy(C(E(x)), y)
         if joint:
+            loss_e = F.cross_entropy(C(E(x)), y)
             opt["extractor"].zero_grad(), opt["classifier"].zero_grad()
             (2 * loss_e).backward()
             opt["extractor"].step(), opt["classifier"].step()
+            assert out["L_E"] == pytest.approx(loss_e.item(), rel=1e-9)
         else:
-            opt["extractor"].zero_grad()
-            loss_e.backward()
-            opt["extractor"].step()
-            loss_rc = F.cross_entropy(C(E(x).detach()), y)
-            opt["classifier"].zero_grad()
-            loss_rc.backward()
-            opt["classifier"].step()
-            assert out["L_rC"] == pytest.approx(loss_rc.item(), rel=1e-9)
-        assert out["L_E"] == pytest.approx(loss_e.item(), rel=1e-9)
+            expected = extractor_then_classifier(E, C, opt["extractor"], opt["classifier"], x, y)
+            assert out["L_E"] == pytest.approx(expected["L_E"], rel=1e-9)
+            assert out["L_rC"] == pytest.approx(expected["L_rC"], rel=1e-9)
     assert [g["lr"] for g in method.opts["extractor"].param_groups] == [pytest.approx(0.005)]
     assert_same_nets(method, before, start)
 

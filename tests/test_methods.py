@@ -360,9 +360,9 @@ def test_dfg_with_a_transfer_regulariser(reg, data_root, tmp_path):
 
 @pytest.mark.parametrize("reg", ["delta", "l2sp"])
 def test_the_transfer_regulariser_s_value_by_hand(reg, data_root):
-    """reg_alpha × the distance to the source (DELTA: E(x) against E_S(x) with DELTA's channel weights; L2-SP:
-    ½‖θ − θ_S‖² over every parameter but the head) + reg_beta × ½‖head‖². E's last conv moved by +0.1, so the
-    distance is not 0; reg_alpha ≠ reg_beta, so swapping them shows."""
+    """reg_alpha × the distance to the source (DELTA: E(x) against E_S(x) with DELTA's channel weights;
+    L2-SP: ½‖θ − θ_S‖² over every parameter but the head) + reg_beta × ½‖head‖². E's last conv moved by
+    +0.1, so the distance is not 0; reg_alpha ≠ reg_beta, so swapping them shows."""
     from dfg.networks import last_linear
     cfg = tiny(data_root, transfer_reg=reg, reg_alpha=0.7, reg_beta=0.2)
     _, m = setup(cfg, torch.device("cpu"), log=lambda m: None)
@@ -379,7 +379,8 @@ def test_the_transfer_regulariser_s_value_by_hand(reg, data_root):
         torch.testing.assert_close(m.reg_weights[0], losses.delta_attention(inc))
         assert m.reg_weights[0].std() > 1e-3  # not uniform
         feats, _, maps = m.forward_with_maps(x)
-        dist = 0.5 * ((feats.detach() - src.extractor(x)).pow(2).flatten(2).mean(2) * (feats.shape[1] * m.reg_weights[0])).sum()
+        per_channel = (feats.detach() - src.extractor(x)).pow(2).flatten(2).mean(2)  # (B, nf): ‖·‖²/(h·w)
+        dist = 0.5 * (per_channel * feats.shape[1] * m.reg_weights[0]).sum()
     else:
         maps = []
         dist = 0.5 * 0.1 ** 2 * m.extractor.last_conv.weight.numel()
