@@ -441,3 +441,9 @@ def test_an_untested_minority_class_is_left_out_of_minority_recall():
     from dfg.metrics import scores
     cm = np.array([[5, 0, 0], [1, 3, 0], [0, 0, 0]])
     assert scores(cm, minority=[1, 2])["minority_recall"] == pytest.approx(0.75)
+
+
+def test_runs_are_listed_newest_first(tmp_path):
+    for run_id, created in (("b", 2.0), ("a", 1.0), ("c", 3.0)):
+        Run.create(tmp_path, run_id, {"seed": 0}).set_status(created=created)
+    assert [r.id for r in runstore.list_runs(tmp_path)] == ["c", "b", "a"]
