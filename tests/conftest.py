@@ -60,3 +60,17 @@ def frozen_resnet50(num_classes: int, seed: int = 0):
         for p in m.parameters():
             p.requires_grad_(False)
     return e, c
+
+
+def small_bn_nets(num_classes: int):
+    """A tiny E and C with BN where ResNet-50 has it (E ends in BN after its last conv, C is conv-BN-ReLU then a
+    Linear head) for 3×8×8 inputs, in train mode; initialised from torch's global generator (seed it first)."""
+    from torch import nn
+
+    from dfg.networks import Extractor
+
+    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
+                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
+    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(6, num_classes))
+    return e, c

@@ -12,7 +12,6 @@ import torch
 from torch.nn import functional as F
 
 from dfg import losses
-from dfg.config import make_config
 from dfg.data import BatchStream
 from dfg.loop import load_data, setup
 from dfg.methods import baselines
@@ -21,14 +20,9 @@ from dfg.methods import dfg as dfg_module
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from reference import extractor_then_classifier, plain_copy  # noqa: E402
 
+from test_methods import tiny  # noqa: E402
+
 CPU = torch.device("cpu")
-
-
-TINY = dict(steps=6, pretrain_steps=30, head_refit_steps=5, fw_per_class=3, threads=1, batch_size=16)
-
-
-def tiny(data_root, **kw):
-    return make_config("demo", {**TINY, "data_root": data_root, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +191,8 @@ def test_difa_phases_split_the_budget_and_phase_3_trains_c_s_last_layer_on_real_
     """Phases 1-3 take a third of the 9 steps each. Phase 3 (fc level): C's last Linear alone, on Eq. 4c over
     the real features ⊕ G(z, ŷ), each row with its own class; E, C's body, G and D stay as they were."""
     cfg = tiny(data_root, method="difa_cmwgan", steps=9, difa_phase_fraction=1 / 3, transfer_reg="none")
-    _, probe = setup(cfg, CPU, log=lambda m: None)
-    assert [probe.phase(s) for s in range(1, 10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     before, _, method, drawn, outs = recorded_steps(cfg, (7, 8), monkeypatch)
+    assert [method.phase(s) for s in range(1, 10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     E, C, G = before["extractor"], before["classifier"], before["generator"]
     start = {n: copy.deepcopy(net.state_dict()) for n, net in before.items()}
     opt = torch.optim.Adam(C[-1].parameters(), lr=cfg.lr_classifier, betas=(cfg.adam_beta1, cfg.adam_beta2),

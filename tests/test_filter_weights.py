@@ -14,6 +14,8 @@ from dfg.networks import build_backbone
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from reference import per_filter_class_weights  # noqa: E402
 
+from conftest import small_bn_nets  # noqa: E402
+
 
 def _digits_32(n=400, seed=0):
     """scikit-learn's 8x8 digits blown up to 32x32 in [-1, 1]: tiny real data that is always there."""
@@ -177,15 +179,8 @@ def test_train_mode_pass_normalises_each_ablation_alone():
     ResNet-50 the loss increases were off by up to ~8). A small E and C with BN in the same places."""
     import copy
 
-    from torch import nn
-
-    from dfg.networks import Extractor
-
     torch.manual_seed(3)
-    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
-                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
-    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(6, 3))
+    e, c = small_bn_nets(3)
     x, y = torch.randn(6, 3, 8, 8), torch.arange(6) % 3
     with torch.no_grad():
         got = fw.loss_increase(e, c, x, y)
@@ -204,15 +199,8 @@ def test_the_paper_s_pass_uses_bn_running_statistics_and_leaves_them_as_they_wer
     """W(E) is measured in eval mode (the default, eval_mode=True), also when the nets arrive in train mode:
     with BN (ResNet-50) the result is the eval-mode one, not a batch-statistics one, and the running statistics
     do not move. The nets leave in the mode they came in."""
-    from torch import nn
-
-    from dfg.networks import Extractor
-
     torch.manual_seed(4)
-    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
-                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
-    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(6, 3))
+    e, c = small_bn_nets(3)
     for bn in (e.tail[0], c[1]):  # running statistics far from any batch's, so the two modes differ
         bn.running_mean.fill_(0.5)
         bn.running_var.fill_(4.0)

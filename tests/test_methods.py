@@ -10,6 +10,8 @@ from dfg.loop import load_data, setup, train
 from dfg.methods import METHODS
 from dfg.runstore import Run
 
+from conftest import small_bn_nets
+
 TINY = dict(steps=6, pretrain_steps=30, head_refit_steps=5, log_every=2, eval_every=3, ckpt_every=3,
             limit_test=100, n_w=2, n_c1=2, n_c2=3, fw_per_class=3, threads=1, batch_size=16)
 
@@ -473,16 +475,10 @@ def test_w_of_e_s_is_the_filter_weights_of_the_source_model_on_the_target_sample
 def test_the_head_re_fit_leaves_all_but_the_new_head_and_bn_statistics_as_they_were():
     """With BN in C (ResNet-50), the re-fit reads features with C_S's running statistics and keeps them; only the
     new head differs, and the nets end in eval mode."""
-    from torch import nn
-
     from dfg.data import TensorImages
-    from dfg.networks import Extractor
     from dfg.source import refit_head
     torch.manual_seed(5)
-    e = Extractor(head=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), last_conv=nn.Conv2d(4, 8, 3, padding=1),
-                  tail=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
-    c = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(6, 5))
+    e, c = small_bn_nets(5)
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     kept = {f"{n}.{k}": v.clone() for n, net in (("e", e), ("c", c)) for k, v in net.state_dict().items()}
     refit_head(e.train(), c.train(), TensorImages(images, torch.arange(40) % 3), 3,

@@ -6,6 +6,7 @@ representative filters, W* with the official switches, live-loss tails and metri
 import json
 import math
 import os
+import socket
 import subprocess
 import time
 
@@ -255,7 +256,7 @@ def spawned(monkeypatch):
 
 def test_a_running_run_is_not_launched_again(tmp_path, spawned):
     run = Run.create(tmp_path, "r", {"seed": 0})
-    run.set_status(state="running", pid=os.getpid(), host=__import__("socket").gethostname(), heartbeat=time.time())
+    run.set_status(state="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
     with pytest.raises(runstore.RunBusyError):
         jobs.launch(run)
     assert spawned == []
@@ -274,7 +275,7 @@ def test_resume_clears_an_old_stop_request(tmp_path, spawned):
 def test_progress_eta_counts_the_steps_left(tmp_path):
     run = Run.create(tmp_path, "r", {"seed": 0, "steps": 100})
     run.set_status(state="running", step=50, total_steps=100, steps_per_s=10.0, pid=os.getpid(),
-                   host=__import__("socket").gethostname(), heartbeat=time.time())
+                   host=socket.gethostname(), heartbeat=time.time())
     assert "ETA 0m05s" in views.progress(run)["text"]
 
 
@@ -287,7 +288,7 @@ def test_an_interrupted_run_shows_why(tmp_path):
 
 def test_a_run_started_beside_an_active_one_gets_one_thread(tmp_path, monkeypatch):
     other = Run.create(tmp_path, "busy", {"seed": 0})
-    other.set_status(state="running", pid=os.getpid(), host=__import__("socket").gethostname(),
+    other.set_status(state="running", pid=os.getpid(), host=socket.gethostname(),
                      heartbeat=time.time())
     got = []
     monkeypatch.setattr(jobs, "submit", lambda cfg, root, run_id=None: got.append(cfg))
