@@ -286,3 +286,75 @@ def test_negative_generated_values_are_counted_and_explained(feats):
     assert emb.feature_metrics(shifted)["negative_generated"] is None
     text = embedding_summary({"metrics": m, "step": 20, "points": {"kind": ["real"] * 100 + ["generated"] * 60}})
     assert f"{m['negative_generated']:.0%} of generated values are" in text
+
+
+def test_collection_leaves_every_nets_state_and_mode_alone(restored):
+    """Collection runs every net in eval mode: G's and E's BatchNorm running statistics do not move (in train
+    mode a no-grad pass still updates them), and each net gets its own mode back."""
+    import torch
+
+    _, data, method, _ = restored
+    modes = {k: m.training for k, m in method.nets.items()}
+    before = {k: {n: b.clone() for n, b in m.named_buffers()} for k, m in method.nets.items()}
+    assert any(len(b) for b in before.values()), "the demo nets should have BN buffers"
+    try:
+        for m in method.nets.values():
+            m.train()
+        emb.collect_features(method, data, n_real=40, n_fake=40, seed=1)
+        assert all(m.training for m in method.nets.values())
+        for k, m in method.nets.items():
+            for n, b in m.named_buffers():
+                assert torch.equal(b, before[k][n]), f"{k}.{n} moved during collection"
+    finally:
+        for k, m in method.nets.items():
+            m.train(modes[k])
+
+
+def _copied_run(tiny_dfg_run, tmp_path):
+    src = tiny_dfg_run.run
+    shutil.copytree(src.path, tmp_path / src.id)  # copy2 keeps the checkpoint's mtime
+    return Run(tmp_path, src.id)
+
+
+def test_embedding_caches_are_keyed_by_n_and_seed(tiny_dfg_run, tmp_path, monkeypatch, restored):
+    run = _copied_run(tiny_dfg_run, tmp_path)
+    monkeypatch.setattr(emb, "restore_cached", lambda r, device=None: restored)
+    emb.clear_cache()
+    try:
+        small = emb.embed_run(run, "pca", n=20, seed=0, disk_cache=False)
+        assert small["points"]["kind"].count("real") == 20
+        larger = emb.embed_run(run, "pca", n=40, seed=0, disk_cache=False)  # not the n=20 entry
+        assert larger["cache"] is None and larger["points"]["kind"].count("real") == 40
+        # another projection of another seed: neither the features nor the indices of seed 0
+        other = emb.embed_run(run, "tsne", n=20, seed=1, disk_cache=False)
+        idx0 = np.asarray(small["points"]["index"])[np.asarray(small["points"]["kind"]) == "real"]
+        idx1 = np.asarray(other["points"]["index"])[np.asarray(other["points"]["kind"]) == "real"]
+        labels = np.asarray(restored[1].test.labels)
+        np.testing.assert_array_equal(idx1, emb.balanced_indices(labels, 20, 1))
+        assert not np.array_equal(idx0, idx1)
+    finally:
+        emb.clear_cache()
+
+
+def test_disk_entry_of_another_format_is_recomputed(tiny_dfg_run, tmp_path, monkeypatch, restored):
+    run = _copied_run(tiny_dfg_run, tmp_path)
+    monkeypatch.setattr(emb, "restore_cached", lambda r, device=None: restored)
+    emb.clear_cache()
+    try:
+        first = emb.embed_run(run, "pca", n=20, seed=0)
+        path = run.path / "cache" / f"emb_{first['step']}_pca_20_0.npz"
+        with np.load(path) as z:
+            fields = {k: z[k] for k in z.files}
+        assert int(fields["format"]) == emb.CACHE_FORMAT
+        fields["format"] = np.int64(emb.CACHE_FORMAT - 1)
+        fields["xy"] = fields["xy"] + 100.0  # an old entry's points must not be shown
+        with open(path, "wb") as f:
+            np.savez(f, **fields)
+        emb.clear_cache()
+        again = emb.embed_run(run, "pca", n=20, seed=0)
+        assert again["cache"] is None
+        np.testing.assert_allclose(again["points"]["x"], first["points"]["x"], rtol=0, atol=1e-6)
+        with np.load(path) as z:  # and the file was rewritten in the current format
+            assert int(z["format"]) == emb.CACHE_FORMAT
+    finally:
+        emb.clear_cache()
