@@ -81,16 +81,6 @@ class FileImages(Dataset):
         return f"FileImages(n={len(self)}, {src}, size={self.spec.crop}, augment={self.augment})"
 
 
-def subset(dataset, indices) -> TensorImages | FileImages:
-    """The same kind of dataset restricted to `indices` (in that order)."""
-    idx = np.asarray(indices, dtype=np.int64)
-    if isinstance(dataset, TensorImages):
-        t = torch.from_numpy(idx)
-        return TensorImages(dataset.images[t], dataset.labels[t], dataset.augment, dataset.pad, dataset.crop)
-    items = dataset.items[idx] if isinstance(dataset.items, np.ndarray) else [dataset.items[i] for i in idx]
-    return FileImages(items, dataset.labels.numpy()[idx], dataset.spec, dataset.train)
-
-
 def open_image(path: str | os.PathLike, size: int, channels: int):
     """Decode a file fully (truncated files raise OSError here, not mid-training). JPEGs are decoded at
     a reduced DCT scale when that still leaves at least size×size pixels: several times faster."""
