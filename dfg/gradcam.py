@@ -43,7 +43,8 @@ def default_layer(method) -> nn.Module:
         return method.extractor.last_conv
     i = convs[-1]
     after = mods[i + 1] if i + 1 < len(mods) else None
-    used_once = sum(m is after for m in mods) == 1  # a shared ReLU module would fire the hook more than once
+    # a shared ReLU module would fire the hook more than once (modules() lists it once: count its every use)
+    used_once = sum(m is after for _, m in method.classifier.named_modules(remove_duplicate=False)) == 1
     return after if isinstance(after, nn.ReLU) and not after.inplace and used_once else mods[i]
 
 

@@ -464,8 +464,9 @@ def test_the_final_evaluation_wins_over_the_newest_eval_row(tmp_path):
 
 def test_a_confusion_matrix_of_another_size_is_dropped_and_the_recalls_kept():
     from dfg.views_results import usable_eval
-    ev = usable_eval({"top1": 0.5, "per_class_recall": [0.5, 0.5, 0.5], "confusion": [[1, 1], [1, 1]]})
-    assert ev == {"top1": 0.5, "per_class_recall": [0.5, 0.5, 0.5]}
+    for cm in ([[1, 1], [1, 1]], [[1, 1, 1], [1, 1, 1]]):  # 2×2, and 2 rows of 3 for 3 classes
+        ev = usable_eval({"top1": 0.5, "per_class_recall": [0.5, 0.5, 0.5], "confusion": cm})
+        assert ev == {"top1": 0.5, "per_class_recall": [0.5, 0.5, 0.5]}
 
 
 def test_results_tables_and_the_confusion_matrix_per_true_class(tmp_path):
@@ -502,3 +503,18 @@ def test_methods_and_datasets_carry_the_papers_names():
         "Original", "Fine-tuning", "DELTA", "DIFA+cMWGAN", "DFG", "mine"]
     assert [dataset_label(d) for d in ("svhn", "fmnist", "stl10", "cinic10", "caltech256", "food101", "mnist5k")] == [
         "SVHN", "F-MNIST", "STL-10", "CINIC-10", "Caltech-256", "Food-101", "mnist5k"]
+
+
+def test_a_relu_module_used_twice_is_not_the_grad_cam_layer():
+    """modules() lists a shared module once; the layer choice must count its every use and take the conv."""
+    import torch
+    from torch import nn
+
+    from dfg import gradcam as gc
+    relu = nn.ReLU()
+    c = nn.Sequential(nn.Conv2d(3, 4, 1), relu, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5), relu,
+                      nn.Linear(5, 3))
+    m = SimpleNamespace(extractor=nn.Identity(), classifier=c)
+    assert gc.default_layer(m) is c[0]
+    cams, pred, _ = gc.gradcam(m, torch.randn(2, 3, 6, 6))
+    assert tuple(cams.shape) == (2, 6, 6) and len(pred) == 2
