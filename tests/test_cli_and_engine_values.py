@@ -473,14 +473,6 @@ def test_a_grid_has_one_cell_per_run_id_and_absolute_data_roots(tmp_path, monkey
     assert plain.overrides()["data_root"] == str(tmp_path / "data")
 
 
-def test_a_grid_refuses_a_bookkeeping_axis_and_keeps_one_of_equal_values():
-    from dfg.grid import expand_grid, parse_sets
-
-    assert parse_sets(["rho=0.5,0.50,1"]) == {"rho": ["0.5", "1"]}
-    with pytest.raises(ConfigError, match="no axis of a sweep"):
-        expand_grid("g", ["demo"], ["dfg"], [0], sets=parse_sets(["threads=1,2"]))
-
-
 def test_a_balanced_preset_has_no_majority_sets_to_sweep():
     from dfg.grid import expand_grid
 
@@ -489,12 +481,14 @@ def test_a_balanced_preset_has_no_majority_sets_to_sweep():
 
 
 def test_a_run_a_live_worker_trains_is_busy_and_an_unfinished_runs_old_top1_is_not_its_outcome(tmp_path):
+    """A run whose live worker reports is busy. A finished run resumed for more steps and stopped keeps the
+    final.json of its first finish: the sweep must not report that top-1 as this stopped run's."""
     from dfg import executors
 
     run = Run.create(tmp_path, "r", make_config("demo").to_dict())
     run.set_status(state="running", pid=os.getpid(), heartbeat=time.time(), host=socket.gethostname())
     assert executors.action_for(run) == "busy"
-    run.set_status(state="stopped", pid=None)
+    run.set_status(state="stopped", pid=None, step=3)
     run.write_json("final.json", {"last": {"top1": 0.5}})
     assert executors.action_for(run) == "resume"
     assert executors.outcome(run, 1.0)["top1"] is None
