@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfg.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from dfg.config import make_config  # noqa: E402
+from dfg.fileio import pid_alive  # noqa: E402
 from dfg.jobs import launch  # noqa: E402
-from dfg.runstore import Run, pid_alive  # noqa: E402
+from dfg.runstore import Run  # noqa: E402
 
 VOLATILE = ("time", "steps_per_s")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .runstore import atomic_write_bytes, fault
+from .fileio import atomic_write_bytes, fault
 
 FORMAT = 2          # 2 adds the content digest; format 1 (no digest) is still read
 REDO = ("move it away and `python -m dfg resume` trains the run again from step 0 (its rows on file are kept), "

@@ -16,7 +16,8 @@ from torch.nn import functional as F
 from .projections import PRE_PCA, PROJECTIONS, one_thread, pca, project
 from .restored import (INSPECT_WHY, checkpoint_key, hover_images, image_uri, restore_cached,  # noqa: F401
                        thumbnail)
-from .runstore import Run, atomic_write_bytes
+from .fileio import atomic_write_bytes
+from .runstore import Run
 
 MAX_DIM = 16384   # wider feature maps (ResNet-50: 256×56×56) are average-pooled to ≤ this many values
 Progress = Callable[[float, str], None]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from .fileio import exclusive_lock, writable_problem
-from .runstore import Run, RunBusyError, RunError, pid_alive
+from .fileio import pid_alive
+from .runstore import Run, RunBusyError, RunError
 
 # The workers this process started. Each is polled at the next launch, which reaps those that have ended
 # (a finished child stays a zombie until its parent waits on it); holding them also keeps Python from

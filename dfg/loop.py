@@ -17,7 +17,8 @@ from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
 from .methods import METHODS, TrainContext, scalars
 from .metrics import evaluate
-from .runstore import DiskFullError, Run
+from .fileio import DiskFullError
+from .runstore import Run
 from .source import StoppedInSetup, source_model
 from .validation import validate
 

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from .config import BOOKKEEPING, ConfigError, from_dict
+from .fileio import atomic_write_json
 from .grid import Cell, expand_grid, parse_sets, varied
-from .runstore import Run, RunError, atomic_write_json
+from .runstore import Run, RunError
 from .tables import rho_curve, run_row, summarise, write_tables
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .paper import FIGURE6, dataset_label, figure6_top1, method_label, paper_top1
 from .fileio import is_number
-from .runstore import Run, as_record, atomic_write_bytes
+from .fileio import atomic_write_bytes
+from .runstore import Run, as_record
 
 METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
 METRIC_LABELS = {"top1": "Top-1", "balanced_acc": "Balanced acc.", "macro_f1": "Macro-F1",

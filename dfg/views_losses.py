@@ -6,7 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .fileio import is_number
-from .runstore import Run, is_test_eval
+from .runlog import is_test_eval
+from .runstore import Run
 
 # the paper's losses first (Eq. 1-4), then what some methods add
 LOSS_KEYS = ("L_D", "L_G", "L_E", "L_rC", "L_gC", "L_cC", "GP")

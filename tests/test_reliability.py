@@ -18,7 +18,8 @@ from dfg.config import make_config
 from dfg.jobs import launch
 from dfg.loop import train
 from dfg.methods import METHODS
-from dfg.runstore import DiskFullError, Run, RunBusyError
+from dfg.fileio import DiskFullError
+from dfg.runstore import Run, RunBusyError
 
 TINY = dict(steps=10, ckpt_every=5, log_every=5, eval_every=10, pretrain_steps=50, head_refit_steps=10,
             limit_test=100, batch_size=16, fw_per_class=3, threads=1,

@@ -16,7 +16,8 @@ import torch
 from dfg.checkpoint import load_checkpoint
 from dfg.config import make_config
 from dfg.jobs import launch, stop_on_sigterm, submit
-from dfg.runstore import Run, pid_alive
+from dfg.fileio import pid_alive
+from dfg.runstore import Run
 
 TINY = dict(steps=40, ckpt_every=5, log_every=5, eval_every=20, pretrain_steps=50, head_refit_steps=10,
             limit_test=200, threads=1, source_per_class=100)

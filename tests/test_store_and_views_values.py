@@ -18,7 +18,8 @@ from dfg import fileio, jobs, runstore, views
 from dfg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dfg.config import ConfigError, make_config
 from dfg.fileio import DiskFullError, atomic_write_bytes, newest_json_line, pid_alive, writable_problem
-from dfg.runstore import Run, is_test_eval
+from dfg.runlog import is_test_eval
+from dfg.runstore import Run
 
 
 def _dead_pid() -> int:
