@@ -101,12 +101,18 @@ def test_the_sidebar_opens_on_the_newest_run_and_names_the_device(runs, monkeypa
     assert f"Device: {views.device_info()['label']}" in [c.value for c in at.sidebar.caption]
 
 
-def test_a_link_to_a_run_that_is_not_there_keeps_the_users_pick(runs, monkeypatch):
+def app_with_older_run_picked(runs, monkeypatch):
+    """The app on two runs, "mini" (older) and "newer", with the user's pick on the older one."""
     root, data_root = runs
     Run(root, "mini").set_status(created=1000.0)
     copy_run(root, "newer", created=2000.0)
     at = app_on(root, data_root, monkeypatch)
     at.selectbox(key="sidebar.run").select("mini").run()
+    return at
+
+
+def test_a_link_to_a_run_that_is_not_there_keeps_the_users_pick(runs, monkeypatch):
+    at = app_with_older_run_picked(runs, monkeypatch)
     at.query_params["run"] = "gone"
     at.run()
     assert at.selectbox(key="sidebar.run").value == "mini" and at.query_params["run"] == "mini"
@@ -262,11 +268,7 @@ def test_pages_poll_while_the_run_is_active_and_not_after(page, fragment, every,
 
 # ---- Live losses ----------------------------------------------------------------------------------------------
 def test_the_pages_open_on_the_sidebars_run_not_the_newest(runs, monkeypatch):
-    root, data_root = runs
-    Run(root, "mini").set_status(created=1000.0)
-    copy_run(root, "newer", created=2000.0)
-    at = app_on(root, data_root, monkeypatch)
-    at.selectbox(key="sidebar.run").select("mini").run()
+    at = app_with_older_run_picked(runs, monkeypatch)
     goto(at, "losses")
     assert at.multiselect(key="loss.runs.mini").value == ["mini"]
     goto(at, "results")
