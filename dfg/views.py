@@ -48,26 +48,6 @@ def run_label(run: Run) -> str:
     return f"{run.id} · {s.get('state', '?')} {s.get('step', 0)}/{total}"
 
 
-def runs_table(root: str | Path) -> list[dict]:
-    """One row per run (newest first): id, method, dataset, rho, state, step, top1, error."""
-    rows = []
-    for run in list_runs(root):
-        try:
-            cfg = run.config()
-        except RunError as e:
-            cfg = {}
-            damaged = str(e)
-        else:
-            damaged = None
-        s = run.status()
-        rows.append({"run": run.id, "method": cfg.get("method"), "dataset": cfg.get("dataset"),
-                     "backbone": cfg.get("backbone"), "rho": cfg.get("rho"), "seed": cfg.get("seed"),
-                     "state": s.get("state"), "step": s.get("step", 0),
-                     "total_steps": s.get("total_steps") or cfg.get("steps"), "top1": s.get("top1"),
-                     "error": damaged or (s.get("error") if s.get("state") not in ("finished", "running") else None)})
-    return rows
-
-
 def progress(run: Run) -> dict:
     """Progress of a run for a bar: fraction in [0, 1], one line of text, state, error, active flag."""
     if not run.exists():

@@ -30,7 +30,7 @@ MINI = ["pretrain_steps=5", "steps=2", "n_w=1", "eval_every=2", "ckpt_every=2", 
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    """(the run folder, its data root): a real DFG run short enough to make per module (~15 s on one core)."""
+    """(the run folder, its data root): a real DFG run short enough to make per module (~7 s on one core)."""
     base = tmp_path_factory.mktemp("mini")
     cmd = [sys.executable, "-m", "dfg", "train", "--preset", "demo", "--runs-dir", str(base / "runs"), "--run-id",
            "mini", "--set", f"data_root={base / 'data'}"] + [a for s in MINI for a in ("--set", s)]
