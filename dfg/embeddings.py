@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .fileio import atomic_write_bytes
 from .projections import PRE_PCA, PROJECTIONS, one_thread, pca, project
 from .restored import (INSPECT_WHY, checkpoint_key, hover_images, image_uri, restore_cached,  # noqa: F401
                        thumbnail)
-from .fileio import atomic_write_bytes
 from .runstore import Run
 
 MAX_DIM = 16384   # wider feature maps (ResNet-50: 256×56×56) are average-pooled to ≤ this many values

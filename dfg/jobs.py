@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .fileio import exclusive_lock, writable_problem
-from .fileio import pid_alive
+from .fileio import exclusive_lock, pid_alive, writable_problem
 from .runstore import Run, RunBusyError, RunError
 
 # The workers this process started. Each is polled at the next launch, which reaps those that have ended

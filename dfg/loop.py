@@ -12,12 +12,12 @@ import torch
 
 from .checkpoint import check_config_unchanged, load_checkpoint, load_method_state, save_checkpoint
 from .config import Config, ConfigError
+from .fileio import DiskFullError
 from .filter_weights import balanced_sample
 from .jobs import stop_on_sigterm
 from .kernels import tune_allocator
 from .methods import METHODS, TrainContext, scalars
 from .metrics import evaluate
-from .fileio import DiskFullError
 from .runstore import Run
 from .source import StoppedInSetup, source_model
 from .validation import validate

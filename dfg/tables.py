@@ -7,9 +7,8 @@ import io
 import statistics
 from pathlib import Path
 
+from .fileio import atomic_write_bytes, is_number
 from .paper import FIGURE6, dataset_label, figure6_top1, method_label, paper_top1
-from .fileio import is_number
-from .fileio import atomic_write_bytes
 from .runstore import Run, as_record
 
 METRICS = ("top1", "balanced_acc", "macro_f1", "minority_recall")
