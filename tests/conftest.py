@@ -11,6 +11,14 @@ TINY_RUN_SETTINGS = ["steps=20", "n_w=10", "pretrain_steps=50", "head_refit_step
                      "ckpt_every=10", "log_every=5", "limit_test=200"]
 
 
+def train_demo_run(runs_dir: Path, data_root: Path, run_id: str, settings: list[str]) -> None:
+    """A real DFG run of the demo preset with these `key=value` settings, trained by the CLI in a subprocess."""
+    cmd = [sys.executable, "-m", "dfg", "train", "--preset", "demo", "--runs-dir", str(runs_dir), "--run-id", run_id,
+           "--set", f"data_root={data_root}"] + [a for s in settings for a in ("--set", s)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{run_id} run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="session")
 def tiny_dfg_run(tmp_path_factory):
     """One short REAL DFG training run (demo preset, 20 steps, filter weights at steps 0, 10 and 20, test
@@ -20,12 +28,7 @@ def tiny_dfg_run(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("tiny_dfg")
     runs_dir, data_root = base / "runs", base / "data"
-    cmd = [sys.executable, "-m", "dfg", "train", "--preset", "demo", "--runs-dir", str(runs_dir), "--run-id", "tiny",
-           "--set", f"data_root={data_root}", "--set", "threads=2"]
-    for s in TINY_RUN_SETTINGS:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"tiny run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    train_demo_run(runs_dir, data_root, "tiny", ["threads=2", *TINY_RUN_SETTINGS])
     return SimpleNamespace(runs_dir=runs_dir, data_root=data_root, run_id="tiny", run=Run(runs_dir, "tiny"),
                            settings=list(TINY_RUN_SETTINGS))
 

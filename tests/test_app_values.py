@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,9 @@ from streamlit.testing.v1.element_tree import Column, Image
 from dfg import views
 from dfg.config import ConfigError
 from dfg.runstore import Run
+from conftest import train_demo_run
 from test_app import app_on, cam_picker, goto, plotly_spec
 
-REPO = Path(__file__).resolve().parent.parent
 MINI = ["pretrain_steps=5", "steps=2", "n_w=1", "eval_every=2", "ckpt_every=2", "log_every=1", "limit_test=60",
         "head_refit_steps=1", "fw_per_class=2", "source_per_class=20", "threads=1"]
 
@@ -32,10 +31,7 @@ MINI = ["pretrain_steps=5", "steps=2", "n_w=1", "eval_every=2", "ckpt_every=2", 
 def mini(tmp_path_factory):
     """(the run folder, its data root): a real DFG run short enough to make per module (~7 s on one core)."""
     base = tmp_path_factory.mktemp("mini")
-    cmd = [sys.executable, "-m", "dfg", "train", "--preset", "demo", "--runs-dir", str(base / "runs"), "--run-id",
-           "mini", "--set", f"data_root={base / 'data'}"] + [a for s in MINI for a in ("--set", s)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"mini run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    train_demo_run(base / "runs", base / "data", "mini", MINI)
     return base / "runs" / "mini", base / "data"
 
 
